@@ -1,0 +1,367 @@
+"""RELION particle STAR files (3.0 and 3.1+), read into and written from a ParticleTable.
+
+* 3.1+: a ``data_optics`` block and a ``data_particles`` block; optics values are merged per
+  particle through ``rlnOpticsGroup``; origins in Å (``rlnOriginXAngst``).
+* 3.0: one block, optics values per particle (``rlnVoltage``, ...), origins in pixels
+  (``rlnOriginX``), pixel size from ``rlnDetectorPixelSize`` (µm) * 1e4 / ``rlnMagnification``
+  or given by the caller.
+
+``rlnImageName`` is ``index@stack`` with a 1-based index; a relative stack path resolves against
+the STAR file's folder, or against ``data_dir`` when given. Writing keeps every input column,
+every optics field and the row order, and adds new columns.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from cryotorch import conventions
+from cryotorch.errors import InputError
+from cryotorch.io.atomic import atomic_path
+from cryotorch.io.paths import resolve_stack_paths, stack_path_for_output
+from cryotorch.particles import OpticsGroups, ParticleTable, SourceRecord
+
+__all__ = ["read_star", "write_star"]
+
+StarVersion = Literal["3.0", "3.1"]
+
+REQUIRED_PARTICLE_COLUMNS = (
+    "rlnImageName",
+    "rlnAngleRot",
+    "rlnAngleTilt",
+    "rlnAnglePsi",
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnDefocusAngle",
+)
+REQUIRED_OPTICS_COLUMNS = (
+    "rlnOpticsGroup",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+)
+# Columns a 3.0 file carries per particle that 3.1 moves to the optics block (or renames).
+OPTICS_COLUMNS_30 = (
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnDetectorPixelSize",
+    "rlnMagnification",
+)
+ORIGIN_COLUMNS_30 = ("rlnOriginX", "rlnOriginY")
+ORIGIN_COLUMNS_31 = ("rlnOriginXAngst", "rlnOriginYAngst")
+
+
+def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
+    if not path.is_file():
+        raise InputError(path, None, "file does not exist")
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:  # starfile/pandas raise many types on garbage
+        raise InputError(path, None, f"not a readable STAR file ({exc})") from exc
+    blocks = {k: v for k, v in (blocks or {}).items() if isinstance(v, pd.DataFrame)}
+    if not blocks:
+        raise InputError(path, None, "not a STAR file: no data_ block with a loop_ table found")
+    return blocks
+
+
+def _require(df: pd.DataFrame, columns: tuple[str, ...], path: Path, block: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(path, f"data_{block}", f"missing required column(s) {', '.join(missing)}")
+
+
+def _numeric(df: pd.DataFrame, column: str, path: Path, default: float | None = None) -> np.ndarray:
+    """Column as float64, with a clear error naming the first bad row."""
+    if column not in df.columns:
+        if default is None:
+            raise InputError(path, column, "required column is missing")
+        return np.full(len(df), default, dtype=np.float64)
+    values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise InputError(
+            path, column, f"row {bad[0] + 1}: expected a finite number, got {df[column].iloc[bad[0]]!r}"
+        )
+    return values
+
+
+def _parse_image_names(
+    names: pd.Series, path: Path, data_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray, Path]:
+    """``index@stack`` (1-based) -> (absolute stack paths, 0-based indices, stack root)."""
+    parts = names.astype(str).str.split("@", n=1, expand=True)
+    if parts.shape[1] != 2 or parts[1].isna().any():
+        row = int(np.flatnonzero(parts[1].isna())[0]) if parts.shape[1] == 2 else 0
+        raise InputError(
+            path, "rlnImageName", f"row {row + 1}: expected 'index@stack', got {names.iloc[row]!r}"
+        )
+    index = pd.to_numeric(parts[0], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(index) | (index < 1) | (index != np.round(index)))
+    if bad.size:
+        raise InputError(
+            path,
+            "rlnImageName",
+            f"row {bad[0] + 1}: expected a 1-based integer index before '@', got {names.iloc[bad[0]]!r}",
+        )
+    stacks, root = resolve_stack_paths(parts[1].to_numpy(dtype=str), path.parent, data_dir)
+    return stacks, conventions.one_based_to_zero_based(index), root
+
+
+def _optics_from_31(optics: pd.DataFrame, particles: pd.DataFrame, path: Path):
+    _require(optics, REQUIRED_OPTICS_COLUMNS, path, "optics")
+    if "rlnImagePixelSize" in optics.columns:
+        pixel_size = _numeric(optics, "rlnImagePixelSize", path)
+    elif "rlnPixelSize" in optics.columns:  # early 3.1 betas
+        pixel_size = _numeric(optics, "rlnPixelSize", path)
+    else:
+        raise InputError(path, "data_optics", "missing required column rlnImagePixelSize")
+    group_ids = _numeric(optics, "rlnOpticsGroup", path).astype(np.int64)
+    names = (
+        optics["rlnOpticsGroupName"].astype(str).to_numpy()
+        if "rlnOpticsGroupName" in optics.columns
+        else np.array([f"opticsGroup{g}" for g in group_ids])
+    )
+    groups = OpticsGroups(
+        name=names,
+        pixel_size_angstrom=pixel_size,
+        image_size=_numeric(optics, "rlnImageSize", path, default=0).astype(np.int64),
+        voltage_kv=_numeric(optics, "rlnVoltage", path),
+        spherical_aberration_mm=_numeric(optics, "rlnSphericalAberration", path),
+        amplitude_contrast=_numeric(optics, "rlnAmplitudeContrast", path),
+    )
+    if "rlnOpticsGroup" not in particles.columns:
+        if len(groups) != 1:
+            raise InputError(path, "rlnOpticsGroup", "missing, and the optics block has several groups")
+        return groups, np.zeros(len(particles), dtype=np.int64)
+    wanted = _numeric(particles, "rlnOpticsGroup", path).astype(np.int64)
+    order = np.argsort(group_ids)
+    pos = np.searchsorted(group_ids[order], wanted).clip(0, len(group_ids) - 1)
+    row = order[pos]
+    bad = np.flatnonzero(group_ids[row] != wanted)
+    if bad.size:
+        raise InputError(
+            path,
+            "rlnOpticsGroup",
+            f"row {bad[0] + 1}: optics group {wanted[bad[0]]} is not in data_optics "
+            f"(which has {sorted(group_ids.tolist())})",
+        )
+    return groups, row
+
+
+def _optics_from_30(particles: pd.DataFrame, path: Path, pixel_size: float | None):
+    _require(particles, REQUIRED_OPTICS_COLUMNS[1:], path, "particles")
+    if pixel_size is not None:
+        psize = np.full(len(particles), float(pixel_size))
+    elif {"rlnDetectorPixelSize", "rlnMagnification"} <= set(particles.columns):
+        psize = (
+            _numeric(particles, "rlnDetectorPixelSize", path)
+            * 1e4
+            / _numeric(particles, "rlnMagnification", path)
+        )
+    else:
+        raise InputError(
+            path,
+            "rlnDetectorPixelSize",
+            "RELION 3.0 file without rlnDetectorPixelSize/rlnMagnification: give the pixel size "
+            "(--pixel-size, or pixel_size=)",
+        )
+    values = np.stack(
+        [
+            psize,
+            _numeric(particles, "rlnVoltage", path),
+            _numeric(particles, "rlnSphericalAberration", path),
+            _numeric(particles, "rlnAmplitudeContrast", path),
+        ],
+        axis=1,
+    )
+    unique, group = np.unique(values, axis=0, return_inverse=True)
+    groups = OpticsGroups(
+        name=np.array([f"opticsGroup{g + 1}" for g in range(len(unique))]),
+        pixel_size_angstrom=unique[:, 0],
+        image_size=np.zeros(len(unique), dtype=np.int64),
+        voltage_kv=unique[:, 1],
+        spherical_aberration_mm=unique[:, 2],
+        amplitude_contrast=unique[:, 3],
+    )
+    return groups, group.reshape(-1).astype(np.int64)
+
+
+def read_star(
+    path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    pixel_size: float | None = None,
+) -> ParticleTable:
+    """Read a RELION 3.0 or 3.1+ particle STAR file.
+
+    Parameters
+    ----------
+    path
+        The ``.star`` file.
+    data_dir
+        Folder that relative stack paths in ``rlnImageName`` resolve against (default: the
+        STAR file's folder).
+    pixel_size
+        Pixel size in Å for RELION 3.0 files that do not give one (ignored for 3.1+).
+    """
+    path = Path(path)
+    blocks = _read_blocks(path)
+    data_dir = Path(data_dir) if data_dir is not None else None
+    if "particles" in blocks:
+        version = "3.1"
+        particles = blocks["particles"]
+        if "optics" not in blocks:
+            raise InputError(path, "data_optics", "a data_particles block needs a data_optics block")
+        optics_df = blocks["optics"]
+    else:
+        candidates = [k for k, v in blocks.items() if "rlnImageName" in v.columns]
+        if len(candidates) != 1:
+            raise InputError(
+                path, "data_particles", "expected a data_particles block (3.1) or one 3.0 block"
+            )
+        version, particles, optics_df = "3.0", blocks[candidates[0]], None
+    particles = particles.reset_index(drop=True)
+    if len(particles) == 0:
+        raise InputError(path, "data_particles", "the table is empty: expected at least one particle")
+    _require(particles, REQUIRED_PARTICLE_COLUMNS, path, "particles")
+
+    if version == "3.1":
+        optics, group = _optics_from_31(optics_df, particles, path)
+        origin = np.stack([_numeric(particles, c, path, default=0.0) for c in ORIGIN_COLUMNS_31], 1)
+    else:
+        optics, group = _optics_from_30(particles, path, pixel_size)
+        origin_px = np.stack([_numeric(particles, c, path, default=0.0) for c in ORIGIN_COLUMNS_30], 1)
+        origin = origin_px * optics.pixel_size_angstrom[group][:, None]
+
+    stacks, index, root = _parse_image_names(particles["rlnImageName"], path, data_dir)
+    rotation = conventions.euler_to_rotation(
+        _numeric(particles, "rlnAngleRot", path),
+        _numeric(particles, "rlnAngleTilt", path),
+        _numeric(particles, "rlnAnglePsi", path),
+    )
+    subset = _numeric(particles, "rlnRandomSubset", path, default=0).astype(np.int64)
+    return ParticleTable(
+        image_path=stacks,
+        image_index=index,
+        rotation=rotation,
+        origin_angstrom=origin,
+        defocus_u_angstrom=_numeric(particles, "rlnDefocusU", path),
+        defocus_v_angstrom=_numeric(particles, "rlnDefocusV", path),
+        astigmatism_angle_deg=_numeric(particles, "rlnDefocusAngle", path),
+        phase_shift_deg=_numeric(particles, "rlnPhaseShift", path, default=0.0),
+        ctf_bfactor=_numeric(particles, "rlnCtfBfactor", path, default=0.0),
+        ctf_scale=_numeric(particles, "rlnCtfScalefactor", path, default=1.0),
+        optics_group=group,
+        random_subset=subset,
+        optics=optics,
+        source=SourceRecord(f"star{version}", path, particles, root, optics_df),
+    )
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def _table_columns(table: ParticleTable, output: Path, absolute_paths: bool) -> dict[str, np.ndarray]:
+    """The particle columns that describe ``table`` in RELION 3.1 terms."""
+    rot, tilt, psi = conventions.rotation_to_euler(table.rotation)
+    stacks = stack_path_for_output(table.image_path, output.parent, absolute_paths)
+    index = conventions.zero_based_to_one_based(table.image_index)
+    columns = {
+        "rlnImageName": np.char.add(np.char.add(np.char.zfill(index.astype(str), 6), "@"), stacks),
+        "rlnAngleRot": rot,
+        "rlnAngleTilt": tilt,
+        "rlnAnglePsi": psi,
+        "rlnOriginXAngst": table.origin_angstrom[:, 0],
+        "rlnOriginYAngst": table.origin_angstrom[:, 1],
+        "rlnDefocusU": table.defocus_u_angstrom,
+        "rlnDefocusV": table.defocus_v_angstrom,
+        "rlnDefocusAngle": table.astigmatism_angle_deg,
+        "rlnPhaseShift": table.phase_shift_deg,
+        "rlnCtfBfactor": table.ctf_bfactor,
+        "rlnCtfScalefactor": table.ctf_scale,
+        "rlnOpticsGroup": table.optics_group + 1,
+    }
+    if (table.random_subset > 0).any():
+        columns["rlnRandomSubset"] = table.random_subset
+    return columns
+
+
+def _optics_block(table: ParticleTable) -> pd.DataFrame:
+    o = table.optics
+    image_size = o.image_size.copy()
+    return pd.DataFrame(
+        {
+            "rlnOpticsGroupName": o.name,
+            "rlnOpticsGroup": np.arange(1, len(o) + 1),
+            "rlnImagePixelSize": o.pixel_size_angstrom,
+            "rlnImageSize": image_size,
+            "rlnImageDimensionality": np.full(len(o), 2),
+            "rlnVoltage": o.voltage_kv,
+            "rlnSphericalAberration": o.spherical_aberration_mm,
+            "rlnAmplitudeContrast": o.amplitude_contrast,
+        }
+    )
+
+
+def write_star(
+    table: ParticleTable,
+    path: str | os.PathLike[str],
+    new_columns: dict[str, np.ndarray] | None = None,
+    version: StarVersion = "3.1",
+    absolute_paths: bool = True,
+) -> None:
+    """Write ``table`` as a RELION particle STAR file, atomically.
+
+    When the table was read from a STAR file of the same version, every input column and
+    optics field is written back verbatim in the same row order; the table's geometry fills in
+    only the columns the input lacked. ``new_columns`` (name -> ``(n,)`` array) are added or
+    replace existing ones. Stack paths of rows that come from another format are written
+    absolute (``absolute_paths``) or relative to the output folder.
+    """
+    path = Path(path)
+    source = table.source
+    same_version = source is not None and source.format == f"star{version}"
+    particles = source.particles.copy() if same_version else pd.DataFrame(index=range(len(table)))
+    if source is not None and source.format.startswith("star") and not same_version:
+        # Keep the input's other columns; geometry and optics columns are rewritten below.
+        owned = set(OPTICS_COLUMNS_30 + ORIGIN_COLUMNS_30 + ORIGIN_COLUMNS_31) | {"rlnOpticsGroup"}
+        keep = [c for c in source.particles.columns if c not in owned]
+        particles = source.particles[keep].copy()
+
+    if source is not None and source.format.startswith("star") and not source.keeps_paths(path):
+        particles = particles.drop(columns="rlnImageName")  # relative paths: rewrite below
+    for name, values in _table_columns(table, path, absolute_paths).items():
+        if name not in particles.columns:
+            particles[name] = values
+    optics = source.optics if same_version and version == "3.1" else _optics_block(table)
+
+    if version == "3.0":
+        px = table.pixel_size_angstrom
+        for name, values in {
+            "rlnOriginX": table.origin_angstrom[:, 0] / px,
+            "rlnOriginY": table.origin_angstrom[:, 1] / px,
+            "rlnVoltage": table.voltage_kv,
+            "rlnSphericalAberration": table.spherical_aberration_mm,
+            "rlnAmplitudeContrast": table.amplitude_contrast,
+            "rlnDetectorPixelSize": px,  # µm; with a magnification of 1e4 this is the Å value
+            "rlnMagnification": np.full(len(table), 10000.0),
+        }.items():
+            if name not in particles.columns:
+                particles[name] = values
+        particles = particles.drop(columns=[c for c in (*ORIGIN_COLUMNS_31, "rlnOpticsGroup") if c in particles])
+
+    for name, values in (new_columns or {}).items():
+        values = np.asarray(values)
+        if len(values) != len(particles):
+            raise ValueError(f"new column {name} has {len(values)} rows, expected {len(particles)}")
+        particles[name] = values
+
+    blocks = {"images": particles} if version == "3.0" else {"optics": optics, "particles": particles}
+    with atomic_path(path) as tmp:
+        starfile.write(blocks, tmp, float_format="%.6f")

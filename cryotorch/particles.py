@@ -1,0 +1,149 @@
+"""The in-memory particle table: one layout, explicit units, whatever file it came from.
+
+A RELION ``.star`` and a cryoSPARC ``.cs`` describing the same particles load to the same
+:class:`ParticleTable` (see :mod:`cryotorch.conventions` for the conventions it uses). The table
+also keeps the file's own rows (:class:`SourceRecord`) so that writing back to the same format
+keeps every input column, every optics field and the row order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["OpticsGroups", "ParticleTable", "SourceRecord"]
+
+
+@dataclass(frozen=True)
+class OpticsGroups:
+    """Per optics group values, shape ``(g,)`` each (RELION's ``data_optics`` block).
+
+    ``image_size`` is the box edge in pixels (0 where the file does not say; the stack header
+    then gives it). ``name`` is RELION's ``rlnOpticsGroupName``.
+    """
+
+    name: np.ndarray
+    pixel_size_angstrom: np.ndarray
+    image_size: np.ndarray
+    voltage_kv: np.ndarray
+    spherical_aberration_mm: np.ndarray
+    amplitude_contrast: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pixel_size_angstrom)
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """The rows of the file a table was read from, kept to write them back unchanged.
+
+    ``particles`` is a DataFrame (STAR) or a numpy structured array (``.cs``), in table order;
+    ``optics`` is the STAR ``data_optics`` block (``None`` for RELION 3.0 and ``.cs``).
+    ``stack_root`` is the folder the file's relative stack paths resolved against: the paths
+    can be copied verbatim only into a file in that folder.
+    """
+
+    format: Literal["star3.1", "star3.0", "cs"]
+    path: Path
+    particles: pd.DataFrame | np.ndarray
+    stack_root: Path
+    optics: pd.DataFrame | None = None
+
+    def keeps_paths(self, output: Path) -> bool:
+        """Whether stack paths copied verbatim into ``output`` still name the same files."""
+        return Path(output).parent.resolve() == self.stack_root.resolve()
+
+
+@dataclass(frozen=True)
+class ParticleTable:
+    """Particles with known poses and CTFs, shapes ``(n, ...)``, units in the names.
+
+    Attributes
+    ----------
+    image_path
+        ``(n,)`` str: absolute path of each particle's stack file.
+    image_index
+        ``(n,)`` int64: 0-based index of the image in its stack.
+    rotation
+        ``(n, 3, 3)`` float64: RELION's matrix ``A`` (reference -> particle frame).
+    origin_angstrom
+        ``(n, 2)`` float64: RELION origin ``(x, y)`` in Å; the particle centre is at
+        ``box_centre - origin / pixel_size``.
+    defocus_u_angstrom, defocus_v_angstrom, astigmatism_angle_deg
+        ``(n,)`` float64: RELION's rlnDefocusU, rlnDefocusV (Å) and rlnDefocusAngle (degrees).
+    phase_shift_deg, ctf_bfactor, ctf_scale
+        ``(n,)`` float64: phase-plate shift (degrees), CTF B-factor (Å²), CTF scale factor.
+    optics_group
+        ``(n,)`` int64: 0-based row of :attr:`optics`.
+    random_subset
+        ``(n,)`` int64: half-set 1 or 2 (RELION convention), 0 where the file gives none.
+    optics
+        Per-group optics values.
+    source
+        The file's own rows, or ``None`` for a table built in memory.
+    """
+
+    image_path: np.ndarray
+    image_index: np.ndarray
+    rotation: np.ndarray
+    origin_angstrom: np.ndarray
+    defocus_u_angstrom: np.ndarray
+    defocus_v_angstrom: np.ndarray
+    astigmatism_angle_deg: np.ndarray
+    phase_shift_deg: np.ndarray
+    ctf_bfactor: np.ndarray
+    ctf_scale: np.ndarray
+    optics_group: np.ndarray
+    random_subset: np.ndarray
+    optics: OpticsGroups
+    source: SourceRecord | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.image_index)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray) and len(value) != n:
+                raise ValueError(f"ParticleTable.{f.name} has {len(value)} rows, expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    # Per-particle views of the optics values -----------------------------------------------
+    @property
+    def pixel_size_angstrom(self) -> np.ndarray:
+        """``(n,)`` pixel size of each particle's image, Å."""
+        return self.optics.pixel_size_angstrom[self.optics_group]
+
+    @property
+    def voltage_kv(self) -> np.ndarray:
+        """``(n,)`` acceleration voltage, kV."""
+        return self.optics.voltage_kv[self.optics_group]
+
+    @property
+    def spherical_aberration_mm(self) -> np.ndarray:
+        """``(n,)`` spherical aberration Cs, mm."""
+        return self.optics.spherical_aberration_mm[self.optics_group]
+
+    @property
+    def amplitude_contrast(self) -> np.ndarray:
+        """``(n,)`` amplitude contrast fraction."""
+        return self.optics.amplitude_contrast[self.optics_group]
+
+    def take(self, indices: np.ndarray) -> ParticleTable:
+        """The sub-table of rows ``indices`` (any order), source rows included."""
+        idx = np.asarray(indices, dtype=np.int64)
+        columns = {
+            f.name: getattr(self, f.name)[idx]
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray)
+        }
+        source = self.source
+        if source is not None:
+            rows = source.particles
+            rows = rows.iloc[idx].reset_index(drop=True) if isinstance(rows, pd.DataFrame) else rows[idx]
+            source = replace(source, particles=rows)
+        return replace(self, source=source, **columns)
