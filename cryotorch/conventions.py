@@ -78,11 +78,12 @@ def rotation_to_euler(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     tilt = np.arctan2(abs_sb, m[..., 2, 2])
     regular = abs_sb > 16 * np.finfo(np.float32).eps
     rot = np.where(regular, np.arctan2(m[..., 2, 1], m[..., 2, 0]), 0.0)
-    # Gimbal lock: A = Rz(psi ± rot) up to the sign of the z row; put everything into psi.
+    # Gimbal lock, rot = 0: tilt 0 gives A[:2, :2] = Rz(psi); tilt 180 gives
+    # [[-cos psi, sin psi], [sin psi, cos psi]].
     psi_locked = np.where(
         m[..., 2, 2] > 0,
         np.arctan2(m[..., 0, 1], m[..., 0, 0]),
-        np.arctan2(-m[..., 0, 1], -m[..., 0, 0]),
+        np.arctan2(m[..., 0, 1], -m[..., 0, 0]),
     )
     psi = np.where(regular, np.arctan2(m[..., 1, 2], -m[..., 0, 2]), psi_locked)
     return np.rad2deg(rot), np.rad2deg(tilt), np.rad2deg(psi)

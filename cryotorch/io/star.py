@@ -319,8 +319,9 @@ def write_star(
     """Write ``table`` as a RELION particle STAR file, atomically.
 
     When the table was read from a STAR file of the same version, every input column and
-    optics field is written back verbatim in the same row order; the table's geometry fills in
-    only the columns the input lacked. ``new_columns`` (name -> ``(n,)`` array) are added or
+    optics field is written back verbatim in the same row order, and no other column is
+    added (stack paths are rewritten only if the output is in another folder); otherwise the
+    columns are made from the table, keeping the input's non-geometry columns. ``new_columns`` (name -> ``(n,)`` array) are added or
     replace existing ones. Stack paths of rows that come from another format are written
     absolute (``absolute_paths``) or relative to the output folder.
     """
@@ -334,11 +335,13 @@ def write_star(
         keep = [c for c in source.particles.columns if c not in owned]
         particles = source.particles[keep].copy()
 
-    if source is not None and source.format.startswith("star") and not source.keeps_paths(path):
-        particles = particles.drop(columns="rlnImageName")  # relative paths: rewrite below
-    for name, values in _table_columns(table, path, absolute_paths).items():
-        if name not in particles.columns:
+    columns = _table_columns(table, path, absolute_paths)
+    for name, values in columns.items():
+        # A same-version source keeps its own columns; it gains none it did not have.
+        if name not in particles.columns and not same_version:
             particles[name] = values
+    if source is not None and source.format.startswith("star") and not source.keeps_paths(path):
+        particles["rlnImageName"] = columns["rlnImageName"]  # relative paths would break
     optics = source.optics if same_version and version == "3.1" else _optics_block(table)
 
     if version == "3.0":
