@@ -124,11 +124,19 @@ def matrix_to_rotvec(matrix: np.ndarray) -> np.ndarray:
     tr = np.trace(m, axis1=-2, axis2=-1)
     diag = np.stack([tr, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1)
     case = np.argmax(diag, axis=-1)
-    q = np.empty(m.shape[:-2] + (4,))
+    q = np.empty((*m.shape[:-2], 4))
     r = np.sqrt(np.maximum(1 + 2 * diag.max(-1) - tr, 0.0))  # 4|q_case|... times 1/2 below
     s = 0.5 / np.where(r == 0, 1.0, r)
-    d21, d02, d10 = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
-    s01, s02, s12 = m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1]
+    d21, d02, d10 = (
+        m[..., 2, 1] - m[..., 1, 2],
+        m[..., 0, 2] - m[..., 2, 0],
+        m[..., 1, 0] - m[..., 0, 1],
+    )
+    s01, s02, s12 = (
+        m[..., 0, 1] + m[..., 1, 0],
+        m[..., 0, 2] + m[..., 2, 0],
+        m[..., 1, 2] + m[..., 2, 1],
+    )
     options = [
         np.stack([0.5 * r, d21 * s, d02 * s, d10 * s], -1),
         np.stack([d21 * s, 0.5 * r, s01 * s, s02 * s], -1),
@@ -169,7 +177,7 @@ def cryosparc_shift_to_origin_angstrom(shift_px: np.ndarray, pixel_size: np.ndar
 
 
 def origin_angstrom_to_cryosparc_shift(origin: np.ndarray, pixel_size: np.ndarray) -> np.ndarray:
-    """RELION origin ``(..., 2)`` (Å) -> cryoSPARC ``alignments3D/shift`` (pixels of ``pixel_size``)."""
+    """RELION origin ``(..., 2)`` (Å) -> cryoSPARC ``alignments3D/shift`` (pixels)."""
     return np.asarray(origin, dtype=np.float64) / np.asarray(pixel_size, np.float64)[..., None]
 
 

@@ -144,6 +144,10 @@ class ParticleTable:
         source = self.source
         if source is not None:
             rows = source.particles
-            rows = rows.iloc[idx].reset_index(drop=True) if isinstance(rows, pd.DataFrame) else rows[idx]
+            rows = (
+                rows.iloc[idx].reset_index(drop=True)
+                if isinstance(rows, pd.DataFrame)
+                else rows[idx]
+            )
             source = replace(source, particles=rows)
         return replace(self, source=source, **columns)

@@ -81,7 +81,10 @@ def test_star_write_keeps_columns_optics_and_order_and_adds(tmp_path: Path):
     blocks = starfile.read(out, always_dict=True)
     original = starfile.read(star, always_dict=True)
     assert list(blocks["particles"].columns) == [*original["particles"].columns, "rlnClassNumber"]
-    assert blocks["particles"]["rlnImageName"].tolist() == original["particles"]["rlnImageName"].tolist()
+    assert (
+        blocks["particles"]["rlnImageName"].tolist()
+        == original["particles"]["rlnImageName"].tolist()
+    )
     assert blocks["particles"]["rlnMicrographName"].tolist() == ["mic1.mrc", "mic1.mrc", "mic2.mrc"]
     assert blocks["optics"].equals(original["optics"])  # rlnMicrographOriginalPixelSize kept
     assert blocks["particles"]["rlnClassNumber"].tolist() == [2, 1, 2]
@@ -136,7 +139,9 @@ def test_cs_passthrough_merge_by_uid(tmp_path: Path):
         np.save(f, np.ascontiguousarray(passthrough))
     with pytest.raises(ValueError, match=r"ctf/accel_kv.*passthrough"):
         read_particles(tmp_path / "J2_particles.cs")
-    merged = read_particles(tmp_path / "J2_particles.cs", passthrough=tmp_path / "J2_passthrough_particles.cs")
+    merged = read_particles(
+        tmp_path / "J2_particles.cs", passthrough=tmp_path / "J2_passthrough_particles.cs"
+    )
     with open(tmp_path / "full.cs", "wb") as f:
         np.save(f, full)
     assert_same_particles(merged, read_particles(tmp_path / "full.cs"))
@@ -151,7 +156,9 @@ def test_cs_paths_with_prefix_and_project_layout(tmp_path: Path):
     with open(tmp_path / "P1" / "J5" / "J5_particles.cs", "wb") as f:
         np.save(f, data)
     t = read_particles(tmp_path / "P1" / "J5" / "J5_particles.cs")
-    assert t.image_path.tolist() == [str(tmp_path / "P1" / "Stacks" / n) for n in ("a.mrcs", "a.mrcs", "b.mrcs")]
+    assert t.image_path.tolist() == [
+        str(tmp_path / "P1" / "Stacks" / n) for n in ("a.mrcs", "a.mrcs", "b.mrcs")
+    ]
 
 
 def test_cs_shift_uses_alignment_pixel_size(tmp_path: Path):
@@ -160,7 +167,9 @@ def test_cs_shift_uses_alignment_pixel_size(tmp_path: Path):
     data["alignments3D/shift"] /= 2
     with open(tmp_path / "p.cs", "wb") as f:
         np.save(f, data)
-    np.testing.assert_allclose(read_particles(tmp_path / "p.cs").origin_angstrom, files.ORIGINS_A, atol=1e-5)
+    np.testing.assert_allclose(
+        read_particles(tmp_path / "p.cs").origin_angstrom, files.ORIGINS_A, atol=1e-5
+    )
 
 
 def test_take_subsets_rows_and_source(tmp_path: Path):

@@ -37,7 +37,9 @@ def convert(
     check_stacks: bool = True,
 ) -> ParticleTable:
     """Read ``source``, check its stacks, write ``target``; return the table that was read."""
-    table = read_particles(source, data_dir=data_dir, passthrough=passthrough, pixel_size=pixel_size)
+    table = read_particles(
+        source, data_dir=data_dir, passthrough=passthrough, pixel_size=pixel_size
+    )
     if check_stacks:
         ParticleImages(table).close()  # opening checks every stack header against the table
     write_particles(table, target, star_version=star_version, absolute_paths=not relative_paths)
@@ -55,10 +57,13 @@ def max_differences(a: ParticleTable, b: ParticleTable) -> dict[str, float]:
                 np.abs(a.defocus_v_angstrom - b.defocus_v_angstrom).max(),
             )
         ),
-        "astigmatism angle (°)": float(np.abs(a.astigmatism_angle_deg - b.astigmatism_angle_deg).max()),
+        "astigmatism angle (°)": float(
+            np.abs(a.astigmatism_angle_deg - b.astigmatism_angle_deg).max()
+        ),
         "pixel size (Å)": float(np.abs(a.pixel_size_angstrom - b.pixel_size_angstrom).max()),
         "same images": float(
-            np.array_equal(a.image_path, b.image_path) and np.array_equal(a.image_index, b.image_index)
+            np.array_equal(a.image_path, b.image_path)
+            and np.array_equal(a.image_index, b.image_index)
         ),
     }
 
@@ -90,8 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("output", nargs="?", type=Path, help="output .star or .cs")
     p.add_argument("--data-dir", type=Path, help="folder that relative stack paths resolve against")
     p.add_argument("--passthrough", type=Path, help="cryoSPARC passthrough .cs to merge by uid")
-    p.add_argument("--pixel-size", type=float, help="pixel size (Å) for RELION 3.0 files lacking one")
-    p.add_argument("--star-version", choices=["3.0", "3.1"], default="3.1", help="STAR flavour to write")
+    p.add_argument(
+        "--pixel-size", type=float, help="pixel size (Å) for RELION 3.0 files lacking one"
+    )
+    p.add_argument(
+        "--star-version", choices=["3.0", "3.1"], default="3.1", help="STAR flavour to write"
+    )
     p.add_argument(
         "--relative-paths",
         action="store_true",
@@ -99,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
         "input's own paths cannot be kept",
     )
     p.add_argument("--no-check-stacks", action="store_true", help="do not open the stack headers")
-    p.add_argument("--demo-dir", type=Path, help="where the demo writes (default: a temporary folder)")
+    p.add_argument(
+        "--demo-dir", type=Path, help="where the demo writes (default: a temporary folder)"
+    )
     return p
 
 

@@ -95,7 +95,9 @@ def _merge_passthrough(data: np.ndarray, path: Path, passthrough: Path) -> np.nd
     missing = np.flatnonzero(extra["uid"][rows] != data["uid"])
     if missing.size:
         raise InputError(
-            passthrough, "uid", f"has no row for uid {data['uid'][missing[0]]} of {path} (row {missing[0] + 1})"
+            passthrough,
+            "uid",
+            f"has no row for uid {data['uid'][missing[0]]} of {path} (row {missing[0] + 1})",
         )
     fields = {n: extra[n][rows] for n in extra.dtype.names if n not in data.dtype.names}
     return add_fields(data, fields) if fields else data
@@ -109,7 +111,9 @@ def _field(data: np.ndarray, name: str, path: Path, default: float | None = None
     values = data[name].astype(np.float64)
     bad = np.flatnonzero(~np.isfinite(values).reshape(len(values), -1).all(axis=1))
     if bad.size:
-        raise InputError(path, name, f"row {bad[0] + 1}: expected finite numbers, got {data[name][bad[0]]}")
+        raise InputError(
+            path, name, f"row {bad[0] + 1}: expected finite numbers, got {data[name][bad[0]]}"
+        )
     return values
 
 
@@ -134,13 +138,22 @@ def read_cs(
         hint = " (is a passthrough file needed?)" if passthrough is None else ""
         raise InputError(path, ", ".join(missing), f"required field(s) missing{hint}")
 
-    raw_paths = np.char.decode(data["blob/path"], "utf-8") if data["blob/path"].dtype.kind == "S" else data["blob/path"]
+    raw_paths = (
+        np.char.decode(data["blob/path"], "utf-8")
+        if data["blob/path"].dtype.kind == "S"
+        else data["blob/path"]
+    )
     stacks, root = resolve_stack_paths(
-        np.asarray(raw_paths, dtype=str), path.parent, Path(data_dir) if data_dir else None, (path.parent.parent,)
+        np.asarray(raw_paths, dtype=str),
+        path.parent,
+        Path(data_dir) if data_dir else None,
+        (path.parent.parent,),
     )
     psize = _field(data, "blob/psize_A", path)
     image_size = (
-        data["blob/shape"][:, -1].astype(np.int64) if "blob/shape" in data.dtype.names else np.zeros(len(data), np.int64)
+        data["blob/shape"][:, -1].astype(np.int64)
+        if "blob/shape" in data.dtype.names
+        else np.zeros(len(data), np.int64)
     )
     optics_values = np.stack(
         [
@@ -177,7 +190,10 @@ def read_cs(
         image_index=data["blob/idx"].astype(np.int64),
         rotation=conventions.cryosparc_pose_to_rotation(_field(data, "alignments3D/pose", path)),
         origin_angstrom=conventions.cryosparc_shift_to_origin_angstrom(
-            shift, _field(data, "alignments3D/psize_A", path, default=np.nan) if has_align_psize else psize
+            shift,
+            _field(data, "alignments3D/psize_A", path, default=np.nan)
+            if has_align_psize
+            else psize,
         ),
         defocus_u_angstrom=_field(data, "ctf/df1_A", path),
         defocus_v_angstrom=_field(data, "ctf/df2_A", path),
@@ -192,7 +208,9 @@ def read_cs(
     )
 
 
-def _table_fields(table: ParticleTable, output: Path, absolute_paths: bool) -> dict[str, np.ndarray]:
+def _table_fields(
+    table: ParticleTable, output: Path, absolute_paths: bool
+) -> dict[str, np.ndarray]:
     """The cryoSPARC fields that describe ``table``."""
     n = len(table)
     psize = table.pixel_size_angstrom
@@ -215,11 +233,15 @@ def _table_fields(table: ParticleTable, output: Path, absolute_paths: bool) -> d
         "ctf/scale": table.ctf_scale.astype(np.float32),
         "ctf/bfactor": table.ctf_bfactor.astype(np.float32),
         "ctf/exp_group_id": table.optics_group.astype(np.uint32),
-        "alignments3D/split": conventions.random_subset_to_split(table.random_subset).astype(np.uint32),
+        "alignments3D/split": conventions.random_subset_to_split(table.random_subset).astype(
+            np.uint32
+        ),
         "alignments3D/shift": conventions.origin_angstrom_to_cryosparc_shift(  # pixels of psize_A
             table.origin_angstrom, psize
         ).astype(np.float32),
-        "alignments3D/pose": conventions.rotation_to_cryosparc_pose(table.rotation).astype(np.float32),
+        "alignments3D/pose": conventions.rotation_to_cryosparc_pose(table.rotation).astype(
+            np.float32
+        ),
         "alignments3D/psize_A": psize.astype(np.float32),
     }
     return fields

@@ -3,15 +3,19 @@
 Maps are read whole. Particle images are read lazily: :class:`ParticleImages` memory-maps each
 stack file (a few at a time), reads any list of particles grouped per stack file with one
 vectorised gather each, and never loads a whole stack, so stacks larger than memory work.
+After each batch it tells the kernel it no longer needs the mapped pages (``MADV_DONTNEED``),
+so the resident memory stays that of one batch, however much of a stack has been read.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections import OrderedDict
 from pathlib import Path
 
 import mrcfile
+import mrcfile.utils
 import numpy as np
 import pandas as pd
 
@@ -29,7 +33,9 @@ PIXEL_SIZE_RTOL = 0.01
 def _check_mode(path: Path, mode: int) -> None:
     if mode not in SUPPORTED_MODES:
         raise InputError(
-            path, "header.mode", f"MRC mode {mode} is not supported (expected one of 0, 1, 2, 6, 12)"
+            path,
+            "header.mode",
+            f"MRC mode {mode} is not supported (expected one of 0, 1, 2, 6, 12)",
         )
 
 
@@ -75,6 +81,40 @@ def write_stack(path: str | os.PathLike[str], images: np.ndarray, pixel_size: fl
             mrc.voxel_size = pixel_size
 
 
+class StackMap:
+    """A read-only memory map of one MRC stack's data, ``(n_images, ny, nx)``.
+
+    mrcfile reads the header (mode, shape, byte order, extended-header size); the data are
+    mapped with ``mmap`` directly so that :meth:`release` can drop the touched pages from this
+    process's resident set (they stay in the page cache).
+    """
+
+    def __init__(self, path: Path) -> None:
+        with _open(path, header_only=True) as mrc:
+            dtype = mrcfile.utils.data_dtype_from_header(mrc.header)
+            shape = mrcfile.utils.data_shape_from_header(mrc.header)
+            offset = 1024 + int(mrc.header.nsymbt)
+        shape = shape if len(shape) == 3 else (1, *shape[-2:])
+        with open(path, "rb") as f:  # the map keeps its own handle
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        count = int(np.prod(shape))
+        if offset + count * dtype.itemsize > len(self._map):
+            self.close()
+            raise InputError(
+                path, "data", f"file is shorter than its header says ({shape} {dtype})"
+            )
+        self.data = np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+    def release(self) -> None:
+        """Drop this mapping's pages from the resident set (no effect on the data)."""
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)
+
+    def close(self) -> None:
+        self.data = None
+        self._map.close()
+
+
 class ParticleImages:
     """Lazy reader of a table's particle images.
 
@@ -98,7 +138,7 @@ class ParticleImages:
         codes, uniques = pd.factorize(pd.Series(table.image_path, dtype=str))
         self._codes = codes.astype(np.int64)
         self._stacks = [Path(u) for u in uniques]
-        self._open_maps: OrderedDict[int, mrcfile.mrcfile.MrcFile] = OrderedDict()
+        self._open_maps: OrderedDict[int, StackMap] = OrderedDict()
         self.image_shape = self._check_headers(check_pixel_size)
 
     @property
@@ -115,7 +155,9 @@ class ParticleImages:
             row = int(first_row[code])
             if not stack.is_file():
                 raise InputError(
-                    self._table_file, "rlnImageName", f"row {row + 1}: stack file {stack} does not exist"
+                    self._table_file,
+                    "rlnImageName",
+                    f"row {row + 1}: stack file {stack} does not exist",
                 )
             with _open(stack, header_only=True) as mrc:
                 h = mrc.header
@@ -123,7 +165,9 @@ class ParticleImages:
                 n_images, ny, nx = int(h.nz), int(h.ny), int(h.nx)
                 header_psize = float(mrc.voxel_size.x)
             if max_index[code] >= n_images:
-                bad = np.flatnonzero((self._codes == code) & (self.table.image_index >= n_images))[0]
+                bad = np.flatnonzero((self._codes == code) & (self.table.image_index >= n_images))[
+                    0
+                ]
                 raise InputError(
                     self._table_file,
                     "rlnImageName",
@@ -134,19 +178,28 @@ class ParticleImages:
             expected_size = int(self.table.optics.image_size[group])
             if expected_size and (nx != expected_size or ny != expected_size):
                 raise InputError(
-                    stack, "header.nx/ny", f"images are {nx}x{ny}, the table's optics group says {expected_size}"
+                    stack,
+                    "header.nx/ny",
+                    f"images are {nx}x{ny}, the table's optics group says {expected_size}",
                 )
             psize = float(self.table.optics.pixel_size_angstrom[group])
-            if check_pixel_size and header_psize > 0 and abs(header_psize - psize) > PIXEL_SIZE_RTOL * psize:
+            if (
+                check_pixel_size
+                and header_psize > 0
+                and abs(header_psize - psize) > PIXEL_SIZE_RTOL * psize
+            ):
                 raise InputError(
                     stack,
                     "header.voxel_size",
-                    f"pixel size {header_psize:.4f} Å disagrees with {psize:.4f} Å in {self._table_file} "
+                    f"pixel size {header_psize:.4f} Å disagrees with {psize:.4f} Å in "
+                    f"{self._table_file} "
                     "(check the file, or disable the check with check_pixel_size=False)",
                 )
             shapes.add((ny, nx))
         if len(shapes) != 1:
-            raise InputError(self._table_file, "rlnImageName", f"stacks have different image sizes {shapes}")
+            raise InputError(
+                self._table_file, "rlnImageName", f"stacks have different image sizes {shapes}"
+            )
         return shapes.pop()
 
     def _data(self, code: int) -> np.ndarray:
@@ -157,15 +210,14 @@ class ParticleImages:
             if len(self._open_maps) >= self.max_open:
                 _, old = self._open_maps.popitem(last=False)
                 old.close()
-            self._open_maps[code] = mrcfile.mmap(self._stacks[code], mode="r", permissive=False)
-        data = self._open_maps[code].data
-        return data if data.ndim == 3 else data[None]
+            self._open_maps[code] = StackMap(self._stacks[code])
+        return self._open_maps[code].data
 
     def __len__(self) -> int:
         return len(self.table)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """Images of table ``rows`` (any order, repeats allowed): ``(b, ny, nx)`` float32, in order."""
+        """Images of table ``rows`` (any order, repeats allowed): ``(b, ny, nx)`` float32."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), *self.image_shape), dtype=np.float32)
         codes = self._codes[rows]
@@ -176,7 +228,9 @@ class ParticleImages:
                 continue
             index = self.table.image_index[rows[group]]
             sort = np.argsort(index, kind="stable")  # ascending reads are kind to the page cache
-            out[group[sort]] = self._data(int(codes[group[0]]))[index[sort]]
+            code = int(codes[group[0]])
+            out[group[sort]] = self._data(code)[index[sort]]
+            self._open_maps[code].release()
         finite = np.isfinite(out).reshape(len(rows), -1).all(axis=1)
         if not finite.all():
             bad = int(rows[np.flatnonzero(~finite)[0]])

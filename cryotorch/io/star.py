@@ -87,7 +87,9 @@ def _numeric(df: pd.DataFrame, column: str, path: Path, default: float | None = 
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         raise InputError(
-            path, column, f"row {bad[0] + 1}: expected a finite number, got {df[column].iloc[bad[0]]!r}"
+            path,
+            column,
+            f"row {bad[0] + 1}: expected a finite number, got {df[column].iloc[bad[0]]!r}",
         )
     return values
 
@@ -108,7 +110,8 @@ def _parse_image_names(
         raise InputError(
             path,
             "rlnImageName",
-            f"row {bad[0] + 1}: expected a 1-based integer index before '@', got {names.iloc[bad[0]]!r}",
+            f"row {bad[0] + 1}: expected a 1-based integer index before '@', "
+            f"got {names.iloc[bad[0]]!r}",
         )
     stacks, root = resolve_stack_paths(parts[1].to_numpy(dtype=str), path.parent, data_dir)
     return stacks, conventions.one_based_to_zero_based(index), root
@@ -138,7 +141,9 @@ def _optics_from_31(optics: pd.DataFrame, particles: pd.DataFrame, path: Path):
     )
     if "rlnOpticsGroup" not in particles.columns:
         if len(groups) != 1:
-            raise InputError(path, "rlnOpticsGroup", "missing, and the optics block has several groups")
+            raise InputError(
+                path, "rlnOpticsGroup", "missing, and the optics block has several groups"
+            )
         return groups, np.zeros(len(particles), dtype=np.int64)
     wanted = _numeric(particles, "rlnOpticsGroup", path).astype(np.int64)
     order = np.argsort(group_ids)
@@ -217,7 +222,9 @@ def read_star(
         version = "3.1"
         particles = blocks["particles"]
         if "optics" not in blocks:
-            raise InputError(path, "data_optics", "a data_particles block needs a data_optics block")
+            raise InputError(
+                path, "data_optics", "a data_particles block needs a data_optics block"
+            )
         optics_df = blocks["optics"]
     else:
         candidates = [k for k, v in blocks.items() if "rlnImageName" in v.columns]
@@ -228,7 +235,9 @@ def read_star(
         version, particles, optics_df = "3.0", blocks[candidates[0]], None
     particles = particles.reset_index(drop=True)
     if len(particles) == 0:
-        raise InputError(path, "data_particles", "the table is empty: expected at least one particle")
+        raise InputError(
+            path, "data_particles", "the table is empty: expected at least one particle"
+        )
     _require(particles, REQUIRED_PARTICLE_COLUMNS, path, "particles")
 
     if version == "3.1":
@@ -236,7 +245,9 @@ def read_star(
         origin = np.stack([_numeric(particles, c, path, default=0.0) for c in ORIGIN_COLUMNS_31], 1)
     else:
         optics, group = _optics_from_30(particles, path, pixel_size)
-        origin_px = np.stack([_numeric(particles, c, path, default=0.0) for c in ORIGIN_COLUMNS_30], 1)
+        origin_px = np.stack(
+            [_numeric(particles, c, path, default=0.0) for c in ORIGIN_COLUMNS_30], 1
+        )
         origin = origin_px * optics.pixel_size_angstrom[group][:, None]
 
     stacks, index, root = _parse_image_names(particles["rlnImageName"], path, data_dir)
@@ -267,7 +278,9 @@ def read_star(
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _table_columns(table: ParticleTable, output: Path, absolute_paths: bool) -> dict[str, np.ndarray]:
+def _table_columns(
+    table: ParticleTable, output: Path, absolute_paths: bool
+) -> dict[str, np.ndarray]:
     """The particle columns that describe ``table`` in RELION 3.1 terms."""
     rot, tilt, psi = conventions.rotation_to_euler(table.rotation)
     stacks = stack_path_for_output(table.image_path, output.parent, absolute_paths)
@@ -321,9 +334,10 @@ def write_star(
     When the table was read from a STAR file of the same version, every input column and
     optics field is written back verbatim in the same row order, and no other column is
     added (stack paths are rewritten only if the output is in another folder); otherwise the
-    columns are made from the table, keeping the input's non-geometry columns. ``new_columns`` (name -> ``(n,)`` array) are added or
-    replace existing ones. Stack paths of rows that come from another format are written
-    absolute (``absolute_paths``) or relative to the output folder.
+    columns are made from the table, keeping the input's non-geometry columns.
+    ``new_columns`` (name -> ``(n,)`` array) are added or replace existing ones. Stack paths
+    that cannot be copied are written absolute (``absolute_paths``) or relative to the output
+    folder.
     """
     path = Path(path)
     source = table.source
@@ -357,7 +371,9 @@ def write_star(
         }.items():
             if name not in particles.columns:
                 particles[name] = values
-        particles = particles.drop(columns=[c for c in (*ORIGIN_COLUMNS_31, "rlnOpticsGroup") if c in particles])
+        particles = particles.drop(
+            columns=[c for c in (*ORIGIN_COLUMNS_31, "rlnOpticsGroup") if c in particles]
+        )
 
     for name, values in (new_columns or {}).items():
         values = np.asarray(values)
@@ -365,6 +381,8 @@ def write_star(
             raise ValueError(f"new column {name} has {len(values)} rows, expected {len(particles)}")
         particles[name] = values
 
-    blocks = {"images": particles} if version == "3.0" else {"optics": optics, "particles": particles}
+    blocks = (
+        {"images": particles} if version == "3.0" else {"optics": optics, "particles": particles}
+    )
     with atomic_path(path) as tmp:
         starfile.write(blocks, tmp, float_format="%.6f")

@@ -1,0 +1,105 @@
+"""Conventions and the converter checked against RELION's own programs (marker ``relion``)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+
+from cryotorch import conventions as cv
+from cryotorch.cli.convert import main as convert_main
+from cryotorch.io import read_particles, write_map
+from cryotorch.io.example import write_example_star
+from cryotorch.physics.fsc import fourier_shell_correlation
+
+pytestmark = pytest.mark.relion
+
+
+def relion(*args: str, cwd: Path) -> None:
+    result = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout}\n{result.stderr}"
+
+
+def blobs(d: int, centres_px: list[tuple[float, float, float]], sigma: float = 1.5) -> np.ndarray:
+    """Gaussian blobs at ``(x, y, z)`` pixel offsets from the box centre, indexed [z, y, x]."""
+    z, y, x = np.mgrid[:d, :d, :d] - d // 2
+    vol = np.zeros((d, d, d), dtype=np.float32)
+    for i, (cx, cy, cz) in enumerate(centres_px):
+        vol += (1 + 0.3 * i) * np.exp(
+            -((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * sigma**2)
+        )
+    return vol
+
+
+@pytest.mark.parametrize(
+    ("angles", "origin_px"),
+    [
+        ((0, 0, 0), (0, 0)),
+        ((90, 0, 0), (3, 0)),
+        ((30, 60, -45), (-2, 4)),
+        ((-150, 120, 80), (1.5, -2.5)),
+    ],
+)
+def test_euler_and_origin_conventions_match_relion_project(tmp_path: Path, angles, origin_px):
+    d, psize, point = 48, 2.0, np.array([7.0, -4.0, 3.0])  # pixels from the centre (x, y, z)
+    write_map(tmp_path / "blob.mrc", blobs(d, [tuple(point)]), psize)
+    rot, tilt, psi = angles
+    relion(
+        "relion_project", "--i", "blob.mrc", "--o", "proj.mrc", "--angpix", str(psize),
+        "--rot", str(rot), "--tilt", str(tilt), "--psi", str(psi),
+        "--xoff", str(origin_px[0]), "--yoff", str(origin_px[1]),
+        cwd=tmp_path,
+    )  # fmt: skip
+    image = mrcfile.read(tmp_path / "proj.mrc").squeeze()
+    w = np.clip(image, 0, None) ** 2
+    yy, xx = np.mgrid[:d, :d]
+    centroid = np.array([(w * xx).sum(), (w * yy).sum()]) / w.sum()
+    # cryotorch's convention: the map point p lands at centre + (A p)[:2] - origin / pixel size.
+    expected = d // 2 + (cv.euler_to_rotation(rot, tilt, psi) @ point)[:2] - np.array(origin_px)
+    np.testing.assert_allclose(centroid, expected, atol=0.05)
+
+
+def test_star_from_cs_reconstructs_the_same_map_in_relion(tmp_path: Path):
+    d = 32
+    centres = [(3, 0, -5), (-4, 5, 2), (0, -6, 4), (6, 4, 6), (-5, -3, -4)]
+    write_map(tmp_path / "map.mrc", blobs(d, centres), 1.5)
+    write_example_star(tmp_path, n_particles=600, box=d)  # poses, shifts, CTFs, two optics groups
+    relion(
+        "relion_project",
+        "--i",
+        "map.mrc",
+        "--o",
+        "proj",
+        "--ctf",
+        "--ang",
+        "particles.star",
+        cwd=tmp_path,
+    )
+
+    # relion_project's own STAR reads correctly: the same poses as the STAR it was given.
+    given, written = (
+        read_particles(tmp_path / "particles.star"),
+        read_particles(tmp_path / "proj.star"),
+    )
+    np.testing.assert_allclose(written.rotation, given.rotation, atol=1e-5)
+    np.testing.assert_allclose(written.origin_angstrom, given.origin_angstrom, atol=1e-5)
+    assert written.image_path[0] == str(tmp_path / "proj.mrcs")
+
+    (tmp_path / "cs").mkdir()
+    assert convert_main([str(tmp_path / "proj.star"), str(tmp_path / "cs" / "proj.cs")]) == 0
+    assert convert_main([str(tmp_path / "cs" / "proj.cs"), str(tmp_path / "from_cs.star")]) == 0
+    relion("relion_reconstruct", "--i", "proj.star", "--o", "original.mrc", "--ctf", cwd=tmp_path)
+    relion(
+        "relion_reconstruct", "--i", "from_cs.star", "--o", "round_trip.mrc", "--ctf", cwd=tmp_path
+    )
+    a = torch.from_numpy(mrcfile.read(tmp_path / "original.mrc").copy())
+    b = torch.from_numpy(mrcfile.read(tmp_path / "round_trip.mrc").copy())
+    fsc = fourier_shell_correlation(a, b)
+    assert fsc.min() >= 0.99, fsc
+    # And the reconstruction is of the map (so the comparison is not between two empty maps).
+    truth = torch.from_numpy(mrcfile.read(tmp_path / "map.mrc").copy())
+    assert fourier_shell_correlation(a, truth)[: d // 4].min() > 0.9
