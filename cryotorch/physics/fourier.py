@@ -1,0 +1,99 @@
+"""The one Fourier convention of cryotorch: centred rfft of images and volumes.
+
+Real space: an image ``(..., d, d)`` is indexed ``[y, x]`` and a volume ``(..., d, d, d)``
+``[z, y, x]``; the centre (rotation centre, origin of shifts) is the pixel ``d // 2`` on every
+axis.
+
+Fourier space: ``rfft_2d(image)`` is ``rfft2`` of the image with its centre moved to index 0
+(``ifftshift``), then ``fftshift`` on the full axis: shape ``(..., d, d // 2 + 1)``, indexed
+``[ky + d // 2, kx]`` with ``kx = 0 .. d // 2`` and ``ky = -d // 2 .. (d - 1) // 2`` in Fourier
+pixels (cycles per box). ``rfft_3d`` is the same with ``[kz + d // 2, ky + d // 2, kx]``. With
+the centre at index 0, a centred object has a smooth transform, and the transform of a
+symmetric object is real. No normalisation on the forward transform (torch's default).
+
+A frequency in Fourier pixels ``k`` is ``k / (d * pixel_size)`` in 1/Å.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "fourier_crop_2d",
+    "fourier_pad_2d",
+    "frequency_grid_2d",
+    "frequency_grid_3d",
+    "irfft_2d",
+    "irfft_3d",
+    "rfft_2d",
+    "rfft_3d",
+]
+
+
+def rfft_2d(images: torch.Tensor) -> torch.Tensor:
+    """Centred rfft of real images ``(..., d, d)`` -> ``(..., d, d // 2 + 1)`` complex."""
+    f = torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)))
+    return torch.fft.fftshift(f, dim=-2)
+
+
+def irfft_2d(spectra: torch.Tensor, d: int) -> torch.Tensor:
+    """Inverse of :func:`rfft_2d`: ``(..., d, d // 2 + 1)`` -> real ``(..., d, d)``."""
+    f = torch.fft.ifftshift(spectra, dim=-2)
+    return torch.fft.fftshift(torch.fft.irfft2(f, s=(d, d)), dim=(-2, -1))
+
+
+def rfft_3d(volumes: torch.Tensor) -> torch.Tensor:
+    """Centred rfft of real volumes ``(..., d, d, d)`` -> ``(..., d, d, d // 2 + 1)`` complex."""
+    f = torch.fft.rfftn(torch.fft.ifftshift(volumes, dim=(-3, -2, -1)), dim=(-3, -2, -1))
+    return torch.fft.fftshift(f, dim=(-3, -2))
+
+
+def irfft_3d(spectra: torch.Tensor, d: int) -> torch.Tensor:
+    """Inverse of :func:`rfft_3d`: ``(..., d, d, d // 2 + 1)`` -> real ``(..., d, d, d)``."""
+    f = torch.fft.ifftshift(spectra, dim=(-3, -2))
+    return torch.fft.fftshift(torch.fft.irfftn(f, s=(d, d, d), dim=(-3, -2, -1)), dim=(-3, -2, -1))
+
+
+def frequency_grid_2d(d: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``(d, d // 2 + 1, 2)`` float32: ``(kx, ky)`` in Fourier pixels of each rfft_2d entry."""
+    ky = torch.arange(d, device=device, dtype=torch.float32) - d // 2
+    kx = torch.arange(d // 2 + 1, device=device, dtype=torch.float32)
+    gy, gx = torch.meshgrid(ky, kx, indexing="ij")
+    return torch.stack([gx, gy], dim=-1)
+
+
+def frequency_grid_3d(d: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``(d, d, d // 2 + 1, 3)`` float32: ``(kx, ky, kz)`` in Fourier pixels, per rfft_3d entry."""
+    k = torch.arange(d, device=device, dtype=torch.float32) - d // 2
+    kx = torch.arange(d // 2 + 1, device=device, dtype=torch.float32)
+    gz, gy, gx = torch.meshgrid(k, k, kx, indexing="ij")
+    return torch.stack([gx, gy, gz], dim=-1)
+
+
+def fourier_crop_2d(spectra: torch.Tensor, d_out: int) -> torch.Tensor:
+    """Keep the ``(d_out, d_out // 2 + 1)`` lowest frequencies of ``(..., d, d // 2 + 1)`` spectra.
+
+    Cropping a box-``d`` image with pixel size ``p`` to ``d_out`` gives pixel size
+    ``p * d / d_out`` (Nyquist ``2 p d / d_out`` Å). The result is scaled by ``(d_out / d)²`` so
+    that ``irfft_2d`` of it has the real-space values of the downsampled image.
+    """
+    d = spectra.shape[-2]
+    if d_out > d:
+        raise ValueError(f"cannot crop a box of {d} to {d_out}")
+    start = d // 2 - d_out // 2
+    cropped = spectra[..., start : start + d_out, : d_out // 2 + 1]
+    return cropped * (d_out / d) ** 2
+
+
+def fourier_pad_2d(spectra: torch.Tensor, d_out: int) -> torch.Tensor:
+    """Zero-pad ``(..., d, d // 2 + 1)`` spectra to ``(..., d_out, d_out // 2 + 1)`` (upsampling).
+
+    The inverse of :func:`fourier_crop_2d` on the frequencies both keep.
+    """
+    d = spectra.shape[-2]
+    if d_out < d:
+        raise ValueError(f"cannot pad a box of {d} to {d_out}")
+    out = spectra.new_zeros((*spectra.shape[:-2], d_out, d_out // 2 + 1))
+    start = d_out // 2 - d // 2
+    out[..., start : start + d, : d // 2 + 1] = spectra
+    return out * (d_out / d) ** 2

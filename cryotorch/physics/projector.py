@@ -1,0 +1,104 @@
+"""Maps <-> padded Fourier volumes: gridding correction, projection and reconstruction.
+
+Trilinear interpolation of a Fourier volume padded ``pad`` times (box ``p = pad · d``)
+multiplies the real-space map by ``sinc²(x / p) sinc²(y / p) sinc²(z / p)`` (``x`` in pixels
+from the centre): the Fourier transform of the trilinear kernel. Projection therefore divides
+the map by it before padding (``gridding correction``), and reconstruction divides the result
+by it after the inverse transform, as RELION does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cryotorch.physics.fourier import irfft_2d, irfft_3d, rfft_3d
+from cryotorch.physics.slices import (
+    SliceGeometry,
+    deinterleave_classes,
+    extract_central_slices,
+    interleave_classes,
+    slice_geometry,
+)
+
+__all__ = [
+    "gridding_kernel",
+    "pad_volume",
+    "prepare_volumes",
+    "project",
+    "reconstruct_from_sums",
+    "unpad_volume",
+]
+
+
+def gridding_kernel(d: int, pad: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(d, d, d)``: the real-space weight ``Π sinc²(x_i / (pad d))`` that trilinear
+    interpolation on the padded grid imposes (``sinc t = sin πt / πt``)."""
+    x = (torch.arange(d, device=device, dtype=dtype) - d // 2) / (pad * d)
+    s = torch.sinc(x) ** 2
+    return s[:, None, None] * s[None, :, None] * s[None, None, :]
+
+
+def pad_volume(volumes: torch.Tensor, pad: int) -> torch.Tensor:
+    """Zero-pad ``(..., d, d, d)`` about the centre to ``(..., pad d, pad d, pad d)``."""
+    d = volumes.shape[-1]
+    p = pad * d
+    lo = p // 2 - d // 2
+    out = volumes.new_zeros((*volumes.shape[:-3], p, p, p))
+    out[..., lo : lo + d, lo : lo + d, lo : lo + d] = volumes
+    return out
+
+
+def unpad_volume(volumes: torch.Tensor, d: int) -> torch.Tensor:
+    """The central ``(..., d, d, d)`` of padded volumes (inverse of :func:`pad_volume`)."""
+    p = volumes.shape[-1]
+    lo = p // 2 - d // 2
+    return volumes[..., lo : lo + d, lo : lo + d, lo : lo + d]
+
+
+def prepare_volumes(maps: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """Real maps ``(k, d, d, d)`` -> interleaved padded Fourier volumes ``(n_voxels, 2k)``.
+
+    Gridding-corrected, zero-padded to ``pad · d``, centred rfft_3d, classes interleaved.
+    """
+    d = maps.shape[-1]
+    corrected = maps / gridding_kernel(d, pad, maps.device, maps.dtype)
+    return interleave_classes(rfft_3d(pad_volume(corrected, pad)))
+
+
+def project(
+    maps: torch.Tensor, rotations: torch.Tensor, pad: int = 2, geometry: SliceGeometry | None = None
+) -> torch.Tensor:
+    """Projections of maps ``(k, d, d, d)`` at ``rotations (b, 3, 3)`` -> ``(b, k, d, d)`` images.
+
+    The line integral along z of the map rotated by ``A`` (RELION convention), in the units of
+    the map times pixels. No CTF, no shift (apply them to the rfft of the slices).
+    """
+    d = maps.shape[-1]
+    geometry = geometry or slice_geometry(rotations, d, pad)
+    return irfft_2d(extract_central_slices(prepare_volumes(maps, pad), geometry), d)
+
+
+def reconstruct_from_sums(
+    data: torch.Tensor,
+    weight: torch.Tensor,
+    d: int,
+    pad: int = 2,
+    regularisation: torch.Tensor | float = 0.0,
+    eps: float = 1e-3,
+) -> torch.Tensor:
+    """Maps ``(k, d, d, d)`` from inserted sums ``data (n_voxels, 2k)``, ``weight (n_voxels, k)``.
+
+    ``V = data / (weight + regularisation)`` per Fourier voxel (``regularisation`` broadcasts
+    against ``(k, p, p, p // 2 + 1)``, e.g. ``1 / (T τ²)`` per shell), voxels whose
+    denominator is below ``eps`` times its largest value set to zero, then the inverse
+    transform, the central ``d`` box, and the gridding correction.
+    """
+    p = pad * d
+    k = weight.shape[1]
+    numerator = deinterleave_classes(data, p)
+    denominator = weight.T.reshape(k, p, p, p // 2 + 1) + regularisation
+    floor = eps * denominator.flatten(1).amax(dim=1).clamp_min(torch.finfo(denominator.dtype).tiny)
+    valid = denominator > floor[:, None, None, None]
+    volume_ft = torch.where(valid, numerator / torch.where(valid, denominator, 1.0), 0)
+    maps = unpad_volume(irfft_3d(volume_ft, p), d)
+    return maps / gridding_kernel(d, pad, maps.device, maps.dtype)

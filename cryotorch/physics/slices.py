@@ -1,0 +1,187 @@
+"""Central slices of K class volumes at once: extraction and its adjoint, insertion.
+
+These are the two hot kernels of 3D classification. The K Fourier volumes (centred rfft_3d of
+the ``pad``-times padded maps, see :mod:`cryotorch.physics.projector`) are stored *interleaved*,
+``(n_voxels, 2K)`` real (real and imaginary parts of every class side by side), so that one
+gather of a voxel serves all K classes.
+
+A particle's 2D frequency ``k = (kx, ky)`` (box ``d``) samples the 3D transform at
+``q = pad · Aᵀ (kx, ky, 0)`` (RELION's matrix ``A``, see :mod:`cryotorch.conventions`). Only
+frequencies with ``|k| <= d / 2`` are used (RELION's ``r_max``); the others are zero. Points
+with ``qx < 0`` are read at ``-q`` and conjugated (Friedel symmetry of the rfft half). Values
+between voxels are trilinearly interpolated. :func:`insert_central_slices` is the exact
+adjoint of :func:`extract_central_slices` for the real inner product
+``<a, b> = Re Σ a conj(b)`` over the stored entries.
+
+:func:`extract_central_slices_reference` does the same with ``grid_sample`` on the full
+(non-Hermitian-folded) spectrum: slow, obviously correct, and the tests hold the fast path to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cryotorch.physics.fourier import frequency_grid_2d
+
+__all__ = [
+    "SliceGeometry",
+    "deinterleave_classes",
+    "extract_central_slices",
+    "extract_central_slices_reference",
+    "insert_central_slices",
+    "interleave_classes",
+    "slice_geometry",
+]
+
+
+def interleave_classes(volumes_ft: torch.Tensor) -> torch.Tensor:
+    """``(k, p, p, p // 2 + 1)`` complex -> ``(p * p * (p // 2 + 1), 2k)`` real, voxel-major."""
+    k = volumes_ft.shape[0]
+    return torch.view_as_real(volumes_ft).permute(1, 2, 3, 0, 4).reshape(-1, 2 * k).contiguous()
+
+
+def deinterleave_classes(table: torch.Tensor, p: int) -> torch.Tensor:
+    """Inverse of :func:`interleave_classes`: ``(n_voxels, 2k)`` -> ``(k, p, p, p // 2 + 1)``."""
+    k = table.shape[1] // 2
+    vol = table.reshape(p, p, p // 2 + 1, k, 2).permute(3, 0, 1, 2, 4).contiguous()
+    return torch.view_as_complex(vol)
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """Where the frequencies of ``b`` slices fall in the padded volume grid.
+
+    ``pixels (m,)``: flat rfft_2d positions of the used frequencies (``|k| <= d / 2``);
+    ``index (b, m, 8)``: flat voxel index of the 8 trilinear neighbours; ``weight (b, m, 8)``;
+    ``conjugate (b, m)``: read at ``-q`` (take the complex conjugate).
+    """
+
+    d: int
+    pixels: torch.Tensor
+    index: torch.Tensor
+    weight: torch.Tensor
+    conjugate: torch.Tensor
+
+
+def slice_geometry(rotations: torch.Tensor, d: int, pad: int = 2) -> SliceGeometry:
+    """Trilinear neighbours of the central slices of ``rotations (b, 3, 3)`` (RELION ``A``)."""
+    p = pad * d
+    px = p // 2 + 1
+    k = frequency_grid_2d(d, rotations.device).to(rotations.dtype).reshape(-1, 2)
+    inside = k.norm(dim=-1) <= d / 2
+    pixels = torch.nonzero(inside).flatten()
+    k = k[pixels]
+    # q = pad * A^T (kx, ky, 0): row j of A^T is column j of A.
+    q = pad * (
+        k[None, :, 0, None] * rotations[:, None, 0, :]
+        + k[None, :, 1, None] * rotations[:, None, 1, :]
+    )
+    conjugate = q[..., 0] < 0
+    q = torch.where(conjugate[..., None], -q, q)
+    g = q + q.new_tensor([0.0, p // 2, p // 2])  # grid position (x, y, z)
+    g0 = torch.floor(g)
+    frac = g - g0
+    g0 = g0.long()
+    index, weight = [], []
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                x, y, z = g0[..., 0] + dx, g0[..., 1] + dy, g0[..., 2] + dz
+                w = (
+                    (frac[..., 0] if dx else 1 - frac[..., 0])
+                    * (frac[..., 1] if dy else 1 - frac[..., 1])
+                    * (frac[..., 2] if dz else 1 - frac[..., 2])
+                )
+                valid = (x < px) & (y >= 0) & (y < p) & (z >= 0) & (z < p)
+                index.append(torch.where(valid, (z * p + y) * px + x, 0))
+                weight.append(torch.where(valid, w, 0.0))
+    return SliceGeometry(d, pixels, torch.stack(index, -1), torch.stack(weight, -1), conjugate)
+
+
+def extract_central_slices(table: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor:
+    """Central slices of the interleaved volumes ``table (n_voxels, 2k)``.
+
+    Returns ``(b, k, d, d // 2 + 1)`` complex slices (rfft_2d layout), zero beyond ``|k| = d/2``.
+    """
+    b, m, _ = geometry.index.shape
+    k2 = table.shape[1]
+    acc = table.new_zeros((b * m, k2))
+    for c in range(8):
+        acc = acc + geometry.weight[..., c].reshape(-1, 1).to(table.dtype) * table.index_select(
+            0, geometry.index[..., c].reshape(-1)
+        )
+    acc = acc.reshape(b, m, k2 // 2, 2)
+    sign = torch.where(geometry.conjugate, -1.0, 1.0).to(table.dtype)[..., None]
+    values = torch.complex(acc[..., 0], acc[..., 1] * sign)  # (b, m, k)
+    d = geometry.d
+    out = values.new_zeros((b, k2 // 2, d * (d // 2 + 1)))
+    out = out.index_copy(2, geometry.pixels, values.transpose(1, 2))
+    return out.reshape(b, k2 // 2, d, d // 2 + 1)
+
+
+def insert_central_slices(
+    slices: torch.Tensor,
+    geometry: SliceGeometry,
+    n_voxels: int,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Adjoint of :func:`extract_central_slices`: add ``slices (b, k, d, d // 2 + 1)`` into volumes.
+
+    Returns the interleaved data sums ``(n_voxels, 2k)`` and, if ``weights (b, k, d, d // 2 + 1)``
+    (real, e.g. posterior · CTF² / σ²) are given, their sums ``(n_voxels, k)`` inserted with the
+    same trilinear weights (Friedel mates add to the same voxel, unconjugated).
+    """
+    b, k = slices.shape[:2]
+    m = geometry.pixels.numel()
+    values = slices.reshape(b, k, -1).index_select(2, geometry.pixels).transpose(1, 2)  # (b, m, k)
+    values = torch.where(geometry.conjugate[..., None], values.conj(), values)
+    values = torch.view_as_real(values.resolve_conj()).reshape(b * m, 2 * k)
+    real_dtype = values.dtype
+    data = values.new_zeros((n_voxels, 2 * k))
+    w_values = None
+    weight_sum = None
+    if weights is not None:
+        w_values = weights.reshape(b, k, -1).index_select(2, geometry.pixels).transpose(1, 2)
+        w_values = w_values.reshape(b * m, k).to(real_dtype)
+        weight_sum = values.new_zeros((n_voxels, k))
+    for c in range(8):
+        idx = geometry.index[..., c].reshape(-1)
+        w = geometry.weight[..., c].reshape(-1, 1).to(real_dtype)
+        data = data.index_add(0, idx, w * values)
+        if w_values is not None:
+            weight_sum = weight_sum.index_add(0, idx, w * w_values)
+    return data, weight_sum
+
+
+def extract_central_slices_reference(
+    volumes_ft_full: torch.Tensor, rotations: torch.Tensor, d: int, pad: int = 2
+) -> torch.Tensor:
+    """Reference extraction with ``grid_sample`` on full centred spectra.
+
+    ``volumes_ft_full (k, p, p, p)`` complex is ``fftshift(fftn(ifftshift(padded maps)))``,
+    indexed ``[kz + p//2, ky + p//2, kx + p//2]``. Returns ``(b, k, d, d // 2 + 1)`` like
+    :func:`extract_central_slices`.
+    """
+    k, p = volumes_ft_full.shape[0], volumes_ft_full.shape[-1]
+    grid2 = frequency_grid_2d(d, rotations.device).to(rotations.dtype)  # (d, dh, 2)
+    inside = grid2.norm(dim=-1) <= d / 2
+    q = pad * (
+        grid2[None, ..., 0, None] * rotations[:, None, None, 0, :]
+        + grid2[None, ..., 1, None] * rotations[:, None, None, 1, :]
+    )
+    normalised = (q + p // 2) * 2 / (p - 1) - 1  # align_corners=True: index i -> -1 + 2i/(p-1)
+    channels = torch.view_as_real(volumes_ft_full).permute(0, 4, 1, 2, 3).reshape(1, 2 * k, p, p, p)
+    b = rotations.shape[0]
+    sampled = F.grid_sample(
+        channels.expand(b, -1, -1, -1, -1),
+        normalised[:, None].to(channels.dtype),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=True,
+    )  # (b, 2k, 1, d, dh)
+    sampled = sampled[:, :, 0].reshape(b, k, 2, d, d // 2 + 1)
+    out = torch.complex(sampled[:, :, 0], sampled[:, :, 1])
+    return out * inside

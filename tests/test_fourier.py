@@ -1,0 +1,88 @@
+"""The centred rfft convention, shells, shifts, masks and FSC."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cryotorch.physics.fourier import (
+    fourier_crop_2d,
+    fourier_pad_2d,
+    irfft_2d,
+    irfft_3d,
+    rfft_2d,
+    rfft_3d,
+)
+from cryotorch.physics.fsc import fourier_shell_correlation
+from cryotorch.physics.masks import lowpass_3d, soft_sphere
+from cryotorch.physics.shells import hermitian_weights, shell_index_2d, shell_index_3d, shell_sum
+from cryotorch.physics.shifts import phase_shift_2d
+from tests.physics_helpers import DEVICES, blob_volume
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [16, 17])
+def test_round_trips_and_centre(device, d):
+    x = torch.randn(3, d, d, dtype=torch.float64, device=device)
+    torch.testing.assert_close(irfft_2d(rfft_2d(x), d), x)
+    v = torch.randn(2, d, d, d, dtype=torch.float64, device=device)
+    torch.testing.assert_close(irfft_3d(rfft_3d(v), d), v)
+    # A point at the centre has a flat, real transform; the DC term sits at [d // 2, 0].
+    delta = torch.zeros(d, d, dtype=torch.float64, device=device)
+    delta[d // 2, d // 2] = 1
+    torch.testing.assert_close(
+        rfft_2d(delta), torch.ones(d, d // 2 + 1, dtype=torch.complex128, device=device)
+    )
+    assert rfft_2d(x)[0, d // 2, 0].real == pytest.approx(float(x[0].sum()))
+
+
+def test_phase_shift_moves_content_like_roll():
+    d = 16
+    x = torch.randn(2, d, d, dtype=torch.float64)
+    shift = torch.tensor([[3.0, -2.0], [-5.0, 1.0]], dtype=torch.float64)
+    moved = irfft_2d(rfft_2d(x) * phase_shift_2d(d, shift), d)
+    for i in range(2):
+        expected = torch.roll(x[i], shifts=(int(shift[i, 1]), int(shift[i, 0])), dims=(0, 1))
+        torch.testing.assert_close(moved[i], expected)
+
+
+def test_crop_then_pad_keeps_band_limited_image():
+    d, d_small = 32, 16
+    spectrum = rfft_2d(torch.randn(d, d, dtype=torch.float64))
+    band = shell_index_2d(d) < d_small // 2 - 1
+    limited = irfft_2d(spectrum * band, d)
+    small = irfft_2d(fourier_crop_2d(rfft_2d(limited), d_small), d_small)
+    torch.testing.assert_close(small.mean(), limited.mean())  # same values, coarser pixels
+    back = irfft_2d(fourier_pad_2d(rfft_2d(small), d), d)
+    torch.testing.assert_close(back, limited)
+
+
+def test_shell_sums_count_friedel_mates():
+    d = 16
+    x = torch.randn(d, d, dtype=torch.float64)
+    power = rfft_2d(x).abs() ** 2 * hermitian_weights(d).to(torch.float64)
+    total = shell_sum(power, shell_index_2d(d), 10 * d).sum()
+    assert float(total) == pytest.approx(d * d * float((x**2).sum()))  # Parseval
+
+
+def test_fsc_properties():
+    d = 24
+    a = blob_volume(d, (2, -3, 1), 2.0)
+    torch.testing.assert_close(
+        fourier_shell_correlation(a, 3 * a), torch.ones(d // 2 + 1, dtype=a.dtype)
+    )
+    noise = torch.randn(2, d, d, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    fsc = fourier_shell_correlation(noise[0], noise[1])
+    assert fsc[4:].abs().max() < 0.25  # independent noise: near zero (shells 1-3 have few voxels)
+
+
+def test_mask_and_lowpass():
+    d = 32
+    m = soft_sphere(d, 10, 4)
+    assert m[d // 2, d // 2, d // 2] == 1 and m[0, 0, 0] == 0
+    assert float(m[d // 2, d // 2, d // 2 + 12]) == pytest.approx(0.5, abs=1e-6)
+    v = torch.randn(d, d, d, dtype=torch.float64)
+    low = lowpass_3d(v, 8.0, 1.0, edge_shells=2.0)  # passes |k| <= 4, zero beyond |k| = 6
+    torch.testing.assert_close(fourier_shell_correlation(low, v)[:4], torch.ones(4, dtype=v.dtype))
+    power = shell_sum(rfft_3d(low).abs() ** 2, shell_index_3d(d), d)
+    assert power[7:].max() < 1e-20 * power[0]
