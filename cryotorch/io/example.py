@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import starfile
 
-from cryotorch.io.atomic import atomic_path
 from cryotorch.io.mrc import write_stack
+from cryotorch.io.star import write_star_blocks
 
 __all__ = ["write_example_star"]
 
@@ -76,6 +75,5 @@ def write_example_star(
         }
     )
     path = folder / "particles.star"
-    with atomic_path(path) as tmp:
-        starfile.write({"optics": optics, "particles": particles}, tmp, float_format="%.6f")
+    write_star_blocks({"optics": optics, "particles": particles}, path)
     return path

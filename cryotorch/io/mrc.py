@@ -23,7 +23,7 @@ from cryotorch.errors import InputError
 from cryotorch.io.atomic import atomic_path
 from cryotorch.particles import ParticleTable
 
-__all__ = ["ParticleImages", "read_map", "write_map", "write_stack"]
+__all__ = ["ParticleImages", "StackMap", "label_header", "read_map", "write_map", "write_stack"]
 
 # MRC modes cryotorch reads: int8, int16, float32, uint16, float16.
 SUPPORTED_MODES = {0, 1, 2, 6, 12}
@@ -55,7 +55,7 @@ def read_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
     path = Path(path)
     with _open(path) as mrc:
         _check_mode(path, int(mrc.header.mode))
-        data = np.asarray(mrc.data, dtype=np.float32)
+        data = np.array(mrc.data, dtype=np.float32)  # a writable copy
         voxel = float(mrc.voxel_size.x)
     if data.ndim != 3:
         raise InputError(path, "header.nz", f"expected a 3D map, got shape {data.shape}")
@@ -64,12 +64,19 @@ def read_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
     return data, voxel
 
 
+def label_header(mrc: mrcfile.mrcfile.MrcFile) -> None:
+    """Replace mrcfile's time-stamped first label with a fixed one (reproducible files)."""
+    mrc.header.label[0] = b"Created by cryotorch"
+    mrc.header.nlabl = 1
+
+
 def write_map(path: str | os.PathLike[str], volume: np.ndarray, voxel_size: float) -> None:
     """Write a 3D map (float32, indexed [z, y, x]) with its voxel size (Å), atomically."""
     with atomic_path(path) as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
             mrc.voxel_size = voxel_size
+            label_header(mrc)
 
 
 def write_stack(path: str | os.PathLike[str], images: np.ndarray, pixel_size: float) -> None:
@@ -79,6 +86,7 @@ def write_stack(path: str | os.PathLike[str], images: np.ndarray, pixel_size: fl
             mrc.set_data(np.ascontiguousarray(images, dtype=np.float32))
             mrc.set_image_stack()
             mrc.voxel_size = pixel_size
+            label_header(mrc)
 
 
 class StackMap:

@@ -27,7 +27,7 @@ from cryotorch.io.atomic import atomic_path
 from cryotorch.io.paths import resolve_stack_paths, stack_path_for_output
 from cryotorch.particles import OpticsGroups, ParticleTable, SourceRecord
 
-__all__ = ["read_star", "write_star"]
+__all__ = ["read_star", "write_star", "write_star_blocks"]
 
 StarVersion = Literal["3.0", "3.1"]
 
@@ -278,6 +278,20 @@ def read_star(
 # --- writing -----------------------------------------------------------------------------------
 
 
+def write_star_blocks(blocks: dict[str, pd.DataFrame], path: str | os.PathLike[str]) -> None:
+    """Write STAR data blocks atomically, with RELION's version line and no time stamp.
+
+    starfile's first line names the time of writing; it is replaced by ``# version 30001`` so
+    that the same tables always give the same bytes.
+    """
+    with atomic_path(path) as tmp:
+        starfile.write(blocks, tmp, float_format="%.6f")
+        lines = tmp.read_text().splitlines(keepends=True)
+        if lines and lines[0].startswith("# Created by the starfile"):
+            lines[0] = "# version 30001\n"
+        tmp.write_text("".join(lines))
+
+
 def _table_columns(
     table: ParticleTable, output: Path, absolute_paths: bool
 ) -> dict[str, np.ndarray]:
@@ -384,5 +398,4 @@ def write_star(
     blocks = (
         {"images": particles} if version == "3.0" else {"optics": optics, "particles": particles}
     )
-    with atomic_path(path) as tmp:
-        starfile.write(blocks, tmp, float_format="%.6f")
+    write_star_blocks(blocks, path)

@@ -1,0 +1,67 @@
+"""The image formation model: X = CTF · shift · slice(V_k), for rows of a particle table.
+
+Fourier pixel j of particle i seen as class k:
+
+    X_ij = c_ij · (P_{A_i} V_k)_j · exp(-2πi k_j·t_i / d),   t_i = -origin_i / pixel_size (pixels).
+
+Noise is added by the caller (simulation) or modelled by the E-step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cryotorch.particles import ParticleTable
+from cryotorch.physics.ctf import compute_ctf_2d
+from cryotorch.physics.shifts import phase_shift_2d
+from cryotorch.physics.slices import extract_central_slices, slice_geometry
+
+__all__ = ["particle_ctf", "particle_shift_px", "render_spectra"]
+
+
+def particle_ctf(
+    table: ParticleTable, rows: np.ndarray, d: int, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """CTFs ``(b, d, d // 2 + 1)`` of table ``rows`` on the rfft_2d grid of box ``d``."""
+
+    def col(values: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values)[rows], dtype=dtype, device=device)
+
+    return compute_ctf_2d(
+        d,
+        pixel_size_angstrom=col(table.pixel_size_angstrom),
+        defocus_u_angstrom=col(table.defocus_u_angstrom),
+        defocus_v_angstrom=col(table.defocus_v_angstrom),
+        astigmatism_angle_deg=col(table.astigmatism_angle_deg),
+        voltage_kv=col(table.voltage_kv),
+        spherical_aberration_mm=col(table.spherical_aberration_mm),
+        amplitude_contrast=col(table.amplitude_contrast),
+        phase_shift_deg=col(table.phase_shift_deg),
+        bfactor=col(table.ctf_bfactor),
+        scale=col(table.ctf_scale),
+    )
+
+
+def particle_shift_px(
+    table: ParticleTable, rows: np.ndarray, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """``(b, 2)`` in-plane shift (pixels) that moves a centred projection onto particle ``rows``."""
+    shift = -table.origin_angstrom[rows] / table.pixel_size_angstrom[rows, None]
+    return torch.as_tensor(shift, dtype=dtype, device=device)
+
+
+def render_spectra(
+    volumes: torch.Tensor,
+    rotations: torch.Tensor,
+    shift_px: torch.Tensor,
+    ctf: torch.Tensor,
+    d: int,
+    pad: int = 2,
+) -> torch.Tensor:
+    """Noise-free spectra ``(b, k, d, d // 2 + 1)`` from interleaved volumes ``(n_voxels, 2k)``.
+
+    ``rotations (b, 3, 3)`` (RELION ``A``), ``shift_px (b, 2)``, ``ctf (b, d, d // 2 + 1)``.
+    """
+    slices = extract_central_slices(volumes, slice_geometry(rotations, d, pad))
+    return slices * (ctf * phase_shift_2d(d, shift_px))[:, None]

@@ -1,0 +1,57 @@
+"""CTF-weighted reconstruction of one map from particles with known poses (Wiener-like).
+
+``V = Σ_i Pᵀ(c_i conj(S_i) X_i) / (Σ_i Pᵀ(c_i²) + λ)`` per Fourier voxel, ``S_i`` the phase ramp
+of particle i's shift, ``c_i`` its CTF; then the inverse transform and the gridding correction
+(:func:`cryotorch.physics.projector.reconstruct_from_sums`). This is the M-step of
+classification with a single class and uniform weights, and the check of the projector against
+``relion_reconstruct``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cryotorch.io.mrc import ParticleImages
+from cryotorch.physics.forward_model import particle_ctf, particle_shift_px
+from cryotorch.physics.fourier import rfft_2d
+from cryotorch.physics.projector import reconstruct_from_sums
+from cryotorch.physics.shifts import phase_shift_2d
+from cryotorch.physics.slices import insert_central_slices, slice_geometry
+
+__all__ = ["reconstruct_particles"]
+
+
+def reconstruct_particles(
+    images: ParticleImages,
+    rows: np.ndarray | None = None,
+    pad: int = 2,
+    wiener_constant: float = 1e-3,
+    batch_size: int = 500,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Reconstruct one map ``(d, d, d)`` from the particles ``rows`` (default: all) of ``images``.
+
+    ``wiener_constant`` λ is added to the CTF² sums, relative to their mean over the voxels
+    that received data (a small value regularises the CTF zeros).
+    """
+    table = images.table
+    rows = np.arange(len(table)) if rows is None else np.asarray(rows)
+    d = images.image_shape[-1]
+    p = pad * d
+    n_vox = p * p * (p // 2 + 1)
+    data = torch.zeros(n_vox, 2, dtype=dtype)
+    weight = torch.zeros(n_vox, 1, dtype=dtype)
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        x = rfft_2d(torch.as_tensor(images.read(batch), dtype=dtype))
+        ctf = particle_ctf(table, batch, d, dtype=dtype)
+        unshift = phase_shift_2d(d, particle_shift_px(table, batch, dtype=dtype)).conj()
+        geometry = slice_geometry(torch.as_tensor(table.rotation[batch], dtype=dtype), d, pad)
+        d_sum, w_sum = insert_central_slices(
+            (ctf * unshift * x)[:, None], geometry, n_vox, (ctf**2)[:, None]
+        )
+        data += d_sum
+        weight += w_sum
+    reg = wiener_constant * weight[weight > 0].mean()
+    return reconstruct_from_sums(data, weight, d, pad, regularisation=reg)[0]

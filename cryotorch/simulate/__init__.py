@@ -1,0 +1,1 @@
+"""Simulated particle data sets with known classes."""
