@@ -180,4 +180,7 @@ def test_cryotorch_reconstruction_of_relion_particles_matches_relion_reconstruct
     )
     half = truth.shape[-1] // 4 + 1
     assert fsc_ours[:half].min() >= 0.99, fsc_ours
-    assert (fsc_ours[:half] >= fsc_relion[:half] - 0.01).all(), (fsc_ours, fsc_relion)
+    # In every shell below Nyquist at least as good as relion_reconstruct (measured: better from
+    # 3/4 Nyquist on, e.g. 0.947 against 0.858 at shell 13 of 16).
+    nyquist = truth.shape[-1] // 2
+    assert (fsc_ours[:nyquist] >= fsc_relion[:nyquist] - 0.005).all(), (fsc_ours, fsc_relion)

@@ -21,6 +21,7 @@ from cryotorch.physics.slices import (
     extract_central_slices,
     extract_central_slices_reference,
     insert_central_slices,
+    insert_for_reconstruction,
     interleave_classes,
     slice_geometry,
 )
@@ -135,7 +136,7 @@ def test_insert_then_divide_reconstructs_the_map():
     rot = random_rotations(800, seed=6)
     geometry = slice_geometry(rot, d, pad)
     slices = rfft_2d(project(truth[None], rot, pad, geometry))
-    data, weight = insert_central_slices(
+    data, weight = insert_for_reconstruction(
         slices, geometry, (pad * d) ** 2 * (pad * d // 2 + 1), torch.ones_like(slices.real)
     )
     recon = reconstruct_from_sums(data, weight, d, pad)[0]

@@ -12,12 +12,14 @@ from __future__ import annotations
 import torch
 
 from cryotorch.physics.fourier import irfft_2d, irfft_3d, rfft_3d
+from cryotorch.physics.masks import soft_sphere
 from cryotorch.physics.slices import (
     SliceGeometry,
     deinterleave_classes,
     extract_central_slices,
     interleave_classes,
     slice_geometry,
+    sum_friedel_mates_on_x0_plane,
 )
 
 __all__ = [
@@ -86,19 +88,27 @@ def reconstruct_from_sums(
     regularisation: torch.Tensor | float = 0.0,
     eps: float = 1e-3,
 ) -> torch.Tensor:
-    """Maps ``(k, d, d, d)`` from inserted sums ``data (n_voxels, 2k)``, ``weight (n_voxels, k)``.
+    """Maps ``(k, d, d, d)`` from the sums of ``slices.insert_for_reconstruction``.
 
-    ``V = data / (weight + regularisation)`` per Fourier voxel (``regularisation`` broadcasts
-    against ``(k, p, p, p // 2 + 1)``, e.g. ``1 / (T τ²)`` per shell), voxels whose
-    denominator is below ``eps`` times its largest value set to zero, then the inverse
-    transform, the central ``d`` box, and the gridding correction.
+    ``data (n_voxels, 2k)``, ``weight (n_voxels, k)``. Steps: the Friedel mates of the ``x = 0``
+    plane are added; ``V = data / (weight + regularisation)`` per Fourier voxel
+    (``regularisation`` broadcasts against ``(k, p, p, p // 2 + 1)``, e.g. ``1 / (T τ²)`` per
+    shell), zero where the denominator is below ``eps`` times its largest value; the inverse
+    transform and the central ``d`` box; outside the radius ``d / 2`` a soft edge (3 pixels)
+    to the mean beyond it, as RELION does, since the box corners hold only interpolation
+    artefacts; and the gridding correction.
     """
     p = pad * d
     k = weight.shape[1]
-    numerator = deinterleave_classes(data, p)
-    denominator = weight.T.reshape(k, p, p, p // 2 + 1) + regularisation
+    numerator = sum_friedel_mates_on_x0_plane(deinterleave_classes(data, p))
+    denominator = (
+        sum_friedel_mates_on_x0_plane(weight.T.reshape(k, p, p, p // 2 + 1)) + regularisation
+    )
     floor = eps * denominator.flatten(1).amax(dim=1).clamp_min(torch.finfo(denominator.dtype).tiny)
     valid = denominator > floor[:, None, None, None]
     volume_ft = torch.where(valid, numerator / torch.where(valid, denominator, 1.0), 0)
     maps = unpad_volume(irfft_3d(volume_ft, p), d)
+    edge = 1 - soft_sphere(d, d / 2, 3.0, device=maps.device).to(maps.dtype)
+    outside = (maps * edge).sum(dim=(-3, -2, -1), keepdim=True) / edge.sum()
+    maps = maps * (1 - edge) + outside * edge
     return maps / gridding_kernel(d, pad, maps.device, maps.dtype)

@@ -1,10 +1,10 @@
 """CTF-weighted reconstruction of one map from particles with known poses (Wiener-like).
 
 ``V = Σ_i Pᵀ(c_i conj(S_i) X_i) / (Σ_i Pᵀ(c_i²) + λ)`` per Fourier voxel, ``S_i`` the phase ramp
-of particle i's shift, ``c_i`` its CTF; then the inverse transform and the gridding correction
-(:func:`cryotorch.physics.projector.reconstruct_from_sums`). This is the M-step of
-classification with a single class and uniform weights, and the check of the projector against
-``relion_reconstruct``.
+of particle i's shift, ``c_i`` its CTF; then the inverse transform, a soft edge outside the
+radius d/2 and the gridding correction (``projector.reconstruct_from_sums``). This is the
+M-step of classification with a single class and uniform weights, and the check of the
+projector against ``relion_reconstruct``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from cryotorch.physics.forward_model import particle_ctf, particle_shift_px
 from cryotorch.physics.fourier import rfft_2d
 from cryotorch.physics.projector import reconstruct_from_sums
 from cryotorch.physics.shifts import phase_shift_2d
-from cryotorch.physics.slices import insert_central_slices, slice_geometry
+from cryotorch.physics.slices import insert_for_reconstruction, slice_geometry
 
 __all__ = ["reconstruct_particles"]
 
@@ -48,7 +48,7 @@ def reconstruct_particles(
         ctf = particle_ctf(table, batch, d, dtype=dtype)
         unshift = phase_shift_2d(d, particle_shift_px(table, batch, dtype=dtype)).conj()
         geometry = slice_geometry(torch.as_tensor(table.rotation[batch], dtype=dtype), d, pad)
-        d_sum, w_sum = insert_central_slices(
+        d_sum, w_sum = insert_for_reconstruction(
             (ctf * unshift * x)[:, None], geometry, n_vox, (ctf**2)[:, None]
         )
         data += d_sum

@@ -32,8 +32,10 @@ __all__ = [
     "extract_central_slices",
     "extract_central_slices_reference",
     "insert_central_slices",
+    "insert_for_reconstruction",
     "interleave_classes",
     "slice_geometry",
+    "sum_friedel_mates_on_x0_plane",
 ]
 
 
@@ -154,6 +156,31 @@ def insert_central_slices(
         if w_values is not None:
             weight_sum = weight_sum.index_add(0, idx, w * w_values)
     return data, weight_sum
+
+
+def insert_for_reconstruction(
+    slices: torch.Tensor, geometry: SliceGeometry, n_voxels: int, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Insertion whose sums, after :func:`sum_friedel_mates_on_x0_plane`, equal full-spectrum sums.
+
+    The rfft_2d column ``kx = 0`` holds both members of each Friedel pair, while every other
+    column stands for its absent mate too; so that column is inserted at half weight, and the
+    mates the half volume cannot hold are added on its ``x = 0`` plane afterwards (as RELION's
+    ``enforceHermitianSymmetry`` does). Same shapes as :func:`insert_central_slices`.
+    """
+    half = torch.ones(slices.shape[-1], dtype=weights.dtype, device=weights.device)
+    half[0] = 0.5
+    data, weight = insert_central_slices(slices * half, geometry, n_voxels, weights * half)
+    return data, weight
+
+
+def sum_friedel_mates_on_x0_plane(volumes_ft: torch.Tensor) -> torch.Tensor:
+    """Add to each entry of the ``x = 0`` plane of ``(..., p, p, p // 2 + 1)`` the conjugate of its
+    mirror ``(-y, -z)``: the contributions that insertion at ``-q`` would have made there."""
+    plane = volumes_ft[..., 0]
+    mirror = torch.roll(plane.flip((-2, -1)), shifts=(1, 1), dims=(-2, -1))  # index i -> p - i
+    mirror = mirror.conj() if mirror.is_complex() else mirror
+    return torch.cat([(plane + mirror)[..., None], volumes_ft[..., 1:]], dim=-1)
 
 
 def extract_central_slices_reference(

@@ -1,0 +1,134 @@
+"""Throughput of central-slice extraction and insertion: cryotorch against torch-fourier-slice.
+
+    python scripts/bench_slices.py [--boxes 64 128] [--classes 1 4] [--batch 64] [--threads 2]
+                                   [--device cpu|cuda]
+
+Both libraries work on the same 2x padded Fourier volumes (box p = 2d). cryotorch samples the
+box-d image grid (d x (d/2+1) frequencies, |k| <= d/2) at q = 2 Aᵀk; torch-fourier-slice's
+low-level functions return slices of the volume's own grid (p x (p/2+1)), which its
+``project_3d_to_2d(pad_factor=2)`` then crops in real space. Its full projection is timed as well,
+next to ``cryotorch.physics.projector.project``. torch-fourier-slice's insertion returns the
+interpolation weights (counts) beside the data; cryotorch's inserts given weights (CTF²).
+For K classes cryotorch does one gather of the interleaved table; torch-fourier-slice uses
+its multichannel functions. Figures are
+class-slices per second (batch x K / seconds), the median of several repeats. Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from cryotorch.physics.fourier import rfft_3d
+from cryotorch.physics.projector import pad_volume, prepare_volumes, project
+from cryotorch.physics.slices import extract_central_slices, insert_central_slices, slice_geometry
+from cryotorch.simulate.particles import sample_uniform_rotations
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench(d: int, k: int, batch: int, device: str, repeats: int) -> list[tuple[str, float]]:
+    import numpy as np
+    import torch_fourier_slice as tfs
+
+    gen = torch.Generator().manual_seed(0)
+    maps = torch.randn(k, d, d, d, generator=gen).to(device)
+    rot = torch.as_tensor(
+        sample_uniform_rotations(batch, np.random.default_rng(0)), dtype=torch.float32
+    ).to(device)
+    p = 2 * d
+    n_vox = p * p * (p // 2 + 1)
+    table = prepare_volumes(maps)
+    padded_ft = rfft_3d(pad_volume(maps, 2))  # (k, p, p, p//2+1)
+    rot_xyz = rot.transpose(1, 2)  # torch-fourier-slice's matrices act on (x, y, z): RELION's Aᵀ
+    slices = torch.randn(batch, k, d, d // 2 + 1, dtype=torch.complex64, generator=gen).to(device)
+    weights = torch.rand(batch, k, d, d // 2 + 1, generator=gen).to(device)
+    tfs_slices = torch.randn(batch, k, p, p // 2 + 1, dtype=torch.complex64, generator=gen).to(
+        device
+    )
+
+    def ours_extract():
+        extract_central_slices(table, slice_geometry(rot, d, 2))
+
+    def ours_insert():
+        insert_central_slices(slices, slice_geometry(rot, d, 2), n_vox, weights)
+
+    def ours_project():
+        project(maps, rot)
+
+    if k == 1:
+
+        def tfs_extract():
+            tfs.extract_central_slices_rfft_3d(padded_ft[0], rot_xyz)
+
+        def tfs_insert():
+            tfs.insert_central_slices_rfft_3d(tfs_slices[:, 0], (p, p, p), rot_xyz)
+
+        def tfs_project():
+            tfs.project_3d_to_2d(maps[0], rot_xyz, pad_factor=2.0)
+    else:
+
+        def tfs_extract():
+            tfs.extract_central_slices_rfft_3d_multichannel(padded_ft, rot_xyz)
+
+        def tfs_insert():
+            tfs.insert_central_slices_rfft_3d_multichannel(tfs_slices, (p, p, p), rot_xyz)
+
+        def tfs_project():
+            tfs.project_3d_to_2d_multichannel(maps, rot_xyz, pad_factor=2.0)
+
+    rows = []
+    for name, fn in (
+        ("extract  cryotorch", ours_extract),
+        ("extract  torch-fourier-slice", tfs_extract),
+        ("insert   cryotorch", ours_insert),
+        ("insert   torch-fourier-slice", tfs_insert),
+        ("project  cryotorch", ours_project),
+        ("project  torch-fourier-slice", tfs_project),
+    ):
+        try:
+            seconds = timed(fn, repeats, device)
+            rows.append((name, batch * k / seconds))
+        except Exception as exc:  # report, do not hide, a failing baseline
+            print(f"{name}: failed ({type(exc).__name__}: {exc})")
+            rows.append((name, float("nan")))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--boxes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--classes", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, batch {args.batch}"
+    )
+    print(f"{'d':>4} {'K':>3}  {'operation':32s} {'class-slices/s':>15}")
+    for d in args.boxes:
+        for k in args.classes:
+            for name, rate in bench(d, k, args.batch, args.device, args.repeats):
+                print(f"{d:4d} {k:3d}  {name:32s} {rate:15.0f}")
+
+
+if __name__ == "__main__":
+    main()
