@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cryotorch.physics.fourier import (
+    cropped_box_for_resolution,
     fourier_crop_2d,
     fourier_pad_2d,
     irfft_2d,
@@ -86,3 +87,11 @@ def test_mask_and_lowpass():
     torch.testing.assert_close(fourier_shell_correlation(low, v)[:4], torch.ones(4, dtype=v.dtype))
     power = shell_sum(rfft_3d(low).abs() ** 2, shell_index_3d(d), d)
     assert power[7:].max() < 1e-20 * power[0]
+
+
+def test_cropped_box_for_resolution():
+    # 128 px of 1.0 Å cropped for 8 Å: Nyquist 8 Å needs a box of 32 (pixel 4 Å).
+    assert cropped_box_for_resolution(128, 1.0, 8.0) == (32, 4.0)
+    d_out, px = cropped_box_for_resolution(100, 1.3, 7.0)
+    assert d_out % 2 == 0 and 2 * px <= 7.0 and 2 * 1.3 * 100 / (d_out - 2) > 7.0
+    assert cropped_box_for_resolution(64, 2.0, 3.0) == (64, 2.0)  # never larger than the box

@@ -16,9 +16,12 @@ A frequency in Fourier pixels ``k`` is ``k / (d * pixel_size)`` in 1/Å.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
+    "cropped_box_for_resolution",
     "fourier_crop_2d",
     "fourier_pad_2d",
     "frequency_grid_2d",
@@ -97,3 +100,17 @@ def fourier_pad_2d(spectra: torch.Tensor, d_out: int) -> torch.Tensor:
     start = d_out // 2 - d // 2
     out[..., start : start + d, : d // 2 + 1] = spectra
     return out * (d_out / d) ** 2
+
+
+def cropped_box_for_resolution(
+    d: int, pixel_size: float, resolution_angstrom: float
+) -> tuple[int, float]:
+    """The smallest even box whose Nyquist reaches ``resolution_angstrom``, and its pixel size.
+
+    Cropping a box-``d`` spectrum to ``d_out`` keeps frequencies up to ``d_out / 2`` Fourier
+    pixels, i.e. Nyquist ``2 · pixel_size · d / d_out`` Å; the new pixel size is
+    ``pixel_size · d / d_out``. Never larger than ``d``.
+    """
+    needed = 2 * d * pixel_size / resolution_angstrom  # box whose Nyquist is the resolution
+    d_out = min(d, 2 * math.ceil(needed / 2))
+    return d_out, pixel_size * d / d_out

@@ -56,7 +56,7 @@ class SimulationSettings:
     voltage_kv: float = 300.0
     spherical_aberration_mm: float = 2.7
     amplitude_contrast: float = 0.1
-    chunk_size: int = 1000
+    chunk_size: int = 256
     pad: int = 2
 
 
@@ -198,25 +198,31 @@ def simulate_particles(
     del volumes
 
     pilot = np.arange(min(settings.n_particles, PILOT_PARTICLES))
-    signal_var = float(
-        _signal(class_volumes, table, classes, pilot, d, settings.pad).var(dim=(-2, -1)).mean()
-    )
+    pilot_var = [
+        _signal(class_volumes, table, classes, rows, d, settings.pad).var(dim=(-2, -1))
+        for rows in np.array_split(pilot, -(-len(pilot) // settings.chunk_size))
+    ]
+    signal_var = float(torch.cat(pilot_var).double().mean())
     noise_sigma = np.sqrt(signal_var / settings.snr)  # snr = inf: no noise
 
     n = settings.n_particles
     with atomic_path(output_dir / "particles.mrcs") as tmp:
-        with mrcfile.new_mmap(tmp, shape=(n, d, d), mrc_mode=2, overwrite=True) as mrc:
+        with mrcfile.new_mmap(tmp, shape=(n, d, d), mrc_mode=2, overwrite=True) as mrc:  # header
             mrc.set_image_stack()
             mrc.voxel_size = pixel_size
             label_header(mrc)
+            data_offset = 1024 + int(mrc.header.nsymbt)  # header + extended header
+        # The images are written with plain file writes, not through a memory map, so that no
+        # page of the (possibly huge) stack stays mapped in this process.
+        with open(tmp, "r+b") as f:
             for c, start in enumerate(range(0, n, settings.chunk_size)):
                 rows = np.arange(start, min(n, start + settings.chunk_size))
                 images = _signal(class_volumes, table, classes, rows, d, settings.pad).numpy()
                 noise = np.random.default_rng([settings.seed, 1, c]).standard_normal(
                     images.shape, np.float32
                 )
-                mrc.data[rows] = images + np.float32(noise_sigma) * noise
-                mrc.flush()
+                f.seek(data_offset + start * d * d * 4)
+                f.write((images + np.float32(noise_sigma) * noise).astype("<f4").tobytes())
     for i, volume in enumerate(maps):
         write_map(output_dir / f"class_{i + 1:03d}.mrc", volume, pixel_size)
     with atomic_path(output_dir / "true_classes.txt") as tmp:
