@@ -1,0 +1,181 @@
+"""``cryotorch-classify``: 3D classification without alignment (Hydra-configured).
+
+    cryotorch-classify                                   # built-in simulated demo, prints accuracy
+    cryotorch-classify data.particles=P.star model.num_classes=3 output_dir=run1
+    cryotorch-classify experiment=hard_after_anneal
+    cryotorch-classify -m model.num_classes=2,3,4
+
+See ``configs/classify.yaml`` and its groups for every option.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cryotorch.cli.configs import CONFIG_DIR
+from cryotorch.engine.batches import BatchMaker
+from cryotorch.engine.loop import ClassificationSettings, classify
+from cryotorch.engine.outputs import write_outputs
+from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
+from cryotorch.errors import InputError
+from cryotorch.evaluation import classification_accuracy
+from cryotorch.io import ParticleImages, read_map, read_particles
+from cryotorch.monitor import RunMonitor
+from cryotorch.physics.fourier import cropped_box_for_resolution
+
+__all__ = ["main", "run", "settings_from_config"]
+
+
+def settings_from_config(cfg: DictConfig) -> ClassificationSettings:
+    """The engine's settings from the composed configuration."""
+    m, p, o = cfg.model, cfg.posterior, cfg.optim
+    return ClassificationSettings(
+        num_classes=int(m.num_classes),
+        seed=int(cfg.seed),
+        target_resolution=float(m.target_resolution),
+        initial_resolution=float(m.initial_resolution),
+        resolution_reach_at=int(m.resolution_reach_at),
+        particle_diameter=None if m.particle_diameter is None else float(m.particle_diameter),
+        tau2_fudge=float(m.tau2_fudge),
+        pad=int(m.pad),
+        similarity=SimilaritySchedule(
+            float(p.similarity.start), int(p.similarity.anneal_start), int(p.similarity.anneal_end)
+        ),
+        similarity_form=str(p.similarity.form),
+        hard=HardSchedule(str(p.hard), int(p.hard_iterations)),
+        online_epochs=float(o.online_epochs),
+        batch_per_class=int(o.batch_per_class),
+        learning_rate=float(o.learning_rate),
+        half_life_percent=float(o.half_life_percent),
+        max_iterations=int(o.max_iterations),
+        convergence_percent=float(o.convergence_percent),
+        batch_size=int(o.batch_size),
+    )
+
+
+def _particles(cfg: DictConfig, output_dir: Path) -> Path:
+    """The particle file to classify: the user's, or the built-in simulation."""
+    if cfg.data.particles is not None:
+        return Path(cfg.data.particles)
+    from cryotorch.cli.simulate import run as simulate
+
+    sim = cfg.data.simulate
+    sim_cfg = OmegaConf.load(CONFIG_DIR / "simulate.yaml")
+    sim_cfg.pop("hydra")
+    sim_cfg = OmegaConf.merge(
+        sim_cfg, dict(sim), {"output_dir": str(output_dir / "simulated"), "seed": cfg.seed}
+    )
+    return simulate(sim_cfg)
+
+
+def _check_reference(cfg: DictConfig, images: ParticleImages) -> None:
+    if cfg.data.reference is None:
+        return
+    ref, voxel = read_map(cfg.data.reference)
+    d = images.image_shape[-1]
+    psize = float(images.table.pixel_size_angstrom[0])
+    if ref.shape != (d, d, d):
+        raise InputError(
+            cfg.data.reference, "header.nx/ny/nz", f"map is {ref.shape}, the particles are {d}x{d}"
+        )
+    if voxel > 0 and abs(voxel - psize) > 0.01 * psize:
+        raise InputError(
+            cfg.data.reference,
+            "header.voxel_size",
+            f"{voxel:.4f} Å, the particles have {psize:.4f} Å",
+        )
+
+
+def run(cfg: DictConfig) -> dict:
+    """Classify as ``cfg`` says; write the outputs; return a summary (accuracy if known)."""
+    output_dir = Path(cfg.output_dir)
+    settings = settings_from_config(cfg)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("config", "device", "cuda was asked for, but torch sees no CUDA device")
+    torch.manual_seed(settings.seed)
+    star = _particles(cfg, output_dir)
+    table = read_particles(
+        star,
+        data_dir=cfg.data.data_dir,
+        passthrough=cfg.data.passthrough,
+        pixel_size=cfg.data.pixel_size,
+    )
+    if settings.num_classes > len(table):
+        raise InputError(
+            star,
+            None,
+            f"model.num_classes = {settings.num_classes} is more than its {len(table)} particles",
+        )
+    monitor = RunMonitor(
+        output_dir, tensorboard=bool(cfg.logger.tensorboard), quiet=bool(cfg.logger.quiet)
+    )
+    try:
+        with ParticleImages(table) as images:
+            _check_reference(cfg, images)
+            if len(set(table.pixel_size_angstrom.round(4))) > 1:
+                raise InputError(
+                    star,
+                    "rlnImagePixelSize",
+                    "optics groups with different pixel sizes are not supported yet",
+                )
+            d_full, psize = images.image_shape[-1], float(table.pixel_size_angstrom[0])
+            d_work, work_psize = cropped_box_for_resolution(
+                d_full, psize, settings.target_resolution
+            )
+            print(
+                f"{len(table)} particles, box {d_full} at {psize:.3f} Å -> working box {d_work} at "
+                f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), "
+                f"K = {settings.num_classes}, {device}"
+            )
+            t0 = time.perf_counter()
+            batcher = BatchMaker(images, d_work, device, pad=settings.pad)
+            result = classify(batcher, settings, monitor)
+            seconds = time.perf_counter() - t0
+        write_outputs(output_dir, table, result, monitor)
+        monitor.log_ess(
+            torch.as_tensor(1.0 / (result.posteriors.astype(np.float64) ** 2).sum(1)),
+            len(result.history),
+        )
+    finally:
+        monitor.close()
+    summary = {"seconds": seconds, "iterations": len(result.history)}
+    truth_file = Path(star).parent / "true_classes.txt"
+    if truth_file.is_file():
+        truth = np.loadtxt(truth_file, dtype=np.int64) - 1
+        summary["accuracy"] = classification_accuracy(
+            result.posteriors.argmax(1), truth, settings.num_classes
+        )
+    print(
+        f"done: {summary['iterations']} iterations in {seconds:.1f} s; outputs in {output_dir}"
+        + (
+            f"; accuracy against the true classes {100 * summary['accuracy']:.2f} %"
+            if "accuracy" in summary
+            else ""
+        )
+    )
+    return summary
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="classify", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    try:
+        _hydra_main()
+    except InputError as exc:
+        print(f"cryotorch-classify: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The classification engine: batches -> E-step -> posterior layers -> M-step -> class maps."""

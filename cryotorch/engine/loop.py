@@ -1,0 +1,301 @@
+"""The classification loop: initial maps, online EM, then full-batch EM until convergence.
+
+Data flow of one iteration: particle rows -> :class:`BatchMaker` (Fourier-cropped images, CTF,
+shifts) -> :class:`EStep` (log-likelihoods ``(b, K)``) -> posterior -> class similarity ->
+force hard -> :func:`accumulate_statistics` -> :func:`update_maps` (maps, priors, noise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cryotorch.engine.batches import BatchMaker
+from cryotorch.engine.estep import EStep, EStepResult, log_posterior
+from cryotorch.engine.mstep import (
+    SufficientStatistics,
+    accumulate_statistics,
+    map_power_spectrum,
+    update_maps,
+)
+from cryotorch.engine.noise import NoiseModel
+from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, effective_sample_size
+from cryotorch.engine.schedules import (
+    HardSchedule,
+    ResolutionSchedule,
+    SimilaritySchedule,
+    online_learning_rate,
+)
+from cryotorch.physics.masks import lowpass_3d, soft_sphere
+
+__all__ = ["ClassificationResult", "ClassificationSettings", "classify"]
+
+
+@dataclass(frozen=True)
+class ClassificationSettings:
+    """How to classify (lengths in Å). See ``configs/`` for the user-facing names."""
+
+    num_classes: int = 2
+    seed: int = 0
+    target_resolution: float = 8.0
+    initial_resolution: float = 20.0  # initial maps low-passed to this; E-step starts here
+    resolution_reach_at: int = 10
+    particle_diameter: float | None = None  # solvent mask; None: 0.9 of the box
+    tau2_fudge: float = 4.0
+    pad: int = 2
+    similarity: SimilaritySchedule = field(default_factory=SimilaritySchedule)
+    similarity_form: str = "temperature"
+    hard: HardSchedule = field(default_factory=HardSchedule)
+    online_epochs: float = 2.0
+    batch_per_class: int = 1000
+    learning_rate: float = 0.4
+    half_life_percent: float = 50.0
+    max_iterations: int = 25
+    convergence_percent: float = 2.0
+    batch_size: int = 512  # particles per E-step call in full passes
+
+
+@dataclass
+class ClassificationResult:
+    """``maps (k, d, d, d)`` at ``pixel_size``; ``posteriors`` and ``posteriors_estep`` ``(n, k)``
+    in table order (after / before the posterior layers, last iteration); ``history``: one dict
+    per iteration."""
+
+    maps: torch.Tensor
+    pixel_size: float
+    class_prior: torch.Tensor
+    posteriors: np.ndarray
+    posteriors_estep: np.ndarray
+    history: list[dict] = field(default_factory=list)
+
+
+Monitor = Callable[[dict, torch.Tensor], None]
+
+
+class _Engine:
+    """State shared by the phases of one run."""
+
+    def __init__(
+        self, batcher: BatchMaker, settings: ClassificationSettings, monitor: Monitor | None
+    ):
+        self.b = batcher
+        self.s = settings
+        self.monitor = monitor
+        self.d = batcher.d
+        self.pixel_size = float(batcher.pixel_size[0])
+        self.n = len(batcher.table)
+        self.k = settings.num_classes
+        self.device = batcher.device
+        self.dtype = batcher.dtype
+        self.rng = np.random.default_rng(settings.seed)
+        self.estep = EStep()
+        self.similarity = ClassSimilarity(settings.similarity_form)
+        self.hard_layer = StraightThroughHard()
+        self.resolution = ResolutionSchedule(
+            settings.initial_resolution, settings.target_resolution, settings.resolution_reach_at
+        )
+        diameter = settings.particle_diameter or 0.9 * self.d * self.pixel_size
+        self.mask = soft_sphere(self.d, diameter / 2 / self.pixel_size, 3.0, device=self.device).to(
+            self.dtype
+        )
+        self.n_groups = len(batcher.table.optics)
+        self.assignment = np.full(self.n, -1)
+        self.iteration = 0
+        self.history: list[dict] = []
+
+    # -- pieces --------------------------------------------------------------------------------
+    def batches(self, rows: np.ndarray):
+        for start in range(0, len(rows), self.s.batch_size):
+            yield self.b(rows[start : start + self.s.batch_size])
+
+    def zeros(self) -> SufficientStatistics:
+        return SufficientStatistics.zeros(
+            self.k, self.d, self.s.pad, self.n_groups, self.device, self.dtype
+        )
+
+    def noise_model(self, sums: torch.Tensor, counts: torch.Tensor) -> NoiseModel:
+        power = NoiseModel.from_power_sums(sums, counts).power
+        return NoiseModel(power.to(self.dtype).clamp_min(torch.finfo(self.dtype).tiny))
+
+    def initial_noise(self) -> NoiseModel:
+        """Power per shell of up to 2,000 images (signal included: fine at cryo-EM SNRs)."""
+        rows = self.rng.permutation(self.n)[: min(self.n, 2000)]
+        sums = torch.zeros(self.n_groups, self.d // 2 + 1, dtype=torch.float64, device=self.device)
+        counts = torch.zeros_like(sums)
+        probe = NoiseModel(
+            torch.ones(self.n_groups, self.d // 2 + 1, dtype=self.dtype, device=self.device)
+        )
+        per_image = probe.pixels_per_shell().double()
+        for batch in self.batches(rows):
+            power = probe.shell_sums(batch.spectra.real**2 + batch.spectra.imag**2).double()
+            sums.index_add_(0, batch.optics_group, power)
+            counts.index_add_(0, batch.optics_group, per_image.expand(len(batch.rows), -1))
+        return self.noise_model(sums, counts)
+
+    def random_assignment_statistics(self, noise: NoiseModel) -> SufficientStatistics:
+        """Statistics of a random hard assignment of every particle (RELION's initialisation)."""
+        stats = self.zeros()
+        classes = torch.as_tensor(self.rng.integers(0, self.k, self.n), device=self.device)
+        for batch in self.batches(np.arange(self.n)):
+            gamma = torch.nn.functional.one_hot(classes[batch.rows], self.k).to(self.dtype)
+            no_residual = torch.zeros(
+                len(batch.rows), self.k, self.d // 2 + 1, device=self.device, dtype=self.dtype
+            )
+            accumulate_statistics(stats, batch, EStepResult(None, no_residual, None), gamma, noise)
+        stats.noise_count.zero_()  # no residuals yet: the noise stays the initial estimate
+        return stats
+
+    def layers(self, scores: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
+        beta = self.s.similarity.beta(self.iteration)
+        hard = self.s.hard.is_hard(self.iteration, beta)
+        gamma = self.similarity(scores, beta)
+        if hard:
+            gamma = self.hard_layer(gamma)
+        return gamma, beta, hard
+
+    def m_step(self, stats: SufficientStatistics, maps: torch.Tensor | None, noise: NoiseModel):
+        tau2 = None if maps is None else map_power_spectrum(maps)
+        new_maps = update_maps(stats, self.d, self.s.pad, tau2, self.s.tau2_fudge, self.mask)
+        prior = (stats.class_weight / stats.class_weight.sum().clamp_min(1e-300)).to(self.dtype)
+        if stats.noise_count.sum() > 0:
+            noise = self.noise_model(stats.noise_sum, stats.noise_count)
+        return new_maps, prior, noise
+
+    def record(
+        self,
+        phase: str,
+        gamma: torch.Tensor,
+        loglik_mean: float,
+        changed: float,
+        beta: float,
+        hard: bool,
+        maps,
+    ):
+        sizes = gamma.sum(0).double()
+        entry = {
+            "iteration": self.iteration,
+            "phase": phase,
+            "beta": beta,
+            "hard": hard,
+            "resolution": self.resolution.resolution(self.iteration),
+            "percent_changed": changed,
+            "mean_class_ess": float(effective_sample_size(gamma.double()).mean()),
+            "log_likelihood": loglik_mean,
+            **{f"class_{i + 1:03d}_fraction": float(sizes[i] / sizes.sum()) for i in range(self.k)},
+        }
+        self.history.append(entry)
+        if self.monitor is not None:
+            self.monitor(entry, maps)
+
+    def score_batch(self, batch, volumes, noise, prior):
+        max_shell = self.resolution.max_shell(self.iteration, self.d, self.pixel_size)
+        result = self.estep(volumes, batch, noise, max_shell)
+        scores = result.loglik + torch.log(prior.clamp_min(1e-30))
+        return result, scores
+
+    def switched(self, rows: np.ndarray, assignment: np.ndarray) -> float:
+        seen = self.assignment[rows] >= 0
+        changed = (
+            float((self.assignment[rows][seen] != assignment[seen]).mean() * 100)
+            if seen.any()
+            else float("nan")  # nothing to compare with yet
+        )
+        self.assignment[rows] = assignment
+        return changed
+
+
+def _volumes(maps: torch.Tensor, pad: int) -> torch.Tensor:
+    from cryotorch.physics.projector import prepare_volumes
+
+    return prepare_volumes(maps, pad)
+
+
+def classify(
+    batcher: BatchMaker, settings: ClassificationSettings, monitor: Monitor | None = None
+) -> ClassificationResult:
+    """Classify the particles of ``batcher`` into ``settings.num_classes`` classes."""
+    e = _Engine(batcher, settings, monitor)
+    if settings.num_classes > e.n:
+        raise ValueError(
+            f"model.num_classes = {settings.num_classes} is more than the {e.n} particles"
+        )
+    noise = e.initial_noise()
+    stats = e.random_assignment_statistics(noise)
+    maps, prior, _ = e.m_step(stats, None, noise)
+    maps = lowpass_3d(maps, settings.initial_resolution, e.pixel_size) * e.mask
+    prior = torch.full((e.k,), 1.0 / e.k, dtype=e.dtype, device=e.device)
+
+    # Online EM: mini-batches of batch_per_class x K particles; the rate mixes the statistics.
+    batch_n = min(e.n, settings.batch_per_class * e.k)
+    n_online = (
+        math.ceil(settings.online_epochs * e.n / batch_n) if settings.online_epochs > 0 else 0
+    )
+    running = None
+    order = e.rng.permutation(e.n)
+    for step in range(n_online):
+        start = (step * batch_n) % e.n
+        if start + batch_n > e.n:
+            order = e.rng.permutation(e.n)
+            start = 0
+        rows = order[start : start + batch_n]
+        volumes = _volumes(maps, settings.pad)
+        batch_stats = e.zeros()
+        gammas, logliks = [], []
+        for batch in e.batches(rows):
+            result, scores = e.score_batch(batch, volumes, noise, prior)
+            gamma, beta, hard = e.layers(scores)
+            accumulate_statistics(batch_stats, batch, result, gamma.detach(), noise)
+            gammas.append(gamma.detach())
+            logliks.append(torch.logsumexp(scores, 1))
+        gamma = torch.cat(gammas)
+        batch_stats.scale_(e.n / len(rows))
+        rate = online_learning_rate(
+            step, n_online, settings.learning_rate, settings.half_life_percent
+        )
+        running = (
+            batch_stats if running is None else running.scale_(1 - rate).add_(batch_stats, rate)
+        )
+        maps, prior, noise = e.m_step(running, maps, noise)
+        changed = e.switched(rows, gamma.argmax(1).cpu().numpy())
+        e.record("online", gamma, float(torch.cat(logliks).mean()), changed, beta, hard, maps)
+        e.iteration += 1
+
+    # Full-batch EM until fewer than convergence_percent of the particles change class (once β
+    # has reached 0 and a first_n hard phase is over), or max_iterations passes.
+    posteriors = np.zeros((e.n, e.k), dtype=np.float32)
+    posteriors_estep = np.zeros((e.n, e.k), dtype=np.float32)
+    for full_pass in range(settings.max_iterations):
+        volumes = _volumes(maps, settings.pad)
+        stats = e.zeros()
+        logliks = []
+        for batch in e.batches(np.arange(e.n)):
+            result, scores = e.score_batch(batch, volumes, noise, prior)
+            gamma, beta, hard = e.layers(scores)
+            accumulate_statistics(stats, batch, result, gamma.detach(), noise)
+            posteriors[batch.rows] = gamma.detach().cpu().numpy()
+            posteriors_estep[batch.rows] = (
+                torch.exp(log_posterior(result.loglik, torch.log(prior.clamp_min(1e-30))))
+                .cpu()
+                .numpy()
+            )
+            logliks.append(torch.logsumexp(scores, 1))
+        maps, prior, noise = e.m_step(stats, maps, noise)
+        changed = e.switched(np.arange(e.n), posteriors.argmax(1))
+        e.record(
+            "full",
+            torch.as_tensor(posteriors),
+            float(torch.cat(logliks).mean()),
+            changed,
+            beta,
+            hard,
+            maps,
+        )
+        e.iteration += 1
+        schedules_done = beta == 0.0 and not (settings.hard.mode == "first_n" and hard)
+        if full_pass >= 1 and schedules_done and changed < settings.convergence_percent:
+            break
+    return ClassificationResult(maps, e.pixel_size, prior, posteriors, posteriors_estep, e.history)

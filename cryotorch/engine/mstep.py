@@ -1,0 +1,145 @@
+"""The M-step: sufficient statistics of a batch, and the class maps, priors and noise from them.
+
+Per class k and Fourier voxel l (padded grid, ``p = pad · d``):
+
+    V_kl = Σ_i γ_ik [Pᵀ(c_i S_i* X_i / σ²)]_l
+           / (Σ_i γ_ik [Pᵀ(c_i² / σ²)]_l + 1 / (pad³ T τ²_{k,s(l)}))
+
+with τ²_{k,s} the power of the current map k in shell s (``E|V|²``, the units of the slices) and
+T the ``tau2_fudge``; the ``pad³`` accounts for the padded grid's finer sampling (as RELION
+does). Then the gridding correction and the solvent mask. Class priors π_k = mean_i γ_ik; noise
+power per shell and optics group = posterior-weighted mean of ``|X - c A|²``.
+
+The statistics are plain tensors that add up: batches, online-EM mixing and (later) processes
+through ``torch.distributed.all_reduce`` all work on :class:`SufficientStatistics` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from cryotorch.engine.batches import ParticleBatch
+from cryotorch.engine.estep import EStepResult
+from cryotorch.engine.noise import NoiseModel
+from cryotorch.physics.fourier import frequency_grid_3d, rfft_3d
+from cryotorch.physics.projector import reconstruct_from_sums
+from cryotorch.physics.shells import hermitian_weights, shell_index_3d, shell_sum
+from cryotorch.physics.slices import insert_for_reconstruction
+
+__all__ = ["SufficientStatistics", "accumulate_statistics", "map_power_spectrum", "update_maps"]
+
+
+@dataclass
+class SufficientStatistics:
+    """Sums over particles: ``data (n_voxels, 2k)``, ``weight (n_voxels, k)``,
+    ``class_weight (k,)``, ``noise_sum``/``noise_count`` ``(g, n_shells)``, ``n_particles ()``."""
+
+    data: torch.Tensor
+    weight: torch.Tensor
+    class_weight: torch.Tensor
+    noise_sum: torch.Tensor
+    noise_count: torch.Tensor
+    n_particles: torch.Tensor
+
+    @classmethod
+    def zeros(cls, k: int, d: int, pad: int, n_groups: int, device, dtype) -> SufficientStatistics:
+        p = pad * d
+        n_vox = p * p * (p // 2 + 1)
+        n_shells = d // 2 + 1
+        return cls(
+            data=torch.zeros(n_vox, 2 * k, device=device, dtype=dtype),
+            weight=torch.zeros(n_vox, k, device=device, dtype=dtype),
+            class_weight=torch.zeros(k, device=device, dtype=torch.float64),
+            noise_sum=torch.zeros(n_groups, n_shells, device=device, dtype=torch.float64),
+            noise_count=torch.zeros(n_groups, n_shells, device=device, dtype=torch.float64),
+            n_particles=torch.zeros((), device=device, dtype=torch.float64),
+        )
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def scale_(self, factor: float) -> SufficientStatistics:
+        for t in self.tensors():
+            t.mul_(factor)
+        return self
+
+    def add_(self, other: SufficientStatistics, factor: float = 1.0) -> SufficientStatistics:
+        for mine, theirs in zip(self.tensors(), other.tensors(), strict=True):
+            mine.add_(theirs, alpha=factor)
+        return self
+
+    def clone(self) -> SufficientStatistics:
+        return SufficientStatistics(*(t.clone() for t in self.tensors()))
+
+
+def accumulate_statistics(
+    stats: SufficientStatistics,
+    batch: ParticleBatch,
+    estep: EStepResult,
+    gamma: torch.Tensor,
+    noise: NoiseModel,
+) -> None:
+    """Add ``batch`` with posterior weights ``gamma (b, k)`` (after the layers) to ``stats``."""
+    d = batch.spectra.shape[-2]
+    n_vox = stats.weight.shape[0]
+    inv_power = (
+        noise.pixel_weights(batch.optics_group, d // 2) / noise.multiplicity
+    )  # 1/σ², 0 at DC
+    ctf_x = batch.ctf * batch.shift.conj() * batch.spectra * inv_power  # (b, d, dh)
+    ctf2 = batch.ctf**2 * inv_power
+    g = gamma.to(batch.ctf.dtype)[:, :, None, None]
+    data, weight = insert_for_reconstruction(
+        g * ctf_x[:, None], batch.geometry, n_vox, g * ctf2[:, None]
+    )
+    stats.data += data
+    stats.weight += weight
+    stats.class_weight += gamma.sum(0).double()
+    residual = (gamma[:, :, None] * estep.residual_shells).sum(1).double()  # (b, n_shells)
+    stats.noise_sum.index_add_(0, batch.optics_group, residual)
+    counts = noise.pixels_per_shell().double().expand(len(batch.rows), -1)
+    stats.noise_count.index_add_(0, batch.optics_group, counts)
+    stats.n_particles += len(batch.rows)
+
+
+def map_power_spectrum(maps: torch.Tensor) -> torch.Tensor:
+    """``(k, d // 2 + 1)``: mean ``|F|²`` per shell of the rfft_3d of maps ``(k, d, d, d)``."""
+    d = maps.shape[-1]
+    shells = shell_index_3d(d, maps.device)
+    w = hermitian_weights(d, maps.device).to(maps.dtype)
+    power = shell_sum(rfft_3d(maps).abs() ** 2 * w, shells, d // 2 + 1)
+    count = shell_sum(torch.ones_like(shells, dtype=maps.dtype) * w, shells, d // 2 + 1)
+    return power / count.clamp_min(1)
+
+
+def update_maps(
+    stats: SufficientStatistics,
+    d: int,
+    pad: int,
+    tau2: torch.Tensor | None,
+    tau2_fudge: float,
+    solvent_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Class maps ``(k, d, d, d)`` from ``stats``; ``tau2 (k, d // 2 + 1)`` from the current maps.
+
+    With ``tau2=None`` (no maps yet) the maps are first made without the prior and their own
+    power spectrum gives τ² for the final, regularised ones.
+    """
+    if tau2 is None:
+        first = reconstruct_from_sums(stats.data, stats.weight, d, pad)
+        tau2 = map_power_spectrum(first * solvent_mask if solvent_mask is not None else first)
+    p = pad * d
+    shells = (
+        (frequency_grid_3d(p, stats.data.device).norm(dim=-1) / pad)
+        .round()
+        .long()
+        .clamp_max(d // 2)
+    )
+    tiny = torch.finfo(stats.weight.dtype).tiny
+    inv_tau2 = 1.0 / (
+        pad**3 * tau2_fudge * tau2.to(stats.weight.dtype).clamp_min(tiny)
+    )  # (k, n_shells)
+    regularisation = inv_tau2[:, shells]  # (k, p, p, p//2+1)
+    maps = reconstruct_from_sums(stats.data, stats.weight, d, pad, regularisation=regularisation)
+    return maps * solvent_mask if solvent_mask is not None else maps

@@ -1,0 +1,64 @@
+"""The noise model: a power per resolution shell and optics group.
+
+``power[g, s]`` is ``E|N_j|²`` for a Fourier pixel ``j`` of shell ``s`` of an image of optics
+group ``g`` (rfft_2d units of the working box). The Gaussian log-likelihood of an image is then
+``-½ Σ_j m_j |X_j - c_j A_j|² / power[g, s(j)]`` over the half spectrum, ``m_j`` the Hermitian
+multiplicity (2, or 1 on the ``kx = 0`` and Nyquist columns): the real-space white-noise
+Gaussian, written in Fourier space.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cryotorch.physics.shells import hermitian_weights, shell_index_2d
+
+__all__ = ["NoiseModel"]
+
+
+class NoiseModel:
+    """Per optics group, per shell noise power of box-``d`` spectra.
+
+    Parameters
+    ----------
+    power
+        ``(g, d // 2 + 1)`` noise power per shell (shells past Nyquist are not used).
+    """
+
+    def __init__(self, power: torch.Tensor) -> None:
+        self.power = power
+        d = 2 * (power.shape[1] - 1)
+        self.d = d
+        self.shells = shell_index_2d(d, power.device).clamp_max(d // 2)  # (d, d//2+1)
+        self.multiplicity = hermitian_weights(d, power.device).to(power.dtype)  # (d//2+1,)
+
+    @property
+    def n_shells(self) -> int:
+        return self.power.shape[1]
+
+    def pixel_weights(self, optics_group: torch.Tensor, max_shell: int) -> torch.Tensor:
+        """``(b, d, d // 2 + 1)``: ``m_j / power[g, s(j)]`` for shells 1..max_shell, 0 elsewhere."""
+        inv = 1.0 / self.power.clamp_min(torch.finfo(self.power.dtype).tiny)
+        use = (self.shells >= 1) & (self.shells <= max_shell)
+        return inv[optics_group][:, self.shells] * (self.multiplicity * use)
+
+    def shell_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """``(..., n_shells)``: per-shell sums of ``values (..., d, d // 2 + 1)`` × multiplicity."""
+        flat = (values * self.multiplicity).flatten(-2)
+        out = flat.new_zeros((*flat.shape[:-1], self.n_shells))
+        return out.index_add(-1, self.shells.flatten(), flat)
+
+    def pixels_per_shell(self) -> torch.Tensor:
+        """``(n_shells,)``: how many full-spectrum pixels each shell has."""
+        return self.shell_sums(
+            torch.ones(self.d, self.d // 2 + 1, dtype=self.power.dtype, device=self.power.device)
+        )
+
+    @classmethod
+    def from_power_sums(cls, sums: torch.Tensor, counts: torch.Tensor) -> NoiseModel:
+        """From ``(g, n_shells)`` sums of ``|residual|²`` and their pixel counts (shells with no
+        pixels take the value of the nearest shell below)."""
+        power = sums / counts.clamp_min(1)
+        for s in range(1, power.shape[1]):
+            power[:, s] = torch.where(counts[:, s] > 0, power[:, s], power[:, s - 1])
+        return cls(power)

@@ -1,0 +1,61 @@
+"""The two posterior layers: class similarity and force-hard, and the effective sample size.
+
+**Class similarity** β ∈ [0, 1] makes every particle spread its probability over the classes:
+β = 1 puts every particle in every class equally, β = 0 leaves the E-step's posterior as it is
+(which is not hard classification). Two forms:
+
+* ``temperature``: γ'_ik ∝ (π_k exp ℓ_ik)^(1-β), i.e. a softmax of the log-scores at
+  temperature 1 / (1 - β);
+* ``mixing``: γ' = (1 - β) γ + β / K.
+
+**Force hard**: forward one-hot of argmax γ', backward the gradient of γ' (straight through):
+``hard + γ' - γ'.detach()``. With it on, β has no effect on the result.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = ["ClassSimilarity", "StraightThroughHard", "effective_sample_size"]
+
+SimilarityForm = Literal["temperature", "mixing"]
+
+
+class ClassSimilarity(nn.Module):
+    """γ' from log-scores ``log π_k + ℓ_ik`` ``(b, k)`` at class similarity ``beta``.
+
+    ``forward(scores, beta)`` returns ``(b, k)`` probabilities. At β = 1 every entry is 1/K;
+    at β = 0 it is the posterior softmax(scores).
+    """
+
+    def __init__(self, form: SimilarityForm = "temperature") -> None:
+        super().__init__()
+        if form not in ("temperature", "mixing"):
+            raise ValueError(
+                f"class similarity form must be 'temperature' or 'mixing', got {form!r}"
+            )
+        self.form = form
+
+    def forward(self, scores: torch.Tensor, beta: float) -> torch.Tensor:
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"class similarity beta must be in [0, 1], got {beta}")
+        if self.form == "temperature":
+            return torch.softmax((1.0 - beta) * scores, dim=1)
+        k = scores.shape[1]
+        return (1.0 - beta) * torch.softmax(scores, dim=1) + beta / k
+
+
+class StraightThroughHard(nn.Module):
+    """Forward: one-hot of the argmax of ``probabilities (b, k)``; backward: their gradient."""
+
+    def forward(self, probabilities: torch.Tensor) -> torch.Tensor:
+        hard = torch.nn.functional.one_hot(probabilities.argmax(dim=1), probabilities.shape[1])
+        return hard.to(probabilities.dtype) + probabilities - probabilities.detach()
+
+
+def effective_sample_size(probabilities: torch.Tensor) -> torch.Tensor:
+    """Per-particle ESS ``1 / Σ_k γ_ik²``: ``(b,)``, from 1 (one class) to K (even spread)."""
+    return 1.0 / (probabilities**2).sum(dim=1)

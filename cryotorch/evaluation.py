@@ -1,0 +1,32 @@
+"""Scores of a classification against known classes (simulated data)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+__all__ = ["classification_accuracy"]
+
+
+def classification_accuracy(predicted: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Fraction of particles in the right class under the best matching of class labels.
+
+    ``predicted``, ``truth``: ``(n,)`` 0-based labels. Exhaustive over label permutations for
+    ``k <= 7``, greedy on the confusion matrix beyond.
+    """
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (predicted, truth), 1)
+    if k <= 7:
+        best = max(
+            sum(confusion[i, p] for i, p in enumerate(perm))
+            for perm in itertools.permutations(range(k))
+        )
+    else:
+        best, c = 0, confusion.copy()
+        for _ in range(k):
+            i, j = np.unravel_index(c.argmax(), c.shape)
+            best += c[i, j]
+            c[i, :] = -1
+            c[:, j] = -1
+    return float(best) / len(truth)

@@ -1,0 +1,80 @@
+"""Monitoring a run: the per-iteration table (printed and as CSV) and TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import torch
+
+from cryotorch.io.atomic import atomic_path
+
+__all__ = ["RunMonitor"]
+
+
+class RunMonitor:
+    """Prints each iteration's row, keeps the table, and logs to TensorBoard if asked.
+
+    TensorBoard gets every scalar of the row, the class sizes, the ESS histogram (through
+    :meth:`log_ess`) and the central z, y and x sections of each class map as images.
+    """
+
+    def __init__(self, output_dir: Path, tensorboard: bool = True, quiet: bool = False) -> None:
+        self.output_dir = Path(output_dir)
+        self.rows: list[dict] = []
+        self.quiet = quiet
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+
+    def __call__(self, entry: dict, maps: torch.Tensor) -> None:
+        self.rows.append(entry)
+        if not self.quiet:
+            print(self.format_row(entry), flush=True)
+        if self.writer is not None:
+            step = entry["iteration"]
+            for key, value in entry.items():
+                if (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                ):
+                    self.writer.add_scalar(f"run/{key}", value, step)
+            self.writer.add_scalar("run/hard", float(entry["hard"]), step)
+            d = maps.shape[-1]
+            for k, m in enumerate(maps.detach().float().cpu()):
+                sections = torch.cat([m[d // 2], m[:, d // 2], m[:, :, d // 2]], dim=1)
+                lo, hi = sections.min(), sections.max()
+                self.writer.add_image(
+                    f"maps/class_{k + 1:03d}", ((sections - lo) / (hi - lo + 1e-12))[None], step
+                )
+
+    def log_ess(self, ess: torch.Tensor, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_histogram("run/class_ess", ess, step)
+
+    @staticmethod
+    def format_row(entry: dict) -> str:
+        fractions = " ".join(f"{v:5.3f}" for k, v in entry.items() if k.endswith("_fraction"))
+        changed = entry["percent_changed"]
+        changed = "   -  " if not math.isfinite(changed) else f"{changed:6.2f}"
+        return (
+            f"it {entry['iteration']:3d} {entry['phase']:6s} β {entry['beta']:.3f} "
+            f"{'hard' if entry['hard'] else 'soft'} {entry['resolution']:5.1f} Å  "
+            f"changed {changed}%  ESS {entry['mean_class_ess']:.3f}  sizes {fractions}"
+        )
+
+    def write_csv(self, path: Path) -> None:
+        if not self.rows:
+            return
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
