@@ -19,7 +19,6 @@ from cryotorch.engine.estep import EStep, EStepResult, log_posterior
 from cryotorch.engine.mstep import (
     SufficientStatistics,
     accumulate_statistics,
-    map_power_spectrum,
     update_maps,
 )
 from cryotorch.engine.noise import NoiseModel
@@ -157,9 +156,8 @@ class _Engine:
             gamma = self.hard_layer(gamma)
         return gamma, beta, hard
 
-    def m_step(self, stats: SufficientStatistics, maps: torch.Tensor | None, noise: NoiseModel):
-        tau2 = None if maps is None else map_power_spectrum(maps)
-        new_maps = update_maps(stats, self.d, self.s.pad, tau2, self.s.tau2_fudge, self.mask)
+    def m_step(self, stats: SufficientStatistics, noise: NoiseModel):
+        new_maps = update_maps(stats, self.d, self.s.pad, self.s.tau2_fudge, self.mask)
         prior = (stats.class_weight / stats.class_weight.sum().clamp_min(1e-300)).to(self.dtype)
         if stats.noise_count.sum() > 0:
             noise = self.noise_model(stats.noise_sum, stats.noise_count)
@@ -225,7 +223,7 @@ def classify(
         )
     noise = e.initial_noise()
     stats = e.random_assignment_statistics(noise)
-    maps, prior, _ = e.m_step(stats, None, noise)
+    maps, prior, _ = e.m_step(stats, noise)
     maps = lowpass_3d(maps, settings.initial_resolution, e.pixel_size) * e.mask
     prior = torch.full((e.k,), 1.0 / e.k, dtype=e.dtype, device=e.device)
 
@@ -259,13 +257,13 @@ def classify(
         running = (
             batch_stats if running is None else running.scale_(1 - rate).add_(batch_stats, rate)
         )
-        maps, prior, noise = e.m_step(running, maps, noise)
+        maps, prior, noise = e.m_step(running, noise)
         changed = e.switched(rows, gamma.argmax(1).cpu().numpy())
         e.record("online", gamma, float(torch.cat(logliks).mean()), changed, beta, hard, maps)
         e.iteration += 1
 
     # Full-batch EM until fewer than convergence_percent of the particles change class (once β
-    # has reached 0 and a first_n hard phase is over), or max_iterations passes.
+    # has reached 0 or force-hard is on, and a first_n hard phase is over), or max_iterations.
     posteriors = np.zeros((e.n, e.k), dtype=np.float32)
     posteriors_estep = np.zeros((e.n, e.k), dtype=np.float32)
     for full_pass in range(settings.max_iterations):
@@ -283,7 +281,7 @@ def classify(
                 .numpy()
             )
             logliks.append(torch.logsumexp(scores, 1))
-        maps, prior, noise = e.m_step(stats, maps, noise)
+        maps, prior, noise = e.m_step(stats, noise)
         changed = e.switched(np.arange(e.n), posteriors.argmax(1))
         e.record(
             "full",
@@ -295,7 +293,8 @@ def classify(
             maps,
         )
         e.iteration += 1
-        schedules_done = beta == 0.0 and not (settings.hard.mode == "first_n" and hard)
+        beta_done = hard or beta == 0.0  # with force-hard on, β has no effect
+        schedules_done = beta_done and not (settings.hard.mode == "first_n" and hard)
         if full_pass >= 1 and schedules_done and changed < settings.convergence_percent:
             break
     return ClassificationResult(maps, e.pixel_size, prior, posteriors, posteriors_estep, e.history)

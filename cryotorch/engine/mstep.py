@@ -5,10 +5,12 @@ Per class k and Fourier voxel l (padded grid, ``p = pad · d``):
     V_kl = Σ_i γ_ik [Pᵀ(c_i S_i* X_i / σ²)]_l
            / (Σ_i γ_ik [Pᵀ(c_i² / σ²)]_l + 1 / (pad³ T τ²_{k,s(l)}))
 
-with τ²_{k,s} the power of the current map k in shell s (``E|V|²``, the units of the slices) and
-T the ``tau2_fudge``; the ``pad³`` accounts for the padded grid's finer sampling (as RELION
-does). Then the gridding correction and the solvent mask. Class priors π_k = mean_i γ_ik; noise
-power per shell and optics group = posterior-weighted mean of ``|X - c A|²``.
+with τ²_{k,s} the power in shell s (``E|V|²``, the units of the slices) of
+class k's unregularised reconstruction from the same statistics, and T the
+``tau2_fudge``; the ``pad³`` accounts for the padded grid's finer sampling (as
+RELION does). Then the gridding correction and the solvent mask. Class priors
+π_k = mean_i γ_ik; noise power per shell and optics group = posterior-weighted
+mean of ``|X - c A|²``.
 
 The statistics are plain tensors that add up: batches, online-EM mixing and (later) processes
 through ``torch.distributed.all_reduce`` all work on :class:`SufficientStatistics` alone.
@@ -117,18 +119,17 @@ def update_maps(
     stats: SufficientStatistics,
     d: int,
     pad: int,
-    tau2: torch.Tensor | None,
     tau2_fudge: float,
     solvent_mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Class maps ``(k, d, d, d)`` from ``stats``; ``tau2 (k, d // 2 + 1)`` from the current maps.
+    """Class maps ``(k, d, d, d)`` from ``stats``, regularised with ``1 / (pad³ T τ²)``.
 
-    With ``tau2=None`` (no maps yet) the maps are first made without the prior and their own
-    power spectrum gives τ² for the final, regularised ones.
+    τ² is the power per shell of this M-step's own unregularised reconstruction (solvent
+    masked). Taking it from the previous maps instead would lock in their low-pass: a shell
+    where a map has no power gets an infinitely strong prior and never gains any.
     """
-    if tau2 is None:
-        first = reconstruct_from_sums(stats.data, stats.weight, d, pad)
-        tau2 = map_power_spectrum(first * solvent_mask if solvent_mask is not None else first)
+    first = reconstruct_from_sums(stats.data, stats.weight, d, pad)
+    tau2 = map_power_spectrum(first * solvent_mask if solvent_mask is not None else first)
     p = pad * d
     shells = (
         (frequency_grid_3d(p, stats.data.device).norm(dim=-1) / pad)

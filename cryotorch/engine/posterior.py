@@ -9,7 +9,7 @@
 * ``mixing``: γ' = (1 - β) γ + β / K.
 
 **Force hard**: forward one-hot of argmax γ', backward the gradient of γ' (straight through):
-``hard + γ' - γ'.detach()``. With it on, β has no effect on the result.
+``hard + (γ' - γ'.detach())``. With it on, β has no effect on the result.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ class StraightThroughHard(nn.Module):
 
     def forward(self, probabilities: torch.Tensor) -> torch.Tensor:
         hard = torch.nn.functional.one_hot(probabilities.argmax(dim=1), probabilities.shape[1])
-        return hard.to(probabilities.dtype) + probabilities - probabilities.detach()
+        # (p - p.detach()) is exactly 0, so the forward value is exactly one-hot.
+        return hard.to(probabilities.dtype) + (probabilities - probabilities.detach())
 
 
 def effective_sample_size(probabilities: torch.Tensor) -> torch.Tensor:

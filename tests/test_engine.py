@@ -1,0 +1,197 @@
+"""The classification engine: posterior layers, schedules, presets and outputs, on tiny runs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+import torch
+from hydra import compose, initialize_config_dir
+
+from cryotorch.cli.classify import run
+from cryotorch.cli.configs import CONFIG_DIR
+from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, effective_sample_size
+from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
+from cryotorch.io import read_map
+from cryotorch.simulate.particles import SimulationSettings, simulate_particles
+from tests.physics_helpers import blob_volume
+
+PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+FAST = [
+    "logger=none",
+    "logger.quiet=true",
+    "model.target_resolution=12",
+    "model.initial_resolution=18",
+    "model.resolution_reach_at=2",
+    "optim.online_epochs=1",
+    "optim.batch_per_class=100",
+    "optim.max_iterations=4",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_star(tmp_path_factory) -> Path:
+    """300 particles of two blob maps (box 24, 3 Å), SNR 1."""
+    d = 24
+    a = blob_volume(d, (3, 0, -2), 2.0) + blob_volume(d, (-3, 2, 1), 1.5)
+    b = a + 1.5 * blob_volume(d, (0, -5, 3), 1.5)
+    folder = tmp_path_factory.mktemp("tiny")
+    maps = torch.stack([a, b]).float().numpy()
+    return simulate_particles(
+        maps, 3.0, folder, SimulationSettings(n_particles=300, snr=1.0, seed=1)
+    )
+
+
+def classify(tiny_star: Path, out: Path, *overrides: str) -> dict:
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "classify", [f"data.particles={tiny_star}", f"output_dir={out}", *FAST, *overrides]
+        )
+    return run(cfg)
+
+
+def read_iterations(out: Path) -> list[dict]:
+    with open(out / "iterations.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def ess_of(out: Path) -> np.ndarray:
+    return effective_sample_size(torch.from_numpy(np.load(out / "posteriors.npy")).double()).numpy()
+
+
+def test_tiny_run_writes_every_output_and_classifies(tiny_star: Path, tmp_path: Path):
+    summary = classify(
+        tiny_star, tmp_path, "posterior.similarity.anneal_end=2", "optim.max_iterations=8"
+    )
+    assert summary["accuracy"] >= 0.95
+    star = starfile.read(tmp_path / "particles.star", always_dict=True)["particles"]
+    original = starfile.read(tiny_star, always_dict=True)["particles"]
+    assert list(star.columns[: len(original.columns)]) == list(original.columns)
+    assert {"rlnClassNumber", "rlnMaxValueProbDistribution", "rlnCryotorchClassESS"} <= set(
+        star.columns
+    )
+    post = np.load(tmp_path / "posteriors.npy")
+    assert post.shape == (300, 2) and post.dtype == np.float32
+    np.testing.assert_allclose(post.sum(1), 1, atol=1e-5)
+    np.testing.assert_array_equal(star["rlnClassNumber"].to_numpy(), post.argmax(1) + 1)
+    vol, voxel = read_map(tmp_path / "class_002.mrc")
+    assert vol.shape == (12, 12, 12) and voxel == pytest.approx(6.0)
+    assert np.load(tmp_path / "posteriors_estep.npy").shape == (300, 2)
+    assert len(read_iterations(tmp_path)) == summary["iterations"]
+
+
+def test_beta_one_throughout_gives_ess_k(tiny_star: Path, tmp_path: Path):
+    beta_one = ["posterior.similarity.start=1", "posterior.similarity.anneal_start=1000"]
+    classify(tiny_star, tmp_path, *beta_one, "posterior.similarity.anneal_end=1000")
+    np.testing.assert_allclose(ess_of(tmp_path), 2.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["temperature", "mixing"])
+def test_beta_zero_leaves_the_estep_posterior(tiny_star: Path, tmp_path: Path, form: str):
+    beta_zero = ["posterior.similarity.start=0", "posterior.similarity.anneal_end=0"]
+    classify(tiny_star, tmp_path, *beta_zero, f"posterior.similarity.form={form}")
+    np.testing.assert_allclose(
+        np.load(tmp_path / "posteriors.npy"), np.load(tmp_path / "posteriors_estep.npy"), atol=1e-6
+    )
+
+
+def test_hard_always_gives_ess_one_whatever_beta(tiny_star: Path, tmp_path: Path):
+    for beta in ("0.0", "0.7"):
+        classify(
+            tiny_star,
+            tmp_path / beta,
+            "posterior.hard=always",
+            f"posterior.similarity.start={beta}",
+        )
+        np.testing.assert_allclose(ess_of(tmp_path / beta), 1.0)
+    for name in ("posteriors.npy", "class_001.mrc", "class_002.mrc"):
+        assert (tmp_path / "0.0" / name).read_bytes() == (tmp_path / "0.7" / name).read_bytes(), (
+            name
+        )
+
+
+def test_hard_after_anneal_and_first_n_schedules(tiny_star: Path, tmp_path: Path):
+    after = ["posterior.hard=after_anneal", "posterior.similarity.anneal_end=3"]
+    classify(tiny_star, tmp_path / "after", *after, "optim.max_iterations=5")
+    rows = read_iterations(tmp_path / "after")
+    assert [r["hard"] == "True" for r in rows] == [float(r["beta"]) == 0.0 for r in rows]
+    assert any(r["hard"] == "True" for r in rows) and rows[0]["hard"] == "False"
+    classify(tiny_star, tmp_path / "first", "posterior.hard=first_n", "posterior.hard_iterations=2",
+             "posterior.similarity.start=0", "posterior.similarity.anneal_end=0")  # fmt: skip
+    rows = read_iterations(tmp_path / "first")
+    assert [r["hard"] for r in rows] == ["True", "True"] + ["False"] * (len(rows) - 2)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_experiment_preset_composes_and_runs(tiny_star: Path, tmp_path: Path, preset: str):
+    summary = classify(tiny_star, tmp_path, f"experiment={preset}", "optim.max_iterations=3")
+    assert summary["iterations"] >= 1 and (tmp_path / "class_001.mrc").is_file()
+
+
+def test_schedules_by_hand():
+    s = SimilaritySchedule(0.5, 2, 6)
+    assert [s.beta(i) for i in range(8)] == [0.5, 0.5, 0.5, 0.375, 0.25, 0.125, 0.0, 0.0]
+    assert [HardSchedule("after_anneal").is_hard(i, s.beta(i)) for i in range(8)] == [False] * 6 + [
+        True
+    ] * 2
+    assert [HardSchedule("first_n", 3).is_hard(i, 0.5) for i in range(5)] == [True] * 3 + [
+        False
+    ] * 2
+
+
+def test_posterior_layers_limits_and_gradients():
+    scores = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    for form in ("temperature", "mixing"):
+        layer = ClassSimilarity(form)
+        torch.testing.assert_close(
+            layer(scores, 1.0), torch.full((6, 3), 1 / 3, dtype=torch.float64)
+        )
+        torch.testing.assert_close(layer(scores, 0.0), torch.softmax(scores, 1))
+        assert torch.autograd.gradcheck(lambda s, layer=layer: layer(s, 0.3), (scores,))
+    probs = torch.softmax(torch.randn(6, 3, dtype=torch.float64), 1).requires_grad_()
+    hard = StraightThroughHard()(probs)
+    assert ((hard == 0) | (hard == 1)).all() and (hard.sum(1) == 1).all()
+    (grad,) = torch.autograd.grad((hard * torch.arange(3.0, dtype=torch.float64)).sum(), probs)
+    torch.testing.assert_close(
+        grad, torch.arange(3.0, dtype=torch.float64).expand(6, 3)
+    )  # straight through
+
+
+def test_estep_gradcheck():
+    from cryotorch.engine.batches import ParticleBatch
+    from cryotorch.engine.estep import EStep
+    from cryotorch.engine.noise import NoiseModel
+    from cryotorch.physics.slices import slice_geometry
+    from tests.physics_helpers import random_rotations
+
+    d, pad, k, b = 6, 2, 2, 3
+    p = pad * d
+    gen = torch.Generator().manual_seed(0)
+    rot = random_rotations(b, seed=1)
+    batch = ParticleBatch(
+        rows=np.arange(b),
+        spectra=torch.randn(b, d, d // 2 + 1, dtype=torch.complex128, generator=gen),
+        ctf=torch.randn(b, d, d // 2 + 1, dtype=torch.float64, generator=gen),
+        shift=torch.ones(b, d, d // 2 + 1, dtype=torch.complex128),
+        rotations=rot,
+        optics_group=torch.zeros(b, dtype=torch.long),
+        geometry=slice_geometry(rot, d, pad),
+    )
+    noise = NoiseModel(torch.rand(1, d // 2 + 1, dtype=torch.float64, generator=gen) + 0.5)
+    volumes = torch.randn(
+        p * p * (p // 2 + 1), 2 * k, dtype=torch.float64, generator=gen, requires_grad=True
+    )
+    assert torch.autograd.gradcheck(
+        lambda v: EStep()(v, batch, noise, d // 2).loglik, (volumes,), fast_mode=True
+    )
+
+
+def test_more_classes_than_particles_is_refused(tiny_star: Path, tmp_path: Path):
+    with pytest.raises(
+        ValueError, match=r"model\.num_classes = 400 is more than its 300 particles"
+    ):
+        classify(tiny_star, tmp_path, "model.num_classes=400")
+    assert not (tmp_path / "particles.star").exists()
