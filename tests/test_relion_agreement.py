@@ -184,3 +184,39 @@ def test_cryotorch_reconstruction_of_relion_particles_matches_relion_reconstruct
     # 3/4 Nyquist on, e.g. 0.947 against 0.858 at shell 13 of 16).
     nyquist = truth.shape[-1] // 2
     assert (fsc_ours[:nyquist] >= fsc_relion[:nyquist] - 0.005).all(), (fsc_ours, fsc_relion)
+
+
+def test_relion_reads_the_classification_star(tmp_path: Path):
+    from hydra import compose, initialize_config_dir
+
+    from cryotorch.cli.classify import run
+    from cryotorch.cli.configs import CONFIG_DIR
+
+    d = 24
+    a = blobs(d, [(3, 0, -2), (-3, 2, 1)])
+    b = a + 1.5 * blobs(d, [(0, -5, 3)])
+    star = simulate_particles(
+        np.stack([a, b]), 3.0, tmp_path / "sim", SimulationSettings(n_particles=300, snr=1.0)
+    )
+    overrides = [
+        f"data.particles={star}",
+        f"output_dir={tmp_path / 'run'}",
+        "logger=none",
+        "logger.quiet=true",
+        "model.target_resolution=12",
+        "optim.max_iterations=4",
+        "posterior.similarity.anneal_end=2",
+    ]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        run(compose("classify", overrides))
+    out = tmp_path / "run"
+    for k in (1, 2):
+        args = ["--i", "particles.star", "--o", f"relion_class{k}.mrc", "--class", str(k), "--ctf"]
+        relion("relion_reconstruct", *args, cwd=out)
+    maps = [
+        torch.from_numpy(mrcfile.read(out / f"relion_class{k}.mrc").copy()).double() for k in (1, 2)
+    ]
+    truth = [torch.from_numpy(m).double() for m in (a, b)]
+    # Each of RELION's class reconstructions matches one true class better than the other.
+    score = [[float(fourier_shell_correlation(m, t)[1:6].mean()) for t in truth] for m in maps]
+    assert (score[0][0] - score[0][1]) * (score[1][0] - score[1][1]) < 0, score
