@@ -30,7 +30,7 @@ class RunMonitor:
 
             self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
 
-    def __call__(self, entry: dict, maps: torch.Tensor) -> None:
+    def __call__(self, entry: dict, maps: torch.Tensor, assignment=None) -> None:
         self.rows.append(entry)
         if not self.quiet:
             print(self.format_row(entry), flush=True)
@@ -64,7 +64,8 @@ class RunMonitor:
         return (
             f"it {entry['iteration']:3d} {entry['phase']:6s} β {entry['beta']:.3f} "
             f"{'hard' if entry['hard'] else 'soft'} {entry['resolution']:5.1f} Å  "
-            f"changed {changed}%  ESS {entry['mean_class_ess']:.3f}  sizes {fractions}"
+            f"changed {changed}%  ESS {entry['mean_class_ess']:.3f}  sizes {fractions}  "
+            f"{entry.get('seconds', float('nan')):.1f} s"
         )
 
     def write_csv(self, path: Path) -> None:

@@ -8,6 +8,7 @@ force hard -> :func:`accumulate_statistics` -> :func:`update_maps` (maps, priors
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -72,7 +73,9 @@ class ClassificationResult:
     history: list[dict] = field(default_factory=list)
 
 
-Monitor = Callable[[dict, torch.Tensor], None]
+# Called after every iteration with its table row, the class maps (k, d, d, d) and the latest
+# class (argmax) of every particle, -1 where a particle has not been seen yet.
+Monitor = Callable[[dict, torch.Tensor, np.ndarray], None]
 
 
 class _Engine:
@@ -105,6 +108,7 @@ class _Engine:
         self.assignment = np.full(self.n, -1)
         self.iteration = 0
         self.history: list[dict] = []
+        self.clock = time.perf_counter()
 
     # -- pieces --------------------------------------------------------------------------------
     def batches(self, rows: np.ndarray):
@@ -185,9 +189,12 @@ class _Engine:
             "log_likelihood": loglik_mean,
             **{f"class_{i + 1:03d}_fraction": float(sizes[i] / sizes.sum()) for i in range(self.k)},
         }
+        now = time.perf_counter()
+        entry["seconds"] = now - self.clock
+        self.clock = now
         self.history.append(entry)
         if self.monitor is not None:
-            self.monitor(entry, maps)
+            self.monitor(entry, maps, self.assignment.copy())
 
     def score_batch(self, batch, volumes, noise, prior):
         max_shell = self.resolution.max_shell(self.iteration, self.d, self.pixel_size)

@@ -16,7 +16,12 @@ import numpy as np
 
 from cryotorch.errors import InputError
 
-__all__ = ["atomic_model_to_map", "builtin_structures", "read_model_coordinates"]
+__all__ = [
+    "atomic_model_to_map",
+    "builtin_structures",
+    "read_model_coordinates",
+    "write_interpolated_model",
+]
 
 
 def builtin_structures() -> list[Path]:
@@ -124,3 +129,38 @@ def atomic_model_to_map(
     calc.add_model_density_to_grid(st[0])
     calc.grid.symmetrize_sum()
     return np.ascontiguousarray(np.array(calc.grid, copy=True).transpose(2, 1, 0), dtype=np.float32)
+
+
+def write_interpolated_model(
+    path_a: str | os.PathLike[str],
+    path_b: str | os.PathLike[str],
+    fraction: float,
+    output: str | os.PathLike[str],
+) -> Path:
+    """Write a model whose atoms lie ``fraction`` of the way from model a to model b.
+
+    The two models must list the same atoms in the same order (two conformations of one
+    system); b is first superposed on a by its CA atoms. ``fraction = 0`` gives a, ``1`` gives
+    b (superposed). A small ``fraction`` makes a small conformational change.
+    """
+    a, b = _read(Path(path_a)), _read(Path(path_b))
+    xa = np.array([[t.pos.x, t.pos.y, t.pos.z] for ch in a[0] for r in ch for t in r])
+    xb = np.array([[t.pos.x, t.pos.y, t.pos.z] for ch in b[0] for r in ch for t in r])
+    if xa.shape != xb.shape:
+        raise InputError(
+            path_b, "atoms", f"has {len(xb)} atoms, {path_a} has {len(xa)}: cannot interpolate"
+        )
+    r, t = _kabsch(
+        read_model_coordinates(path_b, ca_only=True), read_model_coordinates(path_a, ca_only=True)
+    )
+    xb = xb @ r.T + t
+    mixed = (1 - fraction) * xa + fraction * xb
+    i = 0
+    for ch in a[0]:
+        for res in ch:
+            for atom in res:
+                atom.pos = gemmi.Position(*mixed[i])
+                i += 1
+    output = Path(output)
+    a.write_pdb(str(output))
+    return output
