@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +197,33 @@ def test_more_classes_than_particles_is_refused(tiny_star: Path, tmp_path: Path)
     ):
         classify(tiny_star, tmp_path, "model.num_classes=400")
     assert not (tmp_path / "particles.star").exists()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    code = "from cryotorch.cli.classify import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_command_refuses_bad_configuration_plainly(tmp_path: Path):
+    result = run_cli(f"output_dir={tmp_path}", "posterior.similarity.start=2")
+    assert result.returncode == 2
+    assert "posterior.similarity.start must be in [0, 1], got 2.0" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_cli(f"output_dir={tmp_path}", f"data.particles={tmp_path / 'missing.star'}")
+    assert result.returncode == 2 and "missing.star: file does not exist" in result.stderr
+
+
+def test_multirun_sweep_over_k(tiny_star: Path, tmp_path: Path):
+    result = run_cli(
+        "-m",
+        f"data.particles={tiny_star}",
+        f"output_dir={tmp_path}",
+        *FAST,
+        "model.num_classes=2,3",
+    )
+    assert result.returncode == 0, result.stderr
+    for job, k in ((0, 2), (1, 3)):
+        assert (tmp_path / str(job) / f"class_{k:03d}.mrc").is_file()
+        assert np.load(tmp_path / str(job) / "posteriors.npy").shape == (300, k)

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cryotorch.cli.configs import CONFIG_DIR
+from cryotorch.cli.configs import CONFIG_DIR, job_output_dir
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.loop import ClassificationSettings, classify
 from cryotorch.engine.outputs import write_outputs
+from cryotorch.engine.posterior import ClassSimilarity
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
 from cryotorch.errors import InputError
 from cryotorch.evaluation import classification_accuracy
@@ -57,6 +58,7 @@ def settings_from_config(cfg: DictConfig) -> ClassificationSettings:
         max_iterations=int(o.max_iterations),
         convergence_percent=float(o.convergence_percent),
         batch_size=int(o.batch_size),
+        progress=not bool(cfg.logger.quiet),
     )
 
 
@@ -69,10 +71,8 @@ def _particles(cfg: DictConfig, output_dir: Path) -> Path:
     sim = cfg.data.simulate
     sim_cfg = OmegaConf.load(CONFIG_DIR / "simulate.yaml")
     sim_cfg.pop("hydra")
-    sim_cfg = OmegaConf.merge(
-        sim_cfg, dict(sim), {"output_dir": str(output_dir / "simulated"), "seed": cfg.seed}
-    )
-    return simulate(sim_cfg)
+    sim_cfg = OmegaConf.merge(sim_cfg, dict(sim), {"seed": cfg.seed})
+    return simulate(sim_cfg, output_dir / "simulated")
 
 
 def _check_reference(cfg: DictConfig, images: ParticleImages) -> None:
@@ -95,13 +95,21 @@ def _check_reference(cfg: DictConfig, images: ParticleImages) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """Classify as ``cfg`` says; write the outputs; return a summary (accuracy if known)."""
-    output_dir = Path(cfg.output_dir)
-    settings = settings_from_config(cfg)
+    output_dir = job_output_dir(cfg)
+    try:
+        settings = settings_from_config(cfg)
+        ClassSimilarity(settings.similarity_form)  # checks the form's name
+    except ValueError as exc:
+        raise InputError("configuration", None, str(exc)) from exc
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("config", "device", "cuda was asked for, but torch sees no CUDA device")
     torch.manual_seed(settings.seed)
     star = _particles(cfg, output_dir)
+    if (output_dir / f"particles{Path(star).suffix}").resolve() == Path(star).resolve():
+        raise InputError(
+            star, None, f"output_dir {output_dir} would overwrite the input: choose another folder"
+        )
     table = read_particles(
         star,
         data_dir=cfg.data.data_dir,
@@ -166,15 +174,16 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="classify", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
+    # Hydra reports exceptions from here with a traceback: bad input is reported plainly instead.
     try:
-        _hydra_main()
+        run(cfg)
     except InputError as exc:
         print(f"cryotorch-classify: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -8,4 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def job_output_dir(cfg: DictConfig) -> Path:
+    """Where this job writes: Hydra's job folder when Hydra runs it (``output_dir`` for a
+    single run, ``output_dir/<job number>`` in a ``-m`` sweep), else ``cfg.output_dir``."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.output_dir)

@@ -17,7 +17,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from cryotorch.cli.configs import CONFIG_DIR
+from cryotorch.cli.configs import CONFIG_DIR, job_output_dir
 from cryotorch.errors import InputError
 from cryotorch.io import read_map
 from cryotorch.simulate.atomic import (
@@ -63,8 +63,9 @@ def load_class_maps(cfg: DictConfig) -> tuple[np.ndarray, float]:
     return np.stack(maps), float(sizes[0])
 
 
-def run(cfg: DictConfig) -> Path:
-    """Simulate the particle set ``cfg`` describes; return the STAR file's path."""
+def run(cfg: DictConfig, output_dir: Path | None = None) -> Path:
+    """Simulate the particle set ``cfg`` describes into ``output_dir`` (default: the job's
+    output folder); return the STAR file's path."""
     maps, pixel_size = load_class_maps(cfg)
     settings = SimulationSettings(
         n_particles=int(cfg.n_particles),
@@ -82,7 +83,7 @@ def run(cfg: DictConfig) -> Path:
         pad=int(cfg.pad),
     )
     t0 = time.perf_counter()
-    star = simulate_particles(maps, pixel_size, cfg.output_dir, settings)
+    star = simulate_particles(maps, pixel_size, output_dir or job_output_dir(cfg), settings)
     k, d = maps.shape[0], maps.shape[-1]
     print(
         f"simulated {settings.n_particles} particles of {k} classes, box {d}, "
@@ -94,15 +95,16 @@ def run(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="simulate", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
+    # Hydra reports exceptions from here with a traceback: bad input is reported plainly instead.
     try:
-        _hydra_main()
+        run(cfg)
     except InputError as exc:
         print(f"cryotorch-simulate: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.estep import EStep, EStepResult, log_posterior
@@ -57,6 +58,7 @@ class ClassificationSettings:
     max_iterations: int = 25
     convergence_percent: float = 2.0
     batch_size: int = 512  # particles per E-step call in full passes
+    progress: bool = True  # a progress bar over each full pass
 
 
 @dataclass
@@ -111,9 +113,19 @@ class _Engine:
         self.clock = time.perf_counter()
 
     # -- pieces --------------------------------------------------------------------------------
-    def batches(self, rows: np.ndarray):
-        for start in range(0, len(rows), self.s.batch_size):
-            yield self.b(rows[start : start + self.s.batch_size])
+    def batches(self, rows: np.ndarray, label: str | None = None):
+        """Batches of ``rows``; with a ``label``, under a progress bar (if progress is on)."""
+        bar = tqdm(
+            total=len(rows),
+            desc=label,
+            unit="particle",
+            leave=False,
+            disable=not (self.s.progress and label),
+        )
+        with bar:
+            for start in range(0, len(rows), self.s.batch_size):
+                yield self.b(rows[start : start + self.s.batch_size])
+                bar.update(min(self.s.batch_size, len(rows) - start))
 
     def zeros(self) -> SufficientStatistics:
         return SufficientStatistics.zeros(
@@ -277,7 +289,7 @@ def classify(
         volumes = _volumes(maps, settings.pad)
         stats = e.zeros()
         logliks = []
-        for batch in e.batches(np.arange(e.n)):
+        for batch in e.batches(np.arange(e.n), f"iteration {e.iteration}"):
             result, scores = e.score_batch(batch, volumes, noise, prior)
             gamma, beta, hard = e.layers(scores)
             accumulate_statistics(stats, batch, result, gamma.detach(), noise)

@@ -35,7 +35,7 @@ class ClassSimilarity(nn.Module):
         super().__init__()
         if form not in ("temperature", "mixing"):
             raise ValueError(
-                f"class similarity form must be 'temperature' or 'mixing', got {form!r}"
+                f"posterior.similarity.form must be 'temperature' or 'mixing', got {form!r}"
             )
         self.form = form
 
