@@ -18,19 +18,19 @@ STAR file last): ``particles.mrcs`` (float32, pixel size in the header), ``parti
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import mrcfile
 import numpy as np
-import pandas as pd
 import torch
 
 from cryotorch import conventions
 from cryotorch.errors import InputError
 from cryotorch.io.atomic import atomic_path
 from cryotorch.io.mrc import label_header, write_map
-from cryotorch.io.star import write_star_blocks
+from cryotorch.io.star import write_star
 from cryotorch.particles import OpticsGroups, ParticleTable
 from cryotorch.physics.forward_model import particle_ctf, particle_shift_px, render_spectra
 from cryotorch.physics.fourier import irfft_2d
@@ -90,7 +90,7 @@ def _draw_particles(settings: SimulationSettings, k: int, d: int, pixel_size: fl
     defocus = rng.uniform(settings.defocus_min_angstrom, settings.defocus_max_angstrom, n)
     astig = rng.uniform(0.0, settings.astigmatism_max_angstrom, n)
     table = ParticleTable(
-        image_path=np.full(n, "particles.mrcs"),
+        image_path=np.full(n, "particles.mrcs"),  # made absolute when the STAR is written
         image_index=np.arange(n),
         rotation=rotation,
         origin_angstrom=origin,
@@ -138,42 +138,6 @@ def _signal(
         )
         out[torch.as_tensor(mine)] = irfft_2d(spectra[:, 0], d)
     return out
-
-
-def _star_tables(table: ParticleTable) -> dict[str, pd.DataFrame]:
-    rot, tilt, psi = conventions.rotation_to_euler(table.rotation)
-    n = len(table)
-    o = table.optics
-    optics = pd.DataFrame(
-        {
-            "rlnOpticsGroupName": o.name,
-            "rlnOpticsGroup": [1],
-            "rlnImagePixelSize": o.pixel_size_angstrom,
-            "rlnImageSize": o.image_size,
-            "rlnImageDimensionality": [2],
-            "rlnVoltage": o.voltage_kv,
-            "rlnSphericalAberration": o.spherical_aberration_mm,
-            "rlnAmplitudeContrast": o.amplitude_contrast,
-        }
-    )
-    particles = pd.DataFrame(
-        {
-            "rlnImageName": [f"{i + 1:06d}@particles.mrcs" for i in range(n)],
-            "rlnAngleRot": rot,
-            "rlnAngleTilt": tilt,
-            "rlnAnglePsi": psi,
-            "rlnOriginXAngst": table.origin_angstrom[:, 0],
-            "rlnOriginYAngst": table.origin_angstrom[:, 1],
-            "rlnDefocusU": table.defocus_u_angstrom,
-            "rlnDefocusV": table.defocus_v_angstrom,
-            "rlnDefocusAngle": table.astigmatism_angle_deg,
-            "rlnPhaseShift": table.phase_shift_deg,
-            "rlnCtfBfactor": table.ctf_bfactor,
-            "rlnOpticsGroup": np.ones(n, dtype=np.int64),
-            "rlnRandomSubset": table.random_subset,
-        }
-    )
-    return {"optics": optics, "particles": particles}
 
 
 def simulate_particles(
@@ -233,5 +197,7 @@ def simulate_particles(
             header="true class of each particle, 1-based, STAR row order",
         )
     star = output_dir / "particles.star"
-    write_star_blocks(_star_tables(table), star)
+    stack = str((output_dir / "particles.mrcs").resolve())
+    table = dataclasses.replace(table, image_path=np.full(len(table), stack))
+    write_star(table, star, absolute_paths=False)  # image names relative to the STAR's folder
     return star
