@@ -7,7 +7,8 @@
 Both classify the same particles.star (simulated by cryotorch with known classes). RELION runs
 ``relion_refine --K 2 --skip_align --tau2_fudge 4 --ctf --ini_high 20 --flatten_solvent
 --zero_mask`` from the consensus map (``relion_reconstruct --ctf`` of all particles);
-cryotorch runs its defaults (cryoSPARC-like) and its ``relion_like`` preset. Prints, for each:
+cryotorch runs its defaults (cryoSPARC-like) and its ``relion_like`` and ``small_differences``
+presets. Prints, for each:
 the final accuracy, seconds per iteration, and the first iteration at which the accuracy
 exceeded 95 %. Needs RELION's programs on PATH.
 """
@@ -133,25 +134,29 @@ def main() -> None:
         "experiment=relion_like",
         f"optim.max_iterations={args.iterations}",
     ]
+    small_differences = ["logger=none", "logger.quiet=true", "experiment=small_differences"]
     rows = {
         "relion_refine": run_relion(star, truth, args.iterations, args.threads, diameter),
         "cryotorch (default)": run_cryotorch(
             star, truth, ["logger=none", "logger.quiet=true"], args.threads
         ),
         "cryotorch (relion_like)": run_cryotorch(star, truth, relion_like, args.threads),
+        "cryotorch (small_differences)": run_cryotorch(
+            star, truth, small_differences, args.threads
+        ),
     }
     fraction, snr = SETTINGS[args.setting]
     print(
         f"\n{args.setting}: AdK open vs {fraction:.0%} closed, {args.particles} particles, box {args.box}, SNR {snr}"
     )
     print(
-        f"{'method':26s} {'final accuracy':>15s} {'s/iteration':>12s} {'first it > 95 %':>16s} {'iterations':>11s}"
+        f"{'method':30s} {'final accuracy':>15s} {'s/iteration':>12s} {'first it > 95 %':>16s} {'iterations':>11s}"
     )
     for name, r in rows.items():
         above = [i + 1 for i, a in enumerate(r["accuracy"]) if a > 0.95]
         first = str(above[0]) if above else "never"
         print(
-            f"{name:26s} {100 * r['accuracy'][-1]:14.2f}% {r['seconds_per_iteration']:12.2f} {first:>16s} "
+            f"{name:30s} {100 * r['accuracy'][-1]:14.2f}% {r['seconds_per_iteration']:12.2f} {first:>16s} "
             f"{len(r['accuracy']):11d}"
         )
     print(
