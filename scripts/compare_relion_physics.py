@@ -22,7 +22,7 @@ import torch
 
 from cryotorch.io import ParticleImages, read_map, read_particles, write_map
 from cryotorch.io.example import write_example_star
-from cryotorch.physics.forward_model import particle_ctf, particle_shift_px, render_spectra
+from cryotorch.physics.forward_model import particle_spectra
 from cryotorch.physics.fourier import irfft_2d
 from cryotorch.physics.fsc import fourier_shell_correlation
 from cryotorch.physics.projector import prepare_volumes
@@ -70,13 +70,7 @@ def main() -> None:
     table = read_particles(work / "proj.star")
     rows = np.arange(len(table))
     vol = torch.from_numpy(read_map(work / "map.mrc")[0]).double()
-    spectra = render_spectra(
-        prepare_volumes(vol[None]),
-        torch.from_numpy(table.rotation),
-        particle_shift_px(table, rows, dtype=torch.float64),
-        particle_ctf(table, rows, d, dtype=torch.float64),
-        d,
-    )
+    spectra = particle_spectra(prepare_volumes(vol[None]), table, rows, d, dtype=torch.float64)
     ours_images = irfft_2d(spectra[:, 0], d).numpy()
     with ParticleImages(table) as images:
         relion_images = images.read(rows).astype(np.float64)

@@ -14,7 +14,7 @@ from cryotorch import conventions as cv
 from cryotorch.cli.convert import main as convert_main
 from cryotorch.io import ParticleImages, read_map, read_particles, write_map
 from cryotorch.io.example import write_example_star
-from cryotorch.physics.forward_model import particle_ctf, particle_shift_px, render_spectra
+from cryotorch.physics.forward_model import particle_spectra
 from cryotorch.physics.fourier import irfft_2d
 from cryotorch.physics.fsc import fourier_shell_correlation
 from cryotorch.physics.projector import prepare_volumes
@@ -135,13 +135,7 @@ def test_projection_agrees_with_relion_project(tmp_path: Path):
     vol = torch.from_numpy(read_map(tmp_path / "map.mrc")[0]).double()
     rows = np.arange(len(table))
     d = vol.shape[-1]
-    spectra = render_spectra(
-        prepare_volumes(vol[None]),
-        torch.from_numpy(table.rotation),
-        particle_shift_px(table, rows, dtype=torch.float64),
-        particle_ctf(table, rows, d, dtype=torch.float64),
-        d,
-    )
+    spectra = particle_spectra(prepare_volumes(vol[None]), table, rows, d, dtype=torch.float64)
     ours = irfft_2d(spectra[:, 0], d).numpy()
     with ParticleImages(table) as images:
         theirs = images.read(rows).astype(np.float64)

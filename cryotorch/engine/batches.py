@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cryotorch.io.mrc import ParticleImages
-from cryotorch.physics.ctf import compute_ctf_2d
+from cryotorch.physics.forward_model import particle_ctf, particle_shift_px
 from cryotorch.physics.fourier import fourier_crop_2d, rfft_2d
 from cryotorch.physics.shifts import phase_shift_2d
 from cryotorch.physics.slices import SliceGeometry, slice_geometry
@@ -78,24 +78,8 @@ class BatchMaker:
         images = torch.as_tensor(self.images.read(rows), device=self.device, dtype=self.dtype)
         spectra = fourier_crop_2d(rfft_2d(images), self.d)
 
-        def col(values: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(np.asarray(values)[rows], dtype=self.dtype, device=self.device)
-
-        ctf = compute_ctf_2d(
-            self.d,
-            pixel_size_angstrom=col(self.pixel_size),
-            defocus_u_angstrom=col(t.defocus_u_angstrom),
-            defocus_v_angstrom=col(t.defocus_v_angstrom),
-            astigmatism_angle_deg=col(t.astigmatism_angle_deg),
-            voltage_kv=col(t.voltage_kv),
-            spherical_aberration_mm=col(t.spherical_aberration_mm),
-            amplitude_contrast=col(t.amplitude_contrast),
-            phase_shift_deg=col(t.phase_shift_deg),
-            bfactor=col(t.ctf_bfactor),
-            scale=col(t.ctf_scale),
-        )
-        shift_px = -torch.as_tensor(t.origin_angstrom[rows], dtype=self.dtype, device=self.device)
-        shift_px = shift_px / col(self.pixel_size)[:, None]
+        ctf = particle_ctf(t, rows, self.d, self.device, self.dtype, self.pixel_size)
+        shift_px = particle_shift_px(t, rows, self.device, self.dtype, self.pixel_size)
         rotations = torch.as_tensor(t.rotation[rows], dtype=self.dtype, device=self.device)
         return ParticleBatch(
             rows=np.asarray(rows),

@@ -32,6 +32,7 @@ from cryotorch.engine.schedules import (
     online_learning_rate,
 )
 from cryotorch.physics.masks import lowpass_3d, soft_sphere
+from cryotorch.physics.projector import prepare_volumes
 
 __all__ = ["ClassificationResult", "ClassificationSettings", "classify"]
 
@@ -132,10 +133,6 @@ class _Engine:
             self.k, self.d, self.s.pad, self.n_groups, self.device, self.dtype
         )
 
-    def noise_model(self, sums: torch.Tensor, counts: torch.Tensor) -> NoiseModel:
-        power = NoiseModel.from_power_sums(sums, counts).power
-        return NoiseModel(power.to(self.dtype).clamp_min(torch.finfo(self.dtype).tiny))
-
     def initial_noise(self) -> NoiseModel:
         """Power per shell of up to 2,000 images (signal included: fine at cryo-EM SNRs)."""
         rows = self.rng.permutation(self.n)[: min(self.n, 2000)]
@@ -149,7 +146,7 @@ class _Engine:
             power = probe.shell_sums(batch.spectra.real**2 + batch.spectra.imag**2).double()
             sums.index_add_(0, batch.optics_group, power)
             counts.index_add_(0, batch.optics_group, per_image.expand(len(batch.rows), -1))
-        return self.noise_model(sums, counts)
+        return NoiseModel.from_power_sums(sums, counts, self.dtype)
 
     def random_assignment_statistics(self, noise: NoiseModel) -> SufficientStatistics:
         """Statistics of a random hard assignment of every particle (RELION's initialisation)."""
@@ -176,7 +173,7 @@ class _Engine:
         new_maps = update_maps(stats, self.d, self.s.pad, self.s.tau2_fudge, self.mask)
         prior = (stats.class_weight / stats.class_weight.sum().clamp_min(1e-300)).to(self.dtype)
         if stats.noise_count.sum() > 0:
-            noise = self.noise_model(stats.noise_sum, stats.noise_count)
+            noise = NoiseModel.from_power_sums(stats.noise_sum, stats.noise_count, self.dtype)
         return new_maps, prior, noise
 
     def record(
@@ -225,12 +222,6 @@ class _Engine:
         return changed
 
 
-def _volumes(maps: torch.Tensor, pad: int) -> torch.Tensor:
-    from cryotorch.physics.projector import prepare_volumes
-
-    return prepare_volumes(maps, pad)
-
-
 def classify(
     batcher: BatchMaker, settings: ClassificationSettings, monitor: Monitor | None = None
 ) -> ClassificationResult:
@@ -259,7 +250,7 @@ def classify(
             order = e.rng.permutation(e.n)
             start = 0
         rows = order[start : start + batch_n]
-        volumes = _volumes(maps, settings.pad)
+        volumes = prepare_volumes(maps, settings.pad)
         batch_stats = e.zeros()
         gammas, logliks = [], []
         for batch in e.batches(rows):
@@ -286,7 +277,7 @@ def classify(
     posteriors = np.zeros((e.n, e.k), dtype=np.float32)
     posteriors_estep = np.zeros((e.n, e.k), dtype=np.float32)
     for full_pass in range(settings.max_iterations):
-        volumes = _volumes(maps, settings.pad)
+        volumes = prepare_volumes(maps, settings.pad)
         stats = e.zeros()
         logliks = []
         for batch in e.batches(np.arange(e.n), f"iteration {e.iteration}"):

@@ -55,10 +55,12 @@ class NoiseModel:
         )
 
     @classmethod
-    def from_power_sums(cls, sums: torch.Tensor, counts: torch.Tensor) -> NoiseModel:
-        """From ``(g, n_shells)`` sums of ``|residual|²`` and their pixel counts (shells with no
-        pixels take the value of the nearest shell below)."""
+    def from_power_sums(
+        cls, sums: torch.Tensor, counts: torch.Tensor, dtype=torch.float32
+    ) -> NoiseModel:
+        """From ``(g, n_shells)`` sums of ``|residual|²`` and their pixel counts, in ``dtype``
+        (shells with no pixels take the value of the nearest shell below; never exactly 0)."""
         power = sums / counts.clamp_min(1)
         for s in range(1, power.shape[1]):
             power[:, s] = torch.where(counts[:, s] > 0, power[:, s], power[:, s - 1])
-        return cls(power)
+        return cls(power.to(dtype).clamp_min(torch.finfo(dtype).tiny))

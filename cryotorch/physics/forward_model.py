@@ -17,20 +17,30 @@ from cryotorch.physics.ctf import compute_ctf_2d
 from cryotorch.physics.shifts import phase_shift_2d
 from cryotorch.physics.slices import extract_central_slices, slice_geometry
 
-__all__ = ["particle_ctf", "particle_shift_px", "render_spectra"]
+__all__ = ["particle_ctf", "particle_shift_px", "particle_spectra", "render_spectra"]
 
 
 def particle_ctf(
-    table: ParticleTable, rows: np.ndarray, d: int, device=None, dtype=torch.float32
+    table: ParticleTable,
+    rows: np.ndarray,
+    d: int,
+    device=None,
+    dtype=torch.float32,
+    pixel_size_angstrom: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """CTFs ``(b, d, d // 2 + 1)`` of table ``rows`` on the rfft_2d grid of box ``d``."""
+    """CTFs ``(b, d, d // 2 + 1)`` of table ``rows`` on the rfft_2d grid of box ``d``.
+
+    ``pixel_size_angstrom (n,)`` replaces the table's pixel sizes for images that were
+    Fourier-cropped (or padded) to box ``d``.
+    """
+    psize = table.pixel_size_angstrom if pixel_size_angstrom is None else pixel_size_angstrom
 
     def col(values: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(values)[rows], dtype=dtype, device=device)
 
     return compute_ctf_2d(
         d,
-        pixel_size_angstrom=col(table.pixel_size_angstrom),
+        pixel_size_angstrom=col(psize),
         defocus_u_angstrom=col(table.defocus_u_angstrom),
         defocus_v_angstrom=col(table.defocus_v_angstrom),
         astigmatism_angle_deg=col(table.astigmatism_angle_deg),
@@ -44,11 +54,38 @@ def particle_ctf(
 
 
 def particle_shift_px(
-    table: ParticleTable, rows: np.ndarray, device=None, dtype=torch.float32
+    table: ParticleTable,
+    rows: np.ndarray,
+    device=None,
+    dtype=torch.float32,
+    pixel_size_angstrom: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """``(b, 2)`` in-plane shift (pixels) that moves a centred projection onto particle ``rows``."""
-    shift = -table.origin_angstrom[rows] / table.pixel_size_angstrom[rows, None]
+    """``(b, 2)`` in-plane shift (pixels of ``pixel_size_angstrom (n,)``, default the table's)
+    that moves a centred projection onto particle ``rows``."""
+    psize = table.pixel_size_angstrom if pixel_size_angstrom is None else pixel_size_angstrom
+    shift = -table.origin_angstrom[rows] / psize[rows, None]
     return torch.as_tensor(shift, dtype=dtype, device=device)
+
+
+def particle_spectra(
+    volumes: torch.Tensor,
+    table: ParticleTable,
+    rows: np.ndarray,
+    d: int,
+    pad: int = 2,
+    dtype=torch.float32,
+) -> torch.Tensor:
+    """Noise-free spectra ``(b, k, d, d // 2 + 1)`` of table ``rows`` from interleaved volumes
+    ``(n_voxels, 2k)``: their poses, shifts and CTFs, on the device of ``volumes``."""
+    device = volumes.device
+    return render_spectra(
+        volumes,
+        torch.as_tensor(table.rotation[rows], dtype=dtype, device=device),
+        particle_shift_px(table, rows, device, dtype),
+        particle_ctf(table, rows, d, device, dtype),
+        d,
+        pad,
+    )
 
 
 def render_spectra(

@@ -32,7 +32,7 @@ from cryotorch.io.atomic import atomic_path
 from cryotorch.io.mrc import label_header, write_map
 from cryotorch.io.star import write_star
 from cryotorch.particles import OpticsGroups, ParticleTable
-from cryotorch.physics.forward_model import particle_ctf, particle_shift_px, render_spectra
+from cryotorch.physics.forward_model import particle_spectra
 from cryotorch.physics.fourier import irfft_2d
 from cryotorch.physics.projector import prepare_volumes
 
@@ -128,14 +128,7 @@ def _signal(
         mine = np.flatnonzero(classes[rows] == k)
         if mine.size == 0:
             continue
-        spectra = render_spectra(
-            volumes,
-            torch.as_tensor(table.rotation[rows[mine]], dtype=torch.float32),
-            particle_shift_px(table, rows[mine]),
-            particle_ctf(table, rows[mine], d),
-            d,
-            pad,
-        )
+        spectra = particle_spectra(volumes, table, rows[mine], d, pad)
         out[torch.as_tensor(mine)] = irfft_2d(spectra[:, 0], d)
     return out
 
