@@ -17,7 +17,9 @@ from cryotorch.cli.classify import run
 from cryotorch.cli.configs import CONFIG_DIR
 from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, effective_sample_size
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
-from cryotorch.io import read_map
+from cryotorch.errors import InputError
+from cryotorch.io import read_map, write_map
+from cryotorch.physics.fourier import fourier_crop_3d
 from cryotorch.simulate.particles import SimulationSettings, simulate_particles
 from tests.physics_helpers import blob_volume
 
@@ -227,3 +229,38 @@ def test_multirun_sweep_over_k(tiny_star: Path, tmp_path: Path):
     for job, k in ((0, 2), (1, 3)):
         assert (tmp_path / str(job) / f"class_{k:03d}.mrc").is_file()
         assert np.load(tmp_path / str(job) / "posteriors.npy").shape == (300, k)
+
+
+def test_given_initial_maps_any_greyscale_keep_their_class_order(tiny_star: Path, tmp_path: Path):
+    # The true maps, in reverse order and 1000x too bright: the scale fit puts them on the
+    # particles' greyscale and class 1 must be the particles of the second true map.
+    folder = tiny_star.parent
+    maps = []
+    for k in (2, 1):
+        volume, voxel = read_map(folder / f"class_{k:03d}.mrc")
+        maps.append(tmp_path / f"given_{k}.mrc")
+        write_map(maps[-1], 1000 * volume, voxel)
+    out = tmp_path / "run"
+    classify(
+        tiny_star,
+        out,
+        f"data.initial_maps=[{maps[0]},{maps[1]}]",
+        "optim.online_epochs=0",
+        "optim.max_iterations=3",
+    )
+    truth = np.loadtxt(folder / "true_classes.txt", dtype=int) - 1
+    assert (np.load(out / "posteriors.npy").argmax(1) == 1 - truth).mean() >= 0.95
+    fitted = read_map(out / "class_002.mrc")[0]  # the first true map, as reconstructed
+    given = fourier_crop_3d(torch.as_tensor(read_map(folder / "class_001.mrc")[0]), 12).numpy()
+    assert 0.5 < np.abs(fitted).max() / np.abs(given).max() < 2  # the 1000x is gone
+
+
+def test_initial_maps_must_match_the_classes_and_the_box(tiny_star: Path, tmp_path: Path):
+    one = tiny_star.parent / "class_001.mrc"
+    with pytest.raises(InputError, match=r"data\.initial_maps: 1 maps given for model"):
+        classify(tiny_star, tmp_path, f"data.initial_maps=[{one}]")
+    small = tmp_path / "small.mrc"
+    write_map(small, np.ones((12, 12, 12), np.float32), 3.0)
+    with pytest.raises(InputError, match=r"small\.mrc: header\.nx/ny/nz: map is \(12, 12, 12\)"):
+        classify(tiny_star, tmp_path, f"data.initial_maps=[{one},{small}]")
+    assert not (tmp_path / "particles.star").exists()

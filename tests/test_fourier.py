@@ -8,6 +8,7 @@ import torch
 from cryotorch.physics.fourier import (
     cropped_box_for_resolution,
     fourier_crop_2d,
+    fourier_crop_3d,
     fourier_pad_2d,
     irfft_2d,
     irfft_3d,
@@ -87,6 +88,15 @@ def test_mask_and_lowpass():
     torch.testing.assert_close(fourier_shell_correlation(low, v)[:4], torch.ones(4, dtype=v.dtype))
     power = shell_sum(rfft_3d(low).abs() ** 2, shell_index_3d(d), d)
     assert power[7:].max() < 1e-20 * power[0]
+
+
+def test_crop_3d_samples_a_smooth_volume_on_the_coarser_grid():
+    # A wide Gaussian at box 32 cropped to 16 is the same Gaussian sampled at twice the pixel
+    # size (centres coincide: pixel d // 2 in both boxes).
+    fine = blob_volume(32, (2.0, -4.0, 3.0), 3.0)
+    coarse = blob_volume(16, (1.0, -2.0, 1.5), 1.5)
+    torch.testing.assert_close(fourier_crop_3d(fine, 16), coarse, atol=2e-3, rtol=0)
+    assert fourier_crop_3d(fine, 32) is fine
 
 
 def test_cropped_box_for_resolution():

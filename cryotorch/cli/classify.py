@@ -29,7 +29,7 @@ from cryotorch.errors import InputError
 from cryotorch.evaluation import classification_accuracy
 from cryotorch.io import ParticleImages, read_map, read_particles
 from cryotorch.monitor import RunMonitor
-from cryotorch.physics.fourier import cropped_box_for_resolution
+from cryotorch.physics.fourier import cropped_box_for_resolution, fourier_crop_3d
 
 __all__ = ["main", "run", "settings_from_config"]
 
@@ -75,22 +75,41 @@ def _particles(cfg: DictConfig, output_dir: Path) -> Path:
     return simulate(sim_cfg, output_dir / "simulated")
 
 
-def _check_reference(cfg: DictConfig, images: ParticleImages) -> None:
-    if cfg.data.reference is None:
-        return
-    ref, voxel = read_map(cfg.data.reference)
+def _read_matching_map(path: str, images: ParticleImages) -> np.ndarray:
+    """A map that must have the particles' box and pixel size (an InputError otherwise)."""
+    ref, voxel = read_map(path)
     d = images.image_shape[-1]
     psize = float(images.table.pixel_size_angstrom[0])
     if ref.shape != (d, d, d):
-        raise InputError(
-            cfg.data.reference, "header.nx/ny/nz", f"map is {ref.shape}, the particles are {d}x{d}"
-        )
+        raise InputError(path, "header.nx/ny/nz", f"map is {ref.shape}, the particles are {d}x{d}")
     if voxel > 0 and abs(voxel - psize) > 0.01 * psize:
         raise InputError(
-            cfg.data.reference,
-            "header.voxel_size",
-            f"{voxel:.4f} Å, the particles have {psize:.4f} Å",
+            path, "header.voxel_size", f"{voxel:.4f} Å, the particles have {psize:.4f} Å"
         )
+    return ref
+
+
+def _initial_maps(cfg: DictConfig, images: ParticleImages, d_work: int) -> torch.Tensor | None:
+    """``data.initial_maps`` (one .mrc per class) read, checked and cropped to the working box."""
+    paths = cfg.data.initial_maps
+    if paths is None:
+        return None
+    if isinstance(paths, str):
+        paths = [paths]
+    if len(paths) != int(cfg.model.num_classes):
+        raise InputError(
+            "configuration",
+            "data.initial_maps",
+            f"{len(paths)} maps given for model.num_classes = {cfg.model.num_classes}",
+        )
+    maps = []
+    for path in paths:
+        volume = _read_matching_map(path, images)
+        if not volume.any():
+            raise InputError(path, "data", "the map is all zeros")
+        maps.append(torch.as_tensor(volume))
+    maps = torch.stack(maps)
+    return fourier_crop_3d(maps.double(), d_work).float()
 
 
 def run(cfg: DictConfig) -> dict:
@@ -127,7 +146,8 @@ def run(cfg: DictConfig) -> dict:
     )
     try:
         with ParticleImages(table) as images:
-            _check_reference(cfg, images)
+            if cfg.data.reference is not None:
+                _read_matching_map(cfg.data.reference, images)
             if len(set(table.pixel_size_angstrom.round(4))) > 1:
                 raise InputError(
                     star,
@@ -145,7 +165,7 @@ def run(cfg: DictConfig) -> dict:
             )
             t0 = time.perf_counter()
             batcher = BatchMaker(images, d_work, device, pad=settings.pad)
-            result = classify(batcher, settings, monitor)
+            result = classify(batcher, settings, monitor, _initial_maps(cfg, images, d_work))
             seconds = time.perf_counter() - t0
         write_outputs(output_dir, table, result, monitor)
         monitor.log_ess(

@@ -161,6 +161,27 @@ class _Engine:
         stats.noise_count.zero_()  # no residuals yet: the noise stays the initial estimate
         return stats
 
+    def fit_scale(self, maps: torch.Tensor, noise: NoiseModel) -> torch.Tensor:
+        """``(k,)`` least-squares greyscale of each map against up to 2,000 particles.
+
+        ``s_k = Σ_ij w_j Re(conj(c_ij A_kij) X_ij) / Σ_ij w_j |c_ij A_kij|²`` over the shells of
+        the initial resolution, ``w = 1/σ²``: maps from another program (or another
+        normalisation) are put on the particles' scale (RELION needs ``--firstiter_cc`` here).
+        """
+        rows = self.rng.permutation(self.n)[: min(self.n, 2000)]
+        volumes = prepare_volumes(maps, self.s.pad)
+        max_shell = self.resolution.max_shell(0, self.d, self.pixel_size)
+        num = torch.zeros(self.k, dtype=torch.float64, device=self.device)
+        den = torch.zeros_like(num)
+        for batch in self.batches(rows):
+            model = batch.ctf[:, None] * self.estep(volumes, batch, noise, max_shell).projections
+            w = noise.pixel_weights(batch.optics_group, max_shell)[:, None]
+            num += (w * (model.conj() * batch.spectra[:, None]).real).sum((0, 2, 3)).double()
+            den += (w * (model.real**2 + model.imag**2)).sum((0, 2, 3)).double()
+        if not bool((den > 0).all()):
+            raise ValueError("an initial map is empty (zero) at the initial resolution")
+        return (num / den).to(self.dtype)
+
     def layers(self, scores: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
         beta = self.s.similarity.beta(self.iteration)
         hard = self.s.hard.is_hard(self.iteration, beta)
@@ -223,17 +244,33 @@ class _Engine:
 
 
 def classify(
-    batcher: BatchMaker, settings: ClassificationSettings, monitor: Monitor | None = None
+    batcher: BatchMaker,
+    settings: ClassificationSettings,
+    monitor: Monitor | None = None,
+    initial_maps: torch.Tensor | None = None,
 ) -> ClassificationResult:
-    """Classify the particles of ``batcher`` into ``settings.num_classes`` classes."""
+    """Classify the particles of ``batcher`` into ``settings.num_classes`` classes.
+
+    ``initial_maps (k, d, d, d)`` at the working box, any greyscale: start from these (class
+    ``k`` keeps their order); without them, from reconstructions of a random assignment of the
+    particles to the K classes (RELION's start). Either way low-passed to the initial
+    resolution.
+    """
     e = _Engine(batcher, settings, monitor)
     if settings.num_classes > e.n:
         raise ValueError(
             f"model.num_classes = {settings.num_classes} is more than the {e.n} particles"
         )
     noise = e.initial_noise()
-    stats = e.random_assignment_statistics(noise)
-    maps, prior, _ = e.m_step(stats, noise)
+    if initial_maps is None:
+        maps, _, _ = e.m_step(e.random_assignment_statistics(noise), noise)
+    else:
+        if initial_maps.shape != (e.k, e.d, e.d, e.d):
+            raise ValueError(
+                f"initial maps are {tuple(initial_maps.shape)}, expected {(e.k, e.d, e.d, e.d)}"
+            )
+        maps = initial_maps.to(device=e.device, dtype=e.dtype) * e.mask
+        maps = maps * e.fit_scale(maps, noise)[:, None, None, None]
     maps = lowpass_3d(maps, settings.initial_resolution, e.pixel_size) * e.mask
     prior = torch.full((e.k,), 1.0 / e.k, dtype=e.dtype, device=e.device)
 

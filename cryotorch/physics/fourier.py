@@ -23,6 +23,7 @@ import torch
 __all__ = [
     "cropped_box_for_resolution",
     "fourier_crop_2d",
+    "fourier_crop_3d",
     "fourier_pad_2d",
     "frequency_grid_2d",
     "frequency_grid_3d",
@@ -86,6 +87,20 @@ def fourier_crop_2d(spectra: torch.Tensor, d_out: int) -> torch.Tensor:
     start = d // 2 - d_out // 2
     cropped = spectra[..., start : start + d_out, : d_out // 2 + 1]
     return cropped * (d_out / d) ** 2
+
+
+def fourier_crop_3d(volumes: torch.Tensor, d_out: int) -> torch.Tensor:
+    """Downsample real volumes ``(..., d, d, d)`` to ``(..., d_out, d_out, d_out)`` by keeping
+    their lowest frequencies (pixel size ``p * d / d_out``); real-space values are kept, as in
+    :func:`fourier_crop_2d`."""
+    d = volumes.shape[-1]
+    if d_out > d:
+        raise ValueError(f"cannot crop a box of {d} to {d_out}")
+    if d_out == d:
+        return volumes
+    start = d // 2 - d_out // 2
+    f = rfft_3d(volumes)[..., start : start + d_out, start : start + d_out, : d_out // 2 + 1]
+    return irfft_3d(f * (d_out / d) ** 3, d_out)
 
 
 def fourier_pad_2d(spectra: torch.Tensor, d_out: int) -> torch.Tensor:
