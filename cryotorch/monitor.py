@@ -20,7 +20,15 @@ class RunMonitor:
     :meth:`log_ess`) and the central z, y and x sections of each class map as images.
     """
 
-    def __init__(self, output_dir: Path, tensorboard: bool = True, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        output_dir: Path,
+        tensorboard: bool = True,
+        quiet: bool = False,
+        first_step: int = 0,
+    ) -> None:
+        """``first_step > 0`` for a resumed run: TensorBoard drops what an earlier attempt
+        logged from that step on."""
         self.output_dir = Path(output_dir)
         self.rows: list[dict] = []
         self.quiet = quiet
@@ -28,7 +36,13 @@ class RunMonitor:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+            self.writer = SummaryWriter(
+                str(self.output_dir / "tensorboard"), purge_step=first_step or None
+            )
+
+    def restore(self, rows: list[dict]) -> None:
+        """The rows of the iterations a resumed run has already done."""
+        self.rows = list(rows)
 
     def __call__(self, entry: dict, maps: torch.Tensor, assignment=None) -> None:
         self.rows.append(entry)

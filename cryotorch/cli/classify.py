@@ -21,6 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from cryotorch.cli.configs import CONFIG_DIR, job_output_dir
 from cryotorch.engine.batches import BatchMaker
+from cryotorch.engine.checkpoint import (
+    CHECKPOINT_NAME,
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+)
 from cryotorch.engine.loop import ClassificationSettings, classify
 from cryotorch.engine.outputs import write_outputs
 from cryotorch.engine.posterior import ClassSimilarity
@@ -66,6 +72,8 @@ def _particles(cfg: DictConfig, output_dir: Path) -> Path:
     """The particle file to classify: the user's, or the built-in simulation."""
     if cfg.data.particles is not None:
         return Path(cfg.data.particles)
+    if (output_dir / "simulated" / "particles.star").is_file() and bool(cfg.resume):
+        return output_dir / "simulated" / "particles.star"  # simulated by the run resumed
     from cryotorch.cli.simulate import run as simulate
 
     sim = cfg.data.simulate
@@ -112,9 +120,33 @@ def _initial_maps(cfg: DictConfig, images: ParticleImages, d_work: int) -> torch
     return fourier_crop_3d(maps.double(), d_work).float()
 
 
+# Files that show a folder holds (part of) a classification run.
+RUN_FILES = (CHECKPOINT_NAME, "iterations.csv", "posteriors.npy", "particles.star", "simulated")
+
+
+def _prepare_output_dir(output_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None: start afresh). Refuses a folder holding another
+    run unless ``resume``; removes temporary files a killed run left."""
+    found = [name for name in RUN_FILES if (output_dir / name).exists()]
+    if found and not resume:
+        raise InputError(
+            output_dir,
+            None,
+            f"holds another run ({', '.join(found)}): choose another output_dir, "
+            "or add resume=true to continue it",
+        )
+    for stale in output_dir.glob(".*.tmp*"):  # atomic writes cut short by a kill
+        stale.unlink()
+    checkpoint = output_dir / CHECKPOINT_NAME
+    if resume and not checkpoint.is_file():
+        print(f"resume=true: no {CHECKPOINT_NAME} in {output_dir}, starting from the beginning")
+    return checkpoint if resume and checkpoint.is_file() else None
+
+
 def run(cfg: DictConfig) -> dict:
     """Classify as ``cfg`` says; write the outputs; return a summary (accuracy if known)."""
     output_dir = job_output_dir(cfg)
+    resume_from = _prepare_output_dir(output_dir, bool(cfg.resume))
     try:
         settings = settings_from_config(cfg)
         ClassSimilarity(settings.similarity_form)  # checks the form's name
@@ -141,8 +173,14 @@ def run(cfg: DictConfig) -> dict:
             None,
             f"model.num_classes = {settings.num_classes} is more than its {len(table)} particles",
         )
+    resume_state = None
+    if resume_from is not None:
+        resume_state = load_checkpoint(resume_from)
     monitor = RunMonitor(
-        output_dir, tensorboard=bool(cfg.logger.tensorboard), quiet=bool(cfg.logger.quiet)
+        output_dir,
+        tensorboard=bool(cfg.logger.tensorboard),
+        quiet=bool(cfg.logger.quiet),
+        first_step=0 if resume_state is None else int(resume_state["iteration"]),
     )
     try:
         with ParticleImages(table) as images:
@@ -163,9 +201,19 @@ def run(cfg: DictConfig) -> dict:
                 f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), "
                 f"K = {settings.num_classes}, {device}"
             )
+            if resume_state is not None:
+                check_resumable(resume_from, resume_state, settings, len(table), d_work)
+                print(f"resuming {resume_from} after iteration {resume_state['iteration'] - 1}")
             t0 = time.perf_counter()
             batcher = BatchMaker(images, d_work, device, pad=settings.pad)
-            result = classify(batcher, settings, monitor, _initial_maps(cfg, images, d_work))
+            result = classify(
+                batcher,
+                settings,
+                monitor,
+                None if resume_state else _initial_maps(cfg, images, d_work),
+                checkpoint=lambda state: save_checkpoint(output_dir / CHECKPOINT_NAME, state),
+                resume=resume_state,
+            )
             seconds = time.perf_counter() - t0
         write_outputs(output_dir, table, result, monitor)
         monitor.log_ess(

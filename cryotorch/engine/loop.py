@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -34,7 +34,15 @@ from cryotorch.engine.schedules import (
 from cryotorch.physics.masks import lowpass_3d, soft_sphere
 from cryotorch.physics.projector import prepare_volumes
 
-__all__ = ["ClassificationResult", "ClassificationSettings", "classify"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "ClassificationResult",
+    "ClassificationSettings",
+    "classify",
+    "settings_dict",
+]
+
+CHECKPOINT_FORMAT = 1  # bumped when the checkpoint's keys change
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,13 @@ class ClassificationSettings:
     convergence_percent: float = 2.0
     batch_size: int = 512  # particles per E-step call in full passes
     progress: bool = True  # a progress bar over each full pass
+
+
+def settings_dict(settings: ClassificationSettings) -> dict:
+    """The settings that decide a run's result, as plain values (``progress`` left out)."""
+    values = asdict(settings)
+    values.pop("progress")
+    return values
 
 
 @dataclass
@@ -197,16 +212,10 @@ class _Engine:
             noise = NoiseModel.from_power_sums(stats.noise_sum, stats.noise_count, self.dtype)
         return new_maps, prior, noise
 
-    def record(
-        self,
-        phase: str,
-        gamma: torch.Tensor,
-        loglik_mean: float,
-        changed: float,
-        beta: float,
-        hard: bool,
-        maps,
-    ):
+    def entry(
+        self, phase: str, gamma: torch.Tensor, loglik_mean: float, changed: float, beta, hard
+    ) -> dict:
+        """This iteration's row of the table (``iterations.csv``)."""
         sizes = gamma.sum(0).double()
         entry = {
             "iteration": self.iteration,
@@ -222,9 +231,16 @@ class _Engine:
         now = time.perf_counter()
         entry["seconds"] = now - self.clock
         self.clock = now
+        return entry
+
+    def finish_iteration(self, state: _RunState, entry: dict, checkpoint) -> None:
+        """Record ``entry``, count the iteration, checkpoint, then tell the monitor."""
         self.history.append(entry)
+        self.iteration += 1
+        if checkpoint is not None:
+            checkpoint(_state_dict(self, state))
         if self.monitor is not None:
-            self.monitor(entry, maps, self.assignment.copy())
+            self.monitor(entry, state.maps, self.assignment.copy())
 
     def score_batch(self, batch, volumes, noise, prior):
         max_shell = self.resolution.max_shell(self.iteration, self.d, self.pixel_size)
@@ -243,24 +259,24 @@ class _Engine:
         return changed
 
 
-def classify(
-    batcher: BatchMaker,
-    settings: ClassificationSettings,
-    monitor: Monitor | None = None,
-    initial_maps: torch.Tensor | None = None,
-) -> ClassificationResult:
-    """Classify the particles of ``batcher`` into ``settings.num_classes`` classes.
+@dataclass
+class _RunState:
+    """What one iteration hands the next (with the engine's iteration count, rng, class
+    assignment and history): all a checkpoint needs."""
 
-    ``initial_maps (k, d, d, d)`` at the working box, any greyscale: start from these (class
-    ``k`` keeps their order); without them, from reconstructions of a random assignment of the
-    particles to the K classes (RELION's start). Either way low-passed to the initial
-    resolution.
-    """
-    e = _Engine(batcher, settings, monitor)
-    if settings.num_classes > e.n:
-        raise ValueError(
-            f"model.num_classes = {settings.num_classes} is more than the {e.n} particles"
-        )
+    maps: torch.Tensor  # (k, d, d, d)
+    prior: torch.Tensor  # (k,)
+    noise: NoiseModel
+    order: np.ndarray  # online EM's current permutation of the particles
+    posteriors: np.ndarray  # (n, k) float32, filled by full passes
+    posteriors_estep: np.ndarray
+    running: SufficientStatistics | None = None  # online EM's mixed statistics
+    online_step: int = 0
+    full_pass: int = 0
+    finished: bool = False
+
+
+def _initial_state(e: _Engine, initial_maps: torch.Tensor | None) -> _RunState:
     noise = e.initial_noise()
     if initial_maps is None:
         maps, _, _ = e.m_step(e.random_assignment_statistics(noise), noise)
@@ -271,29 +287,124 @@ def classify(
             )
         maps = initial_maps.to(device=e.device, dtype=e.dtype) * e.mask
         maps = maps * e.fit_scale(maps, noise)[:, None, None, None]
-    maps = lowpass_3d(maps, settings.initial_resolution, e.pixel_size) * e.mask
-    prior = torch.full((e.k,), 1.0 / e.k, dtype=e.dtype, device=e.device)
+    maps = lowpass_3d(maps, e.s.initial_resolution, e.pixel_size) * e.mask
+    return _RunState(
+        maps=maps,
+        prior=torch.full((e.k,), 1.0 / e.k, dtype=e.dtype, device=e.device),
+        noise=noise,
+        order=e.rng.permutation(e.n),
+        posteriors=np.zeros((e.n, e.k), dtype=np.float32),
+        posteriors_estep=np.zeros((e.n, e.k), dtype=np.float32),
+    )
+
+
+def _state_dict(e: _Engine, state: _RunState) -> dict:
+    """The run's state as tensors and plain values (loads with ``weights_only=True``)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "settings": settings_dict(e.s),
+        "n_particles": e.n,
+        "box": e.d,
+        "iteration": e.iteration,
+        "online_step": state.online_step,
+        "full_pass": state.full_pass,
+        "finished": state.finished,
+        "maps": state.maps.cpu(),
+        "prior": state.prior.cpu(),
+        "noise_power": state.noise.power.cpu(),
+        "running": None
+        if state.running is None
+        else {k: v.cpu() for k, v in state.running.as_dict().items()},
+        "order": torch.from_numpy(state.order),
+        "assignment": torch.from_numpy(e.assignment),
+        "posteriors": torch.from_numpy(state.posteriors),
+        "posteriors_estep": torch.from_numpy(state.posteriors_estep),
+        "rng": e.rng.bit_generator.state,
+        "history": list(e.history),
+    }
+
+
+def _state_from_dict(e: _Engine, sd: dict) -> _RunState:
+    """Inverse of :func:`_state_dict` (the caller has checked that the settings match)."""
+
+    def dev(t: torch.Tensor) -> torch.Tensor:
+        return t.to(e.device)
+
+    e.iteration = int(sd["iteration"])
+    e.assignment = sd["assignment"].numpy().copy()
+    e.history = list(sd["history"])
+    e.rng.bit_generator.state = sd["rng"]
+    running = sd["running"]
+    return _RunState(
+        maps=dev(sd["maps"]),
+        prior=dev(sd["prior"]),
+        noise=NoiseModel(dev(sd["noise_power"])),
+        order=sd["order"].numpy().copy(),
+        posteriors=sd["posteriors"].numpy().copy(),
+        posteriors_estep=sd["posteriors_estep"].numpy().copy(),
+        running=None
+        if running is None
+        else SufficientStatistics(**{k: dev(v) for k, v in running.items()}),
+        online_step=int(sd["online_step"]),
+        full_pass=int(sd["full_pass"]),
+        finished=bool(sd["finished"]),
+    )
+
+
+def _online_steps(e: _Engine) -> tuple[int, int]:
+    """Mini-batch size ``batch_per_class x K`` and number of online-EM steps."""
+    batch_n = min(e.n, e.s.batch_per_class * e.k)
+    n_online = math.ceil(e.s.online_epochs * e.n / batch_n) if e.s.online_epochs > 0 else 0
+    return batch_n, n_online
+
+
+def classify(
+    batcher: BatchMaker,
+    settings: ClassificationSettings,
+    monitor: Monitor | None = None,
+    initial_maps: torch.Tensor | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+) -> ClassificationResult:
+    """Classify the particles of ``batcher`` into ``settings.num_classes`` classes.
+
+    ``initial_maps (k, d, d, d)`` at the working box, any greyscale: start from these (class
+    ``k`` keeps their order); without them, from reconstructions of a random assignment of the
+    particles to the K classes (RELION's start). Either way low-passed to the initial
+    resolution.
+
+    ``checkpoint`` is called after every iteration with the run's state (a dict of tensors and
+    plain values, see :mod:`cryotorch.engine.checkpoint`); ``resume``, such a state, continues
+    the run from there: the result is bit for bit that of the uninterrupted run.
+    """
+    e = _Engine(batcher, settings, monitor)
+    if settings.num_classes > e.n:
+        raise ValueError(
+            f"model.num_classes = {settings.num_classes} is more than the {e.n} particles"
+        )
+    if resume is None:
+        state = _initial_state(e, initial_maps)
+    else:
+        state = _state_from_dict(e, resume)
+        if monitor is not None and hasattr(monitor, "restore"):
+            monitor.restore(e.history)
+    batch_n, n_online = _online_steps(e)
 
     # Online EM: mini-batches of batch_per_class x K particles; the rate mixes the statistics.
-    batch_n = min(e.n, settings.batch_per_class * e.k)
-    n_online = (
-        math.ceil(settings.online_epochs * e.n / batch_n) if settings.online_epochs > 0 else 0
-    )
-    running = None
-    order = e.rng.permutation(e.n)
-    for step in range(n_online):
+    while not state.finished and state.online_step < n_online:
+        step = state.online_step
         start = (step * batch_n) % e.n
         if start + batch_n > e.n:
-            order = e.rng.permutation(e.n)
+            state.order = e.rng.permutation(e.n)
             start = 0
-        rows = order[start : start + batch_n]
-        volumes = prepare_volumes(maps, settings.pad)
+        rows = state.order[start : start + batch_n]
+        volumes = prepare_volumes(state.maps, settings.pad)
         batch_stats = e.zeros()
         gammas, logliks = [], []
         for batch in e.batches(rows):
-            result, scores = e.score_batch(batch, volumes, noise, prior)
+            result, scores = e.score_batch(batch, volumes, state.noise, state.prior)
             gamma, beta, hard = e.layers(scores)
-            accumulate_statistics(batch_stats, batch, result, gamma.detach(), noise)
+            accumulate_statistics(batch_stats, batch, result, gamma.detach(), state.noise)
             gammas.append(gamma.detach())
             logliks.append(torch.logsumexp(scores, 1))
         gamma = torch.cat(gammas)
@@ -301,47 +412,52 @@ def classify(
         rate = online_learning_rate(
             step, n_online, settings.learning_rate, settings.half_life_percent
         )
-        running = (
-            batch_stats if running is None else running.scale_(1 - rate).add_(batch_stats, rate)
+        state.running = (
+            batch_stats
+            if state.running is None
+            else state.running.scale_(1 - rate).add_(batch_stats, rate)
         )
-        maps, prior, noise = e.m_step(running, noise)
+        state.maps, state.prior, state.noise = e.m_step(state.running, state.noise)
         changed = e.switched(rows, gamma.argmax(1).cpu().numpy())
-        e.record("online", gamma, float(torch.cat(logliks).mean()), changed, beta, hard, maps)
-        e.iteration += 1
+        entry = e.entry("online", gamma, float(torch.cat(logliks).mean()), changed, beta, hard)
+        state.online_step += 1
+        if state.online_step == n_online:
+            state.running = None  # not needed any more: keeps the checkpoints small
+        e.finish_iteration(state, entry, checkpoint)
 
     # Full-batch EM until fewer than convergence_percent of the particles change class (once β
     # has reached 0 or force-hard is on, and a first_n hard phase is over), or max_iterations.
-    posteriors = np.zeros((e.n, e.k), dtype=np.float32)
-    posteriors_estep = np.zeros((e.n, e.k), dtype=np.float32)
-    for full_pass in range(settings.max_iterations):
-        volumes = prepare_volumes(maps, settings.pad)
+    while not state.finished and state.full_pass < settings.max_iterations:
+        volumes = prepare_volumes(state.maps, settings.pad)
         stats = e.zeros()
         logliks = []
+        log_prior = torch.log(state.prior.clamp_min(1e-30))
         for batch in e.batches(np.arange(e.n), f"iteration {e.iteration}"):
-            result, scores = e.score_batch(batch, volumes, noise, prior)
+            result, scores = e.score_batch(batch, volumes, state.noise, state.prior)
             gamma, beta, hard = e.layers(scores)
-            accumulate_statistics(stats, batch, result, gamma.detach(), noise)
-            posteriors[batch.rows] = gamma.detach().cpu().numpy()
-            posteriors_estep[batch.rows] = (
-                torch.exp(log_posterior(result.loglik, torch.log(prior.clamp_min(1e-30))))
-                .cpu()
-                .numpy()
+            accumulate_statistics(stats, batch, result, gamma.detach(), state.noise)
+            state.posteriors[batch.rows] = gamma.detach().cpu().numpy()
+            state.posteriors_estep[batch.rows] = (
+                torch.exp(log_posterior(result.loglik, log_prior)).cpu().numpy()
             )
             logliks.append(torch.logsumexp(scores, 1))
-        maps, prior, noise = e.m_step(stats, noise)
-        changed = e.switched(np.arange(e.n), posteriors.argmax(1))
-        e.record(
-            "full",
-            torch.as_tensor(posteriors),
-            float(torch.cat(logliks).mean()),
-            changed,
-            beta,
-            hard,
-            maps,
-        )
-        e.iteration += 1
+        state.maps, state.prior, state.noise = e.m_step(stats, state.noise)
+        changed = e.switched(np.arange(e.n), state.posteriors.argmax(1))
+        gamma = torch.as_tensor(state.posteriors)
+        entry = e.entry("full", gamma, float(torch.cat(logliks).mean()), changed, beta, hard)
+        state.full_pass += 1
         beta_done = hard or beta == 0.0  # with force-hard on, β has no effect
         schedules_done = beta_done and not (settings.hard.mode == "first_n" and hard)
-        if full_pass >= 1 and schedules_done and changed < settings.convergence_percent:
-            break
-    return ClassificationResult(maps, e.pixel_size, prior, posteriors, posteriors_estep, e.history)
+        converged = (
+            state.full_pass >= 2 and schedules_done and changed < settings.convergence_percent
+        )
+        state.finished = converged or state.full_pass == settings.max_iterations
+        e.finish_iteration(state, entry, checkpoint)
+    return ClassificationResult(
+        state.maps,
+        e.pixel_size,
+        state.prior,
+        state.posteriors,
+        state.posteriors_estep,
+        e.history,
+    )

@@ -59,6 +59,9 @@ class SufficientStatistics:
             n_particles=torch.zeros((), device=device, dtype=torch.float64),
         )
 
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
     def tensors(self) -> list[torch.Tensor]:
         return [getattr(self, f.name) for f in fields(self)]
 

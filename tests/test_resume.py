@@ -1,0 +1,156 @@
+"""Checkpoint and resume: a run killed with SIGKILL and resumed ends bit for bit as the
+uninterrupted run; a folder holding another run is refused; checkpoints load weights-only."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryotorch.engine.checkpoint import check_resumable, load_checkpoint
+from cryotorch.engine.loop import ClassificationSettings
+from cryotorch.errors import InputError
+from cryotorch.simulate.particles import SimulationSettings, simulate_particles
+from tests.physics_helpers import blob_volume
+
+ARGS = [
+    "logger=none",
+    "model.target_resolution=8",
+    "model.initial_resolution=18",
+    "model.resolution_reach_at=3",
+    "optim.online_epochs=1",
+    "optim.batch_per_class=300",
+    "optim.max_iterations=6",
+    "posterior.similarity.anneal_end=4",
+]
+OUTPUTS = ["class_001.mrc", "class_002.mrc", "posteriors.npy", "posteriors_estep.npy"]
+
+
+@pytest.fixture(scope="module")
+def star(tmp_path_factory) -> Path:
+    """3,000 particles of two blob maps (box 32, 3 Å), SNR 0.5: 5 online + 2 full iterations."""
+    d = 32
+    a = blob_volume(d, (5, 0, -3), 3.0) + blob_volume(d, (-5, 3, 2), 2.5)
+    b = a + 1.5 * blob_volume(d, (0, -8, 5), 2.5)
+    folder = tmp_path_factory.mktemp("resume_data")
+    maps = torch.stack([a, b]).float().numpy()
+    return simulate_particles(
+        maps, 3.0, folder, SimulationSettings(n_particles=3000, snr=0.5, seed=2)
+    )
+
+
+def start(star: Path, out: Path, *extra: str) -> subprocess.Popen:
+    code = "from cryotorch.cli.classify import main; main()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, f"data.particles={star}", f"output_dir={out}", *ARGS, *extra],
+        stdout=subprocess.PIPE,
+        stderr=open(out.parent / f"{out.name}.stderr", "w"),
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def finish(process: subprocess.Popen) -> str:
+    stdout, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, stdout
+    return stdout
+
+
+def kill_when(process: subprocess.Popen, marker: str) -> None:
+    """SIGKILL the run as soon as it prints a line holding ``marker``."""
+    for line in process.stdout:
+        if marker in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, f"the run ended before {marker!r}"
+
+
+def iterations_without_time(out: Path) -> list[dict]:
+    with open(out / "iterations.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def reference(star: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    stdout = finish(start(star, out))
+    assert float(stdout.rsplit("true classes ", 1)[1].split(" %")[0]) >= 99
+    return out
+
+
+# The printed row of iteration i comes after its checkpoint: a kill there lands in i + 1.
+KILL_POINTS = {
+    "initialisation": "particles, box",  # printed before the first iteration, no checkpoint
+    "online_em": "it   1 online",
+    "full_em": "it   5 full",
+}
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_killed_and_resumed_run_is_bit_identical(
+    star: Path, reference: Path, tmp_path: Path, point: str
+):
+    out = tmp_path / "run"
+    kill_when(start(star, out), KILL_POINTS[point])
+    assert not (out / "posteriors.npy").exists()
+    if point != "initialisation":
+        killed_at = load_checkpoint(out / "checkpoint.pt")["iteration"]
+        assert 1 <= killed_at < len(iterations_without_time(reference))
+    # A kill before the first checkpoint leaves nothing to resume (resume=true starts afresh);
+    # after one, the folder is refused without resume=true, and with it the run ends as if it
+    # had never been killed.
+    if point == "initialisation":
+        assert not (out / "checkpoint.pt").exists()
+        return check_resumed(star, out, reference, "no checkpoint.pt")
+    refused = subprocess.run(
+        [sys.executable, "-c", "from cryotorch.cli.classify import main; main()",
+         f"data.particles={star}", f"output_dir={out}", *ARGS],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "add resume=true to continue it" in refused.stderr
+    check_resumed(star, out, reference, f"resuming {out / 'checkpoint.pt'} after iteration")
+
+
+def check_resumed(star: Path, out: Path, reference: Path, message: str) -> None:
+    assert message in finish(start(star, out, "resume=true"))
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert iterations_without_time(out) == iterations_without_time(reference)
+
+
+def test_checkpoint_is_plain_tensors_and_values(reference: Path):
+    state = torch.load(reference / "checkpoint.pt", weights_only=True)
+    assert state["finished"] and state["iteration"] == len(iterations_without_time(reference))
+    np.testing.assert_array_equal(
+        state["posteriors"].numpy(), np.load(reference / "posteriors.npy")
+    )
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_checkpoint_with_code_is_refused_not_run(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": 1, "x": _Payload()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(InputError, match=r"checkpoint\.pt: not a cryotorch checkpoint"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_with_other_settings_is_refused(reference: Path):
+    state = load_checkpoint(reference / "checkpoint.pt")
+    settings = ClassificationSettings(**{**state["settings"], "num_classes": 3})
+    with pytest.raises(InputError, match=r"settings: .*num_classes was 2, now 3"):
+        check_resumable("checkpoint.pt", state, settings, state["n_particles"], state["box"])
+    with pytest.raises(InputError, match="of 3000 particles at working box 24, this run has 10"):
+        check_resumable("checkpoint.pt", state, settings, 10, 24)
