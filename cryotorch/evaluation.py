@@ -12,9 +12,11 @@ __all__ = ["classification_accuracy"]
 def classification_accuracy(predicted: np.ndarray, truth: np.ndarray, k: int) -> float:
     """Fraction of particles in the right class under the best matching of class labels.
 
-    ``predicted``, ``truth``: ``(n,)`` 0-based labels. Exhaustive over label permutations for
-    ``k <= 7``, greedy on the confusion matrix beyond.
+    ``predicted``, ``truth``: ``(n,)`` 0-based labels; ``k`` classes predicted (the truth may
+    have more or fewer: unmatched classes count as wrong). Exhaustive over label permutations
+    for up to 7 labels, greedy on the confusion matrix beyond.
     """
+    k = max(k, int(truth.max()) + 1, int(predicted.max()) + 1)
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (predicted, truth), 1)
     if k <= 7:

@@ -74,12 +74,13 @@ class RunMonitor:
     def format_row(entry: dict) -> str:
         fractions = " ".join(f"{v:5.3f}" for k, v in entry.items() if k.endswith("_fraction"))
         changed = entry["percent_changed"]
-        changed = "   -  " if not math.isfinite(changed) else f"{changed:6.2f}"
+        changed = "   -  " if changed is None else f"{changed:6.2f}"
         return (
             f"it {entry['iteration']:3d} {entry['phase']:6s} β {entry['beta']:.3f} "
             f"{'hard' if entry['hard'] else 'soft'} {entry['resolution']:5.1f} Å  "
             f"changed {changed}%  ESS {entry['mean_class_ess']:.3f}  sizes {fractions}  "
             f"{entry.get('seconds', float('nan')):.1f} s"
+            + (f"  [{entry['notes']}]" if entry.get("notes") else "")
         )
 
     def write_csv(self, path: Path) -> None:

@@ -264,3 +264,23 @@ def test_initial_maps_must_match_the_classes_and_the_box(tiny_star: Path, tmp_pa
     with pytest.raises(InputError, match=r"small\.mrc: header\.nx/ny/nz: map is \(12, 12, 12\)"):
         classify(tiny_star, tmp_path, f"data.initial_maps=[{one},{small}]")
     assert not (tmp_path / "particles.star").exists()
+
+
+def test_identical_classes_are_reported_and_reseeding_separates_them(
+    tiny_star: Path, tmp_path: Path
+):
+    # Two identical starting maps: every posterior is exactly 1/2 and the classes can never
+    # part by themselves. They are reported alike; one re-seed (a random half of the larger
+    # class moved to the other) lets them separate.
+    same = tiny_star.parent / "class_001.mrc"
+    args = [f"data.initial_maps=[{same},{same}]", "optim.online_epochs=0", "optim.max_iterations=6"]
+    stuck = classify(tiny_star, tmp_path / "stuck", *args)
+    rows = read_iterations(tmp_path / "stuck")
+    assert all(int(r["duplicate_classes"]) == 1 for r in rows)
+    assert "classes 1 and 2 alike" in rows[-1]["notes"]
+    assert stuck["accuracy"] < 0.6
+    reseeded = classify(tiny_star, tmp_path / "reseeded", *args, "model.reseed=1")
+    rows = read_iterations(tmp_path / "reseeded")
+    assert "re-seeding class 2 from half of class 1" in rows[0]["notes"]
+    assert reseeded["accuracy"] >= 0.95
+    assert int(rows[-1]["duplicate_classes"]) == 0

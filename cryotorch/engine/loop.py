@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from cryotorch.engine.batches import BatchMaker
+from cryotorch.engine.class_health import duplicate_classes, empty_classes, split_posteriors
 from cryotorch.engine.estep import EStep, EStepResult, log_posterior
 from cryotorch.engine.mstep import (
     SufficientStatistics,
@@ -67,6 +68,9 @@ class ClassificationSettings:
     max_iterations: int = 25
     convergence_percent: float = 2.0
     batch_size: int = 512  # particles per E-step call in full passes
+    empty_class_fraction: float = 0.01  # a class with a smaller share is reported empty
+    duplicate_correlation: float = 0.99  # two maps more alike than this are reported duplicates
+    reseed: int = 0  # how many times an empty/duplicate class may be re-seeded (0: report only)
     progress: bool = True  # a progress bar over each full pass
 
 
@@ -197,13 +201,42 @@ class _Engine:
             raise ValueError("an initial map is empty (zero) at the initial resolution")
         return (num / den).to(self.dtype)
 
-    def layers(self, scores: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
+    def layers(
+        self, scores: torch.Tensor, rows: np.ndarray, splits: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, float, bool]:
+        """Class similarity, force hard, then the re-seeding splits of this iteration."""
         beta = self.s.similarity.beta(self.iteration)
         hard = self.s.hard.is_hard(self.iteration, beta)
         gamma = self.similarity(scores, beta)
         if hard:
             gamma = self.hard_layer(gamma)
+        gamma = split_posteriors(gamma, rows, splits, self.s.seed + self.iteration)
         return gamma, beta, hard
+
+    def check_classes(self, state: _RunState) -> dict:
+        """Report empty and duplicate classes; plan a re-seed for the next iteration if any
+        are left (``state.splits``). Returns the table's columns for them."""
+        empty = empty_classes(state.prior, self.s.empty_class_fraction)
+        resolution = self.resolution.resolution(self.iteration)
+        pairs = duplicate_classes(
+            state.maps, self.mask, resolution, self.pixel_size, self.s.duplicate_correlation
+        )
+        notes = [f"class {k + 1} empty ({100 * float(state.prior[k]):.2f} %)" for k in empty]
+        notes += [f"classes {i + 1} and {j + 1} alike (correlation {c:.4f})" for i, j, c in pairs]
+        state.splits = []
+        targets = empty + [j for _, j, _ in pairs if j not in empty]
+        if targets and state.reseeds_done < self.s.reseed:
+            source = int(state.prior.argmax())
+            target = next((t for t in targets if t != source), None)
+            if target is not None:
+                state.splits = [(source, target)]
+                state.reseeds_done += 1
+                notes.append(f"re-seeding class {target + 1} from half of class {source + 1}")
+        return {
+            "empty_classes": len(empty),
+            "duplicate_classes": len({j for _, j, _ in pairs}),
+            "notes": "; ".join(notes),
+        }
 
     def m_step(self, stats: SufficientStatistics, noise: NoiseModel):
         new_maps = update_maps(stats, self.d, self.s.pad, self.s.tau2_fudge, self.mask)
@@ -213,7 +246,7 @@ class _Engine:
         return new_maps, prior, noise
 
     def entry(
-        self, phase: str, gamma: torch.Tensor, loglik_mean: float, changed: float, beta, hard
+        self, phase: str, gamma: torch.Tensor, loglik_mean: float, changed: float | None, beta, hard
     ) -> dict:
         """This iteration's row of the table (``iterations.csv``)."""
         sizes = gamma.sum(0).double()
@@ -248,12 +281,12 @@ class _Engine:
         scores = result.loglik + torch.log(prior.clamp_min(1e-30))
         return result, scores
 
-    def switched(self, rows: np.ndarray, assignment: np.ndarray) -> float:
+    def switched(self, rows: np.ndarray, assignment: np.ndarray) -> float | None:
         seen = self.assignment[rows] >= 0
         changed = (
             float((self.assignment[rows][seen] != assignment[seen]).mean() * 100)
             if seen.any()
-            else float("nan")  # nothing to compare with yet
+            else None  # nothing to compare with yet
         )
         self.assignment[rows] = assignment
         return changed
@@ -274,6 +307,8 @@ class _RunState:
     online_step: int = 0
     full_pass: int = 0
     finished: bool = False
+    splits: list[tuple[int, int]] = field(default_factory=list)  # re-seeds of this iteration
+    reseeds_done: int = 0
 
 
 def _initial_state(e: _Engine, initial_maps: torch.Tensor | None) -> _RunState:
@@ -309,6 +344,8 @@ def _state_dict(e: _Engine, state: _RunState) -> dict:
         "online_step": state.online_step,
         "full_pass": state.full_pass,
         "finished": state.finished,
+        "splits": [list(pair) for pair in state.splits],
+        "reseeds_done": state.reseeds_done,
         "maps": state.maps.cpu(),
         "prior": state.prior.cpu(),
         "noise_power": state.noise.power.cpu(),
@@ -348,6 +385,8 @@ def _state_from_dict(e: _Engine, sd: dict) -> _RunState:
         online_step=int(sd["online_step"]),
         full_pass=int(sd["full_pass"]),
         finished=bool(sd["finished"]),
+        splits=[(int(a), int(b)) for a, b in sd["splits"]],
+        reseeds_done=int(sd["reseeds_done"]),
     )
 
 
@@ -403,7 +442,7 @@ def classify(
         gammas, logliks = [], []
         for batch in e.batches(rows):
             result, scores = e.score_batch(batch, volumes, state.noise, state.prior)
-            gamma, beta, hard = e.layers(scores)
+            gamma, beta, hard = e.layers(scores, batch.rows, state.splits)
             accumulate_statistics(batch_stats, batch, result, gamma.detach(), state.noise)
             gammas.append(gamma.detach())
             logliks.append(torch.logsumexp(scores, 1))
@@ -420,6 +459,7 @@ def classify(
         state.maps, state.prior, state.noise = e.m_step(state.running, state.noise)
         changed = e.switched(rows, gamma.argmax(1).cpu().numpy())
         entry = e.entry("online", gamma, float(torch.cat(logliks).mean()), changed, beta, hard)
+        entry.update(e.check_classes(state))
         state.online_step += 1
         if state.online_step == n_online:
             state.running = None  # not needed any more: keeps the checkpoints small
@@ -434,7 +474,7 @@ def classify(
         log_prior = torch.log(state.prior.clamp_min(1e-30))
         for batch in e.batches(np.arange(e.n), f"iteration {e.iteration}"):
             result, scores = e.score_batch(batch, volumes, state.noise, state.prior)
-            gamma, beta, hard = e.layers(scores)
+            gamma, beta, hard = e.layers(scores, batch.rows, state.splits)
             accumulate_statistics(stats, batch, result, gamma.detach(), state.noise)
             state.posteriors[batch.rows] = gamma.detach().cpu().numpy()
             state.posteriors_estep[batch.rows] = (
@@ -445,11 +485,15 @@ def classify(
         changed = e.switched(np.arange(e.n), state.posteriors.argmax(1))
         gamma = torch.as_tensor(state.posteriors)
         entry = e.entry("full", gamma, float(torch.cat(logliks).mean()), changed, beta, hard)
+        entry.update(e.check_classes(state))
         state.full_pass += 1
         beta_done = hard or beta == 0.0  # with force-hard on, β has no effect
         schedules_done = beta_done and not (settings.hard.mode == "first_n" and hard)
         converged = (
-            state.full_pass >= 2 and schedules_done and changed < settings.convergence_percent
+            state.full_pass >= 2
+            and schedules_done
+            and changed < settings.convergence_percent
+            and not state.splits
         )
         state.finished = converged or state.full_pass == settings.max_iterations
         e.finish_iteration(state, entry, checkpoint)

@@ -1,0 +1,112 @@
+"""No NaN or Inf anywhere, whatever the data: SNR from 0.001 to noise-free, K from 1 to 50,
+classes that empty out, all-zero images, one optics group or many; same seed, same bytes."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+import torch
+from hydra import compose, initialize_config_dir
+
+from cryotorch.cli.classify import run
+from cryotorch.cli.configs import CONFIG_DIR
+from cryotorch.io import read_map
+from cryotorch.simulate.particles import SimulationSettings, simulate_particles
+from tests.physics_helpers import blob_volume
+
+FAST = [
+    "logger=none",
+    "logger.quiet=true",
+    "model.target_resolution=9",
+    "model.initial_resolution=18",
+    "model.resolution_reach_at=2",
+    "optim.online_epochs=1",
+    "optim.batch_per_class=40",
+    "optim.max_iterations=3",
+    "posterior.similarity.anneal_end=2",
+]
+
+
+def simulate(folder: Path, snr: float, n: int = 300) -> Path:
+    d = 24
+    a = blob_volume(d, (3, 0, -2), 2.0) + blob_volume(d, (-3, 2, 1), 1.5)
+    b = a + 1.5 * blob_volume(d, (0, -5, 3), 1.5)
+    maps = torch.stack([a, b]).float().numpy()
+    return simulate_particles(maps, 3.0, folder, SimulationSettings(n_particles=n, snr=snr, seed=3))
+
+
+def classify(star: Path, out: Path, *overrides: str) -> dict:
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "classify", [f"data.particles={star}", f"output_dir={out}", *FAST, *overrides]
+        )
+    return run(cfg)
+
+
+def assert_all_finite(out: Path, k: int) -> None:
+    for name in ("posteriors.npy", "posteriors_estep.npy"):
+        values = np.load(out / name)
+        assert np.isfinite(values).all(), name
+        np.testing.assert_allclose(values.sum(1), 1, atol=1e-4, err_msg=name)
+    for i in range(k):
+        assert np.isfinite(read_map(out / f"class_{i + 1:03d}.mrc")[0]).all()
+    with open(out / "iterations.csv") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key not in ("phase", "hard", "notes") and value != "":
+                    assert math.isfinite(float(value)), (key, row)
+    table = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    numeric = table.select_dtypes("number")
+    assert np.isfinite(numeric.to_numpy()).all()
+
+
+@pytest.mark.parametrize("snr", [0.001, 0.05, math.inf])
+def test_any_snr(tmp_path: Path, snr: float):
+    star = simulate(tmp_path / "data", snr)
+    summary = classify(star, tmp_path / "run")
+    assert_all_finite(tmp_path / "run", 2)
+    if snr == math.inf:
+        assert summary["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("k", [1, 50])
+def test_one_class_and_fifty_classes_that_empty_out(tmp_path: Path, k: int):
+    star = simulate(tmp_path / "data", 0.05)
+    classify(star, tmp_path / "run", f"model.num_classes={k}")
+    assert_all_finite(tmp_path / "run", k)
+    with open(tmp_path / "run" / "iterations.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert (int(last["empty_classes"]) > 0) == (k == 50)  # some of the 50 did empty out
+
+
+def test_all_zero_images_and_many_optics_groups(tmp_path: Path):
+    star = simulate(tmp_path / "data", 0.05)
+    with mrcfile.mmap(star.parent / "particles.mrcs", "r+") as mrc:
+        mrc.data[::7] = 0  # every 7th image blank
+    blocks = starfile.read(star, always_dict=True)
+    optics = blocks["optics"]
+    groups = []
+    for g in range(8):
+        row = optics.iloc[0].copy()
+        row["rlnOpticsGroup"] = g + 1
+        row["rlnOpticsGroupName"] = f"opticsGroup{g + 1}"
+        groups.append(row)
+    blocks["optics"] = optics.__class__(groups).reset_index(drop=True)
+    blocks["particles"]["rlnOpticsGroup"] = np.arange(len(blocks["particles"])) % 8 + 1
+    starfile.write(blocks, star, overwrite=True)
+    classify(star, tmp_path / "run")
+    assert_all_finite(tmp_path / "run", 2)
+
+
+def test_same_seed_same_bytes(tmp_path: Path):
+    star = simulate(tmp_path / "data", 0.05)
+    for name in ("a", "b"):
+        classify(star, tmp_path / name, "seed=5")
+    for name in ("class_001.mrc", "class_002.mrc", "posteriors.npy", "particles.star"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
