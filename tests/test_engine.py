@@ -284,3 +284,21 @@ def test_identical_classes_are_reported_and_reseeding_separates_them(
     assert "re-seeding class 2 from half of class 1" in rows[0]["notes"]
     assert reseeded["accuracy"] >= 0.95
     assert int(rows[-1]["duplicate_classes"]) == 0
+
+
+def test_hard_assignment_maps_are_written_and_equal_soft_maps_under_force_hard(
+    tiny_star: Path, tmp_path: Path
+):
+    classify(tiny_star, tmp_path / "hard", "posterior.hard=always")
+    mixed = ["posterior.similarity.form=mixing", "posterior.similarity.start=0.9"]
+    classify(tiny_star, tmp_path / "mixed", *mixed, "posterior.similarity.anneal_end=100")
+    for k in (1, 2):
+        soft = read_map(tmp_path / "hard" / f"class_{k:03d}.mrc")[0]
+        hard = read_map(tmp_path / "hard" / f"class_{k:03d}_hard.mrc")[0]
+        # Same one-hot weights; only the noise estimate differs (one M-step later).
+        assert np.abs(hard - soft).max() < 0.02 * np.abs(soft).max()
+        # β = 0.9 mixing: the posterior-weighted maps are near the average of both classes,
+        # the hard-assignment maps are not.
+        soft = read_map(tmp_path / "mixed" / f"class_{k:03d}.mrc")[0]
+        hard = read_map(tmp_path / "mixed" / f"class_{k:03d}_hard.mrc")[0]
+        assert np.abs(hard - soft).max() > 0.1 * np.abs(soft).max()

@@ -56,6 +56,7 @@ def assert_all_finite(out: Path, k: int) -> None:
         np.testing.assert_allclose(values.sum(1), 1, atol=1e-4, err_msg=name)
     for i in range(k):
         assert np.isfinite(read_map(out / f"class_{i + 1:03d}.mrc")[0]).all()
+        assert np.isfinite(read_map(out / f"class_{i + 1:03d}_hard.mrc")[0]).all()
     with open(out / "iterations.csv") as f:
         for row in csv.DictReader(f):
             for key, value in row.items():

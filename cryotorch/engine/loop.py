@@ -83,9 +83,10 @@ def settings_dict(settings: ClassificationSettings) -> dict:
 
 @dataclass
 class ClassificationResult:
-    """``maps (k, d, d, d)`` at ``pixel_size``; ``posteriors`` and ``posteriors_estep`` ``(n, k)``
-    in table order (after / before the posterior layers, last iteration); ``history``: one dict
-    per iteration."""
+    """``maps (k, d, d, d)`` at ``pixel_size`` (posterior-weighted); ``posteriors`` and
+    ``posteriors_estep`` ``(n, k)`` in table order (after / before the posterior layers, last
+    iteration); ``history``: one dict per iteration; ``hard_maps``: each class reconstructed
+    from the particles whose most probable class it is (same statistics otherwise)."""
 
     maps: torch.Tensor
     pixel_size: float
@@ -93,6 +94,7 @@ class ClassificationResult:
     posteriors: np.ndarray
     posteriors_estep: np.ndarray
     history: list[dict] = field(default_factory=list)
+    hard_maps: torch.Tensor | None = None  # (k, d, d, d) from each class's assigned particles
 
 
 # Called after every iteration with its table row, the class maps (k, d, d, d) and the latest
@@ -167,10 +169,10 @@ class _Engine:
             counts.index_add_(0, batch.optics_group, per_image.expand(len(batch.rows), -1))
         return NoiseModel.from_power_sums(sums, counts, self.dtype)
 
-    def random_assignment_statistics(self, noise: NoiseModel) -> SufficientStatistics:
-        """Statistics of a random hard assignment of every particle (RELION's initialisation)."""
+    def assignment_statistics(self, classes: np.ndarray, noise: NoiseModel) -> SufficientStatistics:
+        """Statistics of the hard assignment ``classes (n,)`` (0-based) of every particle."""
         stats = self.zeros()
-        classes = torch.as_tensor(self.rng.integers(0, self.k, self.n), device=self.device)
+        classes = torch.as_tensor(classes, device=self.device)
         for batch in self.batches(np.arange(self.n)):
             gamma = torch.nn.functional.one_hot(classes[batch.rows], self.k).to(self.dtype)
             no_residual = torch.zeros(
@@ -314,7 +316,9 @@ class _RunState:
 def _initial_state(e: _Engine, initial_maps: torch.Tensor | None) -> _RunState:
     noise = e.initial_noise()
     if initial_maps is None:
-        maps, _, _ = e.m_step(e.random_assignment_statistics(noise), noise)
+        # RELION's start: reconstructions from a random assignment of the particles.
+        random_classes = e.rng.integers(0, e.k, e.n)
+        maps, _, _ = e.m_step(e.assignment_statistics(random_classes, noise), noise)
     else:
         if initial_maps.shape != (e.k, e.d, e.d, e.d):
             raise ValueError(
@@ -497,6 +501,10 @@ def classify(
         )
         state.finished = converged or state.full_pass == settings.max_iterations
         e.finish_iteration(state, entry, checkpoint)
+    hard_maps = None
+    if state.full_pass > 0:
+        best = state.posteriors.argmax(1)
+        hard_maps, _, _ = e.m_step(e.assignment_statistics(best, state.noise), state.noise)
     return ClassificationResult(
         state.maps,
         e.pixel_size,
@@ -504,4 +512,5 @@ def classify(
         state.posteriors,
         state.posteriors_estep,
         e.history,
+        hard_maps,
     )

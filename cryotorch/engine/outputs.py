@@ -1,6 +1,7 @@
 """What a classification run writes, each file atomically.
 
 ``class_001.mrc``, ... (posterior-weighted maps at the working box and pixel size);
+``class_001_hard.mrc``, ... (each class from the particles assigned to it only);
 ``particles.star`` (every input column, plus ``rlnClassNumber`` 1-based,
 ``rlnMaxValueProbDistribution`` and ``rlnCryotorchClassESS``); ``particles.cs`` too when the
 input was a ``.cs`` (``alignments3D/class`` 0-based, ``alignments3D/class_ess``,
@@ -38,6 +39,9 @@ def write_outputs(
     best = posteriors.argmax(axis=1)
     for k, volume in enumerate(result.maps.detach().cpu().numpy()):
         write_map(output_dir / f"class_{k + 1:03d}.mrc", volume, result.pixel_size)
+    if result.hard_maps is not None:
+        for k, volume in enumerate(result.hard_maps.detach().cpu().numpy()):
+            write_map(output_dir / f"class_{k + 1:03d}_hard.mrc", volume, result.pixel_size)
     write_particles(
         table,
         output_dir / "particles.star",
