@@ -15,10 +15,13 @@ from hydra import compose, initialize_config_dir
 
 from cryotorch.cli.classify import run
 from cryotorch.cli.configs import CONFIG_DIR
+from cryotorch.engine.batches import BatchMaker
+from cryotorch.engine.loop import ClassificationSettings, Masks
+from cryotorch.engine.loop import classify as classify_particles
 from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, effective_sample_size
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
 from cryotorch.errors import InputError
-from cryotorch.io import read_map, write_map
+from cryotorch.io import ParticleImages, read_map, read_particles, write_map
 from cryotorch.physics.fourier import fourier_crop_3d
 from cryotorch.simulate.particles import SimulationSettings, simulate_particles
 from tests.physics_helpers import blob_volume
@@ -302,3 +305,22 @@ def test_hard_assignment_maps_are_written_and_equal_soft_maps_under_force_hard(
         soft = read_map(tmp_path / "mixed" / f"class_{k:03d}.mrc")[0]
         hard = read_map(tmp_path / "mixed" / f"class_{k:03d}_hard.mrc")[0]
         assert np.abs(hard - soft).max() > 0.1 * np.abs(soft).max()
+
+
+@pytest.mark.parametrize("with_consensus", [False, True])
+def test_focus_mask_of_zeros_leaves_nothing_to_tell_classes_apart(
+    tiny_star: Path, with_consensus: bool
+):
+    # F = 0: the E-step sees S·V̄ for every class, so its posterior is the class prior.
+    table = read_particles(tiny_star)
+    settings = ClassificationSettings(
+        target_resolution=12, initial_resolution=18, online_epochs=0, max_iterations=2,
+        progress=False,
+    )  # fmt: skip
+    with ParticleImages(table) as images:
+        batcher = BatchMaker(images, 12, torch.device("cpu"))
+        consensus = torch.ones(12, 12, 12) if with_consensus else None
+        masks = Masks(focus=torch.zeros(12, 12, 12), consensus=consensus)
+        result = classify_particles(batcher, settings, masks=masks)
+    prior = result.class_prior.numpy()
+    np.testing.assert_allclose(result.posteriors_estep, np.broadcast_to(prior, (300, 2)), atol=1e-6)

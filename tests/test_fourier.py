@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ from cryotorch.physics.fourier import (
     rfft_3d,
 )
 from cryotorch.physics.fsc import fourier_shell_correlation
-from cryotorch.physics.masks import lowpass_3d, soft_sphere
+from cryotorch.physics.masks import distance_to_mask, lowpass_3d, mask_from_map, soft_sphere
 from cryotorch.physics.shells import hermitian_weights, shell_index_2d, shell_index_3d, shell_sum
 from cryotorch.physics.shifts import phase_shift_2d
 from tests.physics_helpers import DEVICES, blob_volume
@@ -105,3 +107,28 @@ def test_cropped_box_for_resolution():
     d_out, px = cropped_box_for_resolution(100, 1.3, 7.0)
     assert d_out % 2 == 0 and 2 * px <= 7.0 and 2 * 1.3 * 100 / (d_out - 2) > 7.0
     assert cropped_box_for_resolution(64, 2.0, 3.0) == (64, 2.0)  # never larger than the box
+
+
+def test_distance_to_mask_is_scipys_exact_euclidean_distance():
+    ndimage = pytest.importorskip("scipy.ndimage", reason="scipy is the outside reference")
+    binary = torch.rand(24, 24, 24, generator=torch.Generator().manual_seed(1)) > 0.998
+    expected = ndimage.distance_transform_edt(~binary.numpy())
+    torch.testing.assert_close(
+        distance_to_mask(binary).double(), torch.from_numpy(expected), atol=1e-5, rtol=0
+    )
+    assert torch.isinf(distance_to_mask(torch.zeros(4, 4, 4, dtype=torch.bool))).all()
+
+
+def test_mask_from_map_follows_threshold_extension_and_soft_edge():
+    # A Gaussian of σ = 4 px (1 Å px): above 0.2 of its peak within r0 = σ √(2 ln 5) = 7.18 Å;
+    # the mask is 1 to r0 + 3 Å, ½ at r0 + 3 + 2 Å, 0 from r0 + 3 + 4 Å.
+    d = 48
+    volume = blob_volume(d, (0, 0, 0), 4.0).float()
+    mask = mask_from_map(volume, 1.0, 0.2, 3.0, 4.0, lowpass_angstrom=2.0)
+    r0 = 4.0 * math.sqrt(2 * math.log(5))
+    profile = mask[d // 2, d // 2, d // 2 :]  # along x from the centre, 1 Å steps
+    r = torch.arange(len(profile), dtype=torch.float32)
+    assert (profile[r <= r0 + 3 - 1] == 1).all()
+    assert (profile[r >= r0 + 3 + 4 + 1] == 0).all()
+    edge = (r > r0 + 3 + 1) & (r < r0 + 3 + 3)
+    assert ((profile[edge] > 0.1) & (profile[edge] < 0.9)).all()

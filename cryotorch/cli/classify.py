@@ -27,7 +27,7 @@ from cryotorch.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from cryotorch.engine.loop import ClassificationSettings, classify
+from cryotorch.engine.loop import ClassificationSettings, Masks, classify
 from cryotorch.engine.outputs import write_outputs
 from cryotorch.engine.posterior import ClassSimilarity
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
@@ -36,6 +36,7 @@ from cryotorch.evaluation import classification_accuracy
 from cryotorch.io import ParticleImages, read_map, read_particles
 from cryotorch.monitor import RunMonitor
 from cryotorch.physics.fourier import cropped_box_for_resolution, fourier_crop_3d
+from cryotorch.physics.masks import mask_from_map
 
 __all__ = ["main", "run", "settings_from_config"]
 
@@ -100,6 +101,58 @@ def _read_matching_map(path: str, images: ParticleImages) -> np.ndarray:
     return ref
 
 
+def _crop(volume: np.ndarray, d_work: int) -> torch.Tensor:
+    return fourier_crop_3d(torch.as_tensor(volume).double(), d_work).float()
+
+
+def _masks(cfg: DictConfig, images: ParticleImages, d_work: int, work_psize: float) -> Masks:
+    """The solvent and focus masks and the consensus map, at the working box."""
+    mc = cfg.mask
+    reference = None
+    if cfg.data.reference is not None:
+        reference = _crop(_read_matching_map(cfg.data.reference, images), d_work)
+    solvent = None
+    if mc.solvent == "from_reference":
+        if reference is None:
+            raise InputError(
+                "configuration", "mask.solvent", "from_reference needs data.reference (a map)"
+            )
+        solvent = mask_from_map(
+            reference,
+            work_psize,
+            float(mc.threshold),
+            float(mc.extend_angstrom),
+            float(mc.soft_edge_angstrom),
+            float(mc.lowpass_angstrom),
+        )
+    elif mc.solvent != "sphere":
+        solvent = _read_mask(mc.solvent, images, d_work)
+    focus = None if mc.focus is None else _read_mask(mc.focus, images, d_work)
+    return Masks(solvent=solvent, focus=focus, consensus=reference)
+
+
+def _read_mask(path: str, images: ParticleImages, d_work: int) -> torch.Tensor:
+    volume = _read_matching_map(path, images)
+    if volume.min() < -0.01 or volume.max() > 1.01 or volume.max() <= 0:
+        raise InputError(
+            path,
+            "data",
+            f"a mask holds values in [0, 1]; this one spans {volume.min():.3g}..{volume.max():.3g}",
+        )
+    return _crop(volume, d_work).clamp(0, 1)
+
+
+def _inputs_dict(cfg: DictConfig) -> dict:
+    """The files and mask settings a run depends on beyond the engine's settings (a resumed
+    run must use the same)."""
+    return {
+        "particles": str(cfg.data.particles),
+        "reference": str(cfg.data.reference),
+        "initial_maps": str(cfg.data.initial_maps),
+        "mask": {k: str(v) for k, v in OmegaConf.to_container(cfg.mask).items()},
+    }
+
+
 def _initial_maps(cfg: DictConfig, images: ParticleImages, d_work: int) -> torch.Tensor | None:
     """``data.initial_maps`` (one .mrc per class) read, checked and cropped to the working box."""
     paths = cfg.data.initial_maps
@@ -119,8 +172,7 @@ def _initial_maps(cfg: DictConfig, images: ParticleImages, d_work: int) -> torch
         if not volume.any():
             raise InputError(path, "data", "the map is all zeros")
         maps.append(torch.as_tensor(volume))
-    maps = torch.stack(maps)
-    return fourier_crop_3d(maps.double(), d_work).float()
+    return _crop(torch.stack(maps).numpy(), d_work)
 
 
 # Files that show a folder holds (part of) a classification run.
@@ -176,55 +228,56 @@ def run(cfg: DictConfig) -> dict:
             None,
             f"model.num_classes = {settings.num_classes} is more than its {len(table)} particles",
         )
-    resume_state = None
-    if resume_from is not None:
-        resume_state = load_checkpoint(resume_from)
-    monitor = RunMonitor(
-        output_dir,
-        tensorboard=bool(cfg.logger.tensorboard),
-        quiet=bool(cfg.logger.quiet),
-        first_step=0 if resume_state is None else int(resume_state["iteration"]),
-    )
-    try:
-        with ParticleImages(table) as images:
-            if cfg.data.reference is not None:
-                _read_matching_map(cfg.data.reference, images)
-            if len(set(table.pixel_size_angstrom.round(4))) > 1:
-                raise InputError(
-                    star,
-                    "rlnImagePixelSize",
-                    "optics groups with different pixel sizes are not supported yet",
-                )
-            d_full, psize = images.image_shape[-1], float(table.pixel_size_angstrom[0])
-            d_work, work_psize = cropped_box_for_resolution(
-                d_full, psize, settings.target_resolution
+    resume_state = None if resume_from is None else load_checkpoint(resume_from)
+    # Everything the run reads is checked before anything is written.
+    with ParticleImages(table) as images:
+        if len(set(table.pixel_size_angstrom.round(4))) > 1:
+            raise InputError(
+                star,
+                "rlnImagePixelSize",
+                "optics groups with different pixel sizes are not supported yet",
             )
-            print(
-                f"{len(table)} particles, box {d_full} at {psize:.3f} Å -> working box {d_work} at "
-                f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), "
-                f"K = {settings.num_classes}, {device}"
-            )
-            if resume_state is not None:
-                check_resumable(resume_from, resume_state, settings, len(table), d_work)
-                print(f"resuming {resume_from} after iteration {resume_state['iteration'] - 1}")
+        d_full, psize = images.image_shape[-1], float(table.pixel_size_angstrom[0])
+        d_work, work_psize = cropped_box_for_resolution(d_full, psize, settings.target_resolution)
+        masks = _masks(cfg, images, d_work, work_psize)
+        initial_maps = _initial_maps(cfg, images, d_work)
+        inputs = _inputs_dict(cfg)
+        if resume_state is not None:
+            check_resumable(resume_from, resume_state, settings, len(table), d_work, inputs)
+        print(
+            f"{len(table)} particles, box {d_full} at {psize:.3f} Å -> working box {d_work} at "
+            f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), "
+            f"K = {settings.num_classes}, {device}"
+        )
+        if resume_state is not None:
+            print(f"resuming {resume_from} after iteration {resume_state['iteration'] - 1}")
+        monitor = RunMonitor(
+            output_dir,
+            tensorboard=bool(cfg.logger.tensorboard),
+            quiet=bool(cfg.logger.quiet),
+            first_step=0 if resume_state is None else int(resume_state["iteration"]),
+        )
+        try:
             t0 = time.perf_counter()
-            batcher = BatchMaker(images, d_work, device, pad=settings.pad)
             result = classify(
-                batcher,
+                BatchMaker(images, d_work, device, pad=settings.pad),
                 settings,
                 monitor,
-                None if resume_state else _initial_maps(cfg, images, d_work),
-                checkpoint=lambda state: save_checkpoint(output_dir / CHECKPOINT_NAME, state),
+                initial_maps,
+                checkpoint=lambda state: save_checkpoint(
+                    output_dir / CHECKPOINT_NAME, {**state, "inputs": inputs}
+                ),
                 resume=resume_state,
+                masks=masks,
             )
             seconds = time.perf_counter() - t0
-        write_outputs(output_dir, table, result, monitor)
-        monitor.log_ess(
-            torch.as_tensor(1.0 / (result.posteriors.astype(np.float64) ** 2).sum(1)),
-            len(result.history),
-        )
-    finally:
-        monitor.close()
+            write_outputs(output_dir, table, result, monitor)
+            monitor.log_ess(
+                torch.as_tensor(1.0 / (result.posteriors.astype(np.float64) ** 2).sum(1)),
+                len(result.history),
+            )
+        finally:
+            monitor.close()
     summary = {"seconds": seconds, "iterations": len(result.history)}
     truth_file = Path(star).parent / "true_classes.txt"
     if truth_file.is_file():

@@ -58,9 +58,11 @@ def check_resumable(
     settings: ClassificationSettings,
     n_particles: int,
     box: int,
+    inputs: dict | None = None,
 ) -> None:
     """An :class:`InputError` naming what differs if ``state`` is not a run of these settings
-    on these particles."""
+    on these particles (and, if given, these ``inputs``: files and options the caller saved
+    in the checkpoint under ``"inputs"``)."""
     if state["n_particles"] != n_particles or state["box"] != box:
         raise InputError(
             path,
@@ -69,6 +71,9 @@ def check_resumable(
             f"{state['box']}, this run has {n_particles} at {box}",
         )
     before, now = _flatten(state["settings"]), _flatten(settings_dict(settings))
+    if inputs is not None:
+        before.update(_flatten(state.get("inputs", {}), "inputs."))
+        now.update(_flatten(inputs, "inputs."))
     changed = [
         f"{key} was {before.get(key)!r}, now {now.get(key)!r}"
         for key in sorted(set(before) | set(now))

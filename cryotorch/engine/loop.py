@@ -39,6 +39,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "ClassificationResult",
     "ClassificationSettings",
+    "Masks",
     "classify",
     "settings_dict",
 ]
@@ -74,6 +75,22 @@ class ClassificationSettings:
     progress: bool = True  # a progress bar over each full pass
 
 
+@dataclass
+class Masks:
+    """Masks at the working box, each ``(d, d, d)`` in [0, 1].
+
+    ``solvent`` S multiplies every map after each M-step (None: a soft sphere of
+    ``particle_diameter``). ``focus`` F restricts what the E-step compares: it scores each
+    particle against ``S · (F · V_k + (1 - F) · V̄)``, so outside F every class looks alike
+    and only the region inside F decides the class. V̄ is ``consensus`` (any greyscale: fitted
+    to the particles) or, if None, the reconstruction of all particles at each M-step.
+    """
+
+    solvent: torch.Tensor | None = None
+    focus: torch.Tensor | None = None
+    consensus: torch.Tensor | None = None
+
+
 def settings_dict(settings: ClassificationSettings) -> dict:
     """The settings that decide a run's result, as plain values (``progress`` left out)."""
     values = asdict(settings)
@@ -106,7 +123,11 @@ class _Engine:
     """State shared by the phases of one run."""
 
     def __init__(
-        self, batcher: BatchMaker, settings: ClassificationSettings, monitor: Monitor | None
+        self,
+        batcher: BatchMaker,
+        settings: ClassificationSettings,
+        monitor: Monitor | None,
+        masks: Masks,
     ):
         self.b = batcher
         self.s = settings
@@ -124,10 +145,15 @@ class _Engine:
         self.resolution = ResolutionSchedule(
             settings.initial_resolution, settings.target_resolution, settings.resolution_reach_at
         )
-        diameter = settings.particle_diameter or 0.9 * self.d * self.pixel_size
-        self.mask = soft_sphere(self.d, diameter / 2 / self.pixel_size, 3.0, device=self.device).to(
-            self.dtype
-        )
+        if masks.solvent is None:
+            diameter = settings.particle_diameter or 0.9 * self.d * self.pixel_size
+            radius = diameter / 2 / self.pixel_size
+            self.mask = soft_sphere(self.d, radius, 3.0, device=self.device).to(self.dtype)
+        else:
+            self.mask = masks.solvent.to(device=self.device, dtype=self.dtype)
+        self.focus = None if masks.focus is None else masks.focus.to(self.device, self.dtype)
+        self.consensus = None  # V̄ as given, on the particles' greyscale (see consensus_map)
+        self.given_consensus = masks.consensus
         self.n_groups = len(batcher.table.optics)
         self.assignment = np.full(self.n, -1)
         self.iteration = 0
@@ -189,10 +215,10 @@ class _Engine:
         the initial resolution, ``w = 1/σ²``: maps from another program (or another
         normalisation) are put on the particles' scale (RELION needs ``--firstiter_cc`` here).
         """
-        rows = self.rng.permutation(self.n)[: min(self.n, 2000)]
+        rows = np.random.default_rng([self.s.seed, 1]).permutation(self.n)[: min(self.n, 2000)]
         volumes = prepare_volumes(maps, self.s.pad)
         max_shell = self.resolution.max_shell(0, self.d, self.pixel_size)
-        num = torch.zeros(self.k, dtype=torch.float64, device=self.device)
+        num = torch.zeros(maps.shape[0], dtype=torch.float64, device=self.device)
         den = torch.zeros_like(num)
         for batch in self.batches(rows):
             model = batch.ctf[:, None] * self.estep(volumes, batch, noise, max_shell).projections
@@ -200,7 +226,7 @@ class _Engine:
             num += (w * (model.conj() * batch.spectra[:, None]).real).sum((0, 2, 3)).double()
             den += (w * (model.real**2 + model.imag**2)).sum((0, 2, 3)).double()
         if not bool((den > 0).all()):
-            raise ValueError("an initial map is empty (zero) at the initial resolution")
+            raise ValueError("a given map is empty (zero) at the initial resolution")
         return (num / den).to(self.dtype)
 
     def layers(
@@ -239,6 +265,25 @@ class _Engine:
             "duplicate_classes": len({j for _, j, _ in pairs}),
             "notes": "; ".join(notes),
         }
+
+    def estep_maps(self, state: _RunState) -> torch.Tensor:
+        """What the E-step compares the particles with: the maps, or with a focus mask F,
+        ``S · (F · V_k + (1 - F) · V̄)``."""
+        if self.focus is None:
+            return state.maps
+        return self.mask * (self.focus * state.maps + (1 - self.focus) * state.consensus)
+
+    def consensus_from(self, stats: SufficientStatistics, noise: NoiseModel) -> torch.Tensor | None:
+        """V̄ ``(d, d, d)`` for a focus mask: the given map (fitted once), else all particles."""
+        if self.focus is None:
+            return None
+        if self.given_consensus is not None:
+            if self.consensus is None:
+                given = self.given_consensus.to(self.device, self.dtype)[None] * self.mask
+                self.consensus = (given * self.fit_scale(given, noise)[:, None, None, None])[0]
+            return self.consensus
+        everyone = stats.summed_over_classes()
+        return update_maps(everyone, self.d, self.s.pad, self.s.tau2_fudge, self.mask)[0]
 
     def m_step(self, stats: SufficientStatistics, noise: NoiseModel):
         new_maps = update_maps(stats, self.d, self.s.pad, self.s.tau2_fudge, self.mask)
@@ -309,6 +354,7 @@ class _RunState:
     online_step: int = 0
     full_pass: int = 0
     finished: bool = False
+    consensus: torch.Tensor | None = None  # V̄ (d, d, d) when a focus mask is used
     splits: list[tuple[int, int]] = field(default_factory=list)  # re-seeds of this iteration
     reseeds_done: int = 0
 
@@ -317,8 +363,8 @@ def _initial_state(e: _Engine, initial_maps: torch.Tensor | None) -> _RunState:
     noise = e.initial_noise()
     if initial_maps is None:
         # RELION's start: reconstructions from a random assignment of the particles.
-        random_classes = e.rng.integers(0, e.k, e.n)
-        maps, _, _ = e.m_step(e.assignment_statistics(random_classes, noise), noise)
+        stats = e.assignment_statistics(e.rng.integers(0, e.k, e.n), noise)
+        maps, _, _ = e.m_step(stats, noise)
     else:
         if initial_maps.shape != (e.k, e.d, e.d, e.d):
             raise ValueError(
@@ -326,7 +372,10 @@ def _initial_state(e: _Engine, initial_maps: torch.Tensor | None) -> _RunState:
             )
         maps = initial_maps.to(device=e.device, dtype=e.dtype) * e.mask
         maps = maps * e.fit_scale(maps, noise)[:, None, None, None]
+        needs_everyone = e.focus is not None and e.given_consensus is None
+        stats = e.assignment_statistics(np.zeros(e.n, np.int64), noise) if needs_everyone else None
     maps = lowpass_3d(maps, e.s.initial_resolution, e.pixel_size) * e.mask
+    consensus = e.consensus_from(stats, noise)
     return _RunState(
         maps=maps,
         prior=torch.full((e.k,), 1.0 / e.k, dtype=e.dtype, device=e.device),
@@ -334,6 +383,9 @@ def _initial_state(e: _Engine, initial_maps: torch.Tensor | None) -> _RunState:
         order=e.rng.permutation(e.n),
         posteriors=np.zeros((e.n, e.k), dtype=np.float32),
         posteriors_estep=np.zeros((e.n, e.k), dtype=np.float32),
+        consensus=None
+        if consensus is None
+        else lowpass_3d(consensus, e.s.initial_resolution, e.pixel_size) * e.mask,
     )
 
 
@@ -353,6 +405,7 @@ def _state_dict(e: _Engine, state: _RunState) -> dict:
         "maps": state.maps.cpu(),
         "prior": state.prior.cpu(),
         "noise_power": state.noise.power.cpu(),
+        "consensus": None if state.consensus is None else state.consensus.cpu(),
         "running": None
         if state.running is None
         else {k: v.cpu() for k, v in state.running.as_dict().items()},
@@ -380,6 +433,7 @@ def _state_from_dict(e: _Engine, sd: dict) -> _RunState:
         maps=dev(sd["maps"]),
         prior=dev(sd["prior"]),
         noise=NoiseModel(dev(sd["noise_power"])),
+        consensus=None if sd["consensus"] is None else dev(sd["consensus"]),
         order=sd["order"].numpy().copy(),
         posteriors=sd["posteriors"].numpy().copy(),
         posteriors_estep=sd["posteriors_estep"].numpy().copy(),
@@ -408,6 +462,7 @@ def classify(
     initial_maps: torch.Tensor | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
+    masks: Masks | None = None,
 ) -> ClassificationResult:
     """Classify the particles of ``batcher`` into ``settings.num_classes`` classes.
 
@@ -419,8 +474,10 @@ def classify(
     ``checkpoint`` is called after every iteration with the run's state (a dict of tensors and
     plain values, see :mod:`cryotorch.engine.checkpoint`); ``resume``, such a state, continues
     the run from there: the result is bit for bit that of the uninterrupted run.
+
+    ``masks``: the solvent mask, and a focus mask with its consensus map (see :class:`Masks`).
     """
-    e = _Engine(batcher, settings, monitor)
+    e = _Engine(batcher, settings, monitor, masks or Masks())
     if settings.num_classes > e.n:
         raise ValueError(
             f"model.num_classes = {settings.num_classes} is more than the {e.n} particles"
@@ -441,7 +498,7 @@ def classify(
             state.order = e.rng.permutation(e.n)
             start = 0
         rows = state.order[start : start + batch_n]
-        volumes = prepare_volumes(state.maps, settings.pad)
+        volumes = prepare_volumes(e.estep_maps(state), settings.pad)
         batch_stats = e.zeros()
         gammas, logliks = [], []
         for batch in e.batches(rows):
@@ -460,6 +517,7 @@ def classify(
             if state.running is None
             else state.running.scale_(1 - rate).add_(batch_stats, rate)
         )
+        state.consensus = e.consensus_from(state.running, state.noise)
         state.maps, state.prior, state.noise = e.m_step(state.running, state.noise)
         changed = e.switched(rows, gamma.argmax(1).cpu().numpy())
         entry = e.entry("online", gamma, float(torch.cat(logliks).mean()), changed, beta, hard)
@@ -472,7 +530,7 @@ def classify(
     # Full-batch EM until fewer than convergence_percent of the particles change class (once β
     # has reached 0 or force-hard is on, and a first_n hard phase is over), or max_iterations.
     while not state.finished and state.full_pass < settings.max_iterations:
-        volumes = prepare_volumes(state.maps, settings.pad)
+        volumes = prepare_volumes(e.estep_maps(state), settings.pad)
         stats = e.zeros()
         logliks = []
         log_prior = torch.log(state.prior.clamp_min(1e-30))
@@ -485,6 +543,7 @@ def classify(
                 torch.exp(log_posterior(result.loglik, log_prior)).cpu().numpy()
             )
             logliks.append(torch.logsumexp(scores, 1))
+        state.consensus = e.consensus_from(stats, state.noise)
         state.maps, state.prior, state.noise = e.m_step(stats, state.noise)
         changed = e.switched(np.arange(e.n), state.posteriors.argmax(1))
         gamma = torch.as_tensor(state.posteriors)

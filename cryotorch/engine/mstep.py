@@ -62,6 +62,18 @@ class SufficientStatistics:
     def as_dict(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def summed_over_classes(self) -> SufficientStatistics:
+        """One class holding every particle (the consensus), from the sums of the K classes."""
+        n_vox = self.weight.shape[0]
+        return SufficientStatistics(
+            data=self.data.view(n_vox, -1, 2).sum(1),
+            weight=self.weight.sum(1, keepdim=True),
+            class_weight=self.class_weight.sum(0, keepdim=True),
+            noise_sum=self.noise_sum,
+            noise_count=self.noise_count,
+            n_particles=self.n_particles,
+        )
+
     def tensors(self) -> list[torch.Tensor]:
         return [getattr(self, f.name) for f in fields(self)]
 
