@@ -73,6 +73,7 @@ class RunMonitor:
     @staticmethod
     def format_row(entry: dict) -> str:
         fractions = " ".join(f"{v:5.3f}" for k, v in entry.items() if k.endswith("_fraction"))
+        fsc = "/".join(f"{v:.1f}" for k, v in entry.items() if k.endswith("_fsc_resolution"))
         changed = entry["percent_changed"]
         changed = "   -  " if changed is None else f"{changed:6.2f}"
         return (
@@ -80,6 +81,7 @@ class RunMonitor:
             f"{'hard' if entry['hard'] else 'soft'} {entry['resolution']:5.1f} Å  "
             f"changed {changed}%  ESS {entry['mean_class_ess']:.3f}  sizes {fractions}  "
             f"{entry.get('seconds', float('nan')):.1f} s"
+            + (f"  FSC {fsc} Å" if fsc else "")
             + (f"  [{entry['notes']}]" if entry.get("notes") else "")
         )
 

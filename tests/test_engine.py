@@ -18,7 +18,12 @@ from cryotorch.cli.configs import CONFIG_DIR
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.loop import ClassificationSettings, Masks
 from cryotorch.engine.loop import classify as classify_particles
-from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, effective_sample_size
+from cryotorch.engine.posterior import (
+    ClassSimilarity,
+    StraightThroughHard,
+    effective_sample_size,
+    tune_similarity,
+)
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
 from cryotorch.errors import InputError
 from cryotorch.io import ParticleImages, read_map, read_particles, write_map
@@ -324,3 +329,28 @@ def test_focus_mask_of_zeros_leaves_nothing_to_tell_classes_apart(
         result = classify_particles(batcher, settings, masks=masks)
     prior = result.class_prior.numpy()
     np.testing.assert_allclose(result.posteriors_estep, np.broadcast_to(prior, (300, 2)), atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["temperature", "mixing"])
+def test_tune_similarity_reaches_the_target_ess(form: str):
+    scores = 20 * torch.randn(
+        500, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    layer = ClassSimilarity(form)
+    beta = tune_similarity(scores, layer, 0.75)
+    assert 0 < beta < 1
+    assert float(effective_sample_size(layer(scores, beta)).mean()) == pytest.approx(3.0, abs=1e-6)
+    flat = torch.zeros(10, 4, dtype=torch.float64)  # already ESS = K: nothing to add
+    assert tune_similarity(flat, layer, 0.75) == 0.0
+
+
+def test_auto_tuned_similarity_starts_at_the_target_ess(tiny_star: Path, tmp_path: Path):
+    # One online batch of all 300 particles; the random-assignment start already gives a mean
+    # ESS of 1.7 at β = 0 here, so aim at 0.95 K = 1.9.
+    target = ["posterior.similarity.target_ess_fraction=0.95", "optim.batch_per_class=150"]
+    classify(tiny_star, tmp_path, "posterior.similarity.auto_tune=true", *target)
+    first = read_iterations(tmp_path)[0]
+    assert first["notes"].startswith("class similarity tuned: β0 = ")
+    assert float(first["beta"]) > 0
+    assert float(first["beta"]) == pytest.approx(float(first["notes"].split("= ")[1][:5]), abs=1e-3)
+    assert float(first["mean_class_ess"]) == pytest.approx(1.9, abs=1e-3)

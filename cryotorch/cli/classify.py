@@ -30,6 +30,7 @@ from cryotorch.engine.checkpoint import (
 from cryotorch.engine.loop import ClassificationSettings, Masks, classify
 from cryotorch.engine.outputs import write_outputs
 from cryotorch.engine.posterior import ClassSimilarity
+from cryotorch.engine.regularisers import make_regulariser
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
 from cryotorch.errors import InputError
 from cryotorch.evaluation import classification_accuracy
@@ -52,9 +53,14 @@ def settings_from_config(cfg: DictConfig) -> ClassificationSettings:
         resolution_reach_at=int(m.resolution_reach_at),
         particle_diameter=None if m.particle_diameter is None else float(m.particle_diameter),
         tau2_fudge=float(m.tau2_fudge),
+        regulariser=str(m.regulariser),
         pad=int(m.pad),
         similarity=SimilaritySchedule(
-            float(p.similarity.start), int(p.similarity.anneal_start), int(p.similarity.anneal_end)
+            float(p.similarity.start),
+            int(p.similarity.anneal_start),
+            int(p.similarity.anneal_end),
+            bool(p.similarity.auto_tune),
+            float(p.similarity.target_ess_fraction),
         ),
         similarity_form=str(p.similarity.form),
         hard=HardSchedule(str(p.hard), int(p.hard_iterations)),
@@ -205,6 +211,7 @@ def run(cfg: DictConfig) -> dict:
     try:
         settings = settings_from_config(cfg)
         ClassSimilarity(settings.similarity_form)  # checks the form's name
+        make_regulariser(settings.regulariser)  # and the regulariser's
     except ValueError as exc:
         raise InputError("configuration", None, str(exc)) from exc
     device = torch.device(cfg.device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -25,7 +25,13 @@ from cryotorch.engine.mstep import (
     update_maps,
 )
 from cryotorch.engine.noise import NoiseModel
-from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, effective_sample_size
+from cryotorch.engine.posterior import (
+    ClassSimilarity,
+    StraightThroughHard,
+    effective_sample_size,
+    tune_similarity,
+)
+from cryotorch.engine.regularisers import make_regulariser
 from cryotorch.engine.schedules import (
     HardSchedule,
     ResolutionSchedule,
@@ -58,6 +64,7 @@ class ClassificationSettings:
     resolution_reach_at: int = 10
     particle_diameter: float | None = None  # solvent mask; None: 0.9 of the box
     tau2_fudge: float = 4.0
+    regulariser: str = "tau2"  # tau2 (RELION's T·τ² prior) | fsc (cryoSPARC's half-set FSC filter)
     pad: int = 2
     similarity: SimilaritySchedule = field(default_factory=SimilaritySchedule)
     similarity_form: str = "temperature"
@@ -154,6 +161,17 @@ class _Engine:
         self.focus = None if masks.focus is None else masks.focus.to(self.device, self.dtype)
         self.consensus = None  # V̄ as given, on the particles' greyscale (see consensus_map)
         self.given_consensus = masks.consensus
+        self.similarity_schedule = settings.similarity
+        self.tuned_beta: float | None = None
+        self.notes: list[str] = []  # said in the next row of the table
+        self.regulariser = make_regulariser(settings.regulariser, settings.tau2_fudge)
+        self.regulariser_columns: dict[str, float] = {}
+        self.halves = None  # (n,) 0/1 half-set of each particle, when the regulariser uses them
+        if self.regulariser.half_sets:
+            subset = batcher.table.random_subset
+            if not np.isin(subset, (1, 2)).all():  # none in the file: a seeded split
+                subset = np.random.default_rng([settings.seed, 2]).integers(1, 3, self.n)
+            self.halves = torch.as_tensor(subset - 1, device=self.device)
         self.n_groups = len(batcher.table.optics)
         self.assignment = np.full(self.n, -1)
         self.iteration = 0
@@ -168,7 +186,7 @@ class _Engine:
             desc=label,
             unit="particle",
             leave=False,
-            disable=not (self.s.progress and label),
+            disable=None if (self.s.progress and label) else True,  # None: off when not a tty
         )
         with bar:
             for start in range(0, len(rows), self.s.batch_size):
@@ -176,9 +194,15 @@ class _Engine:
                 bar.update(min(self.s.batch_size, len(rows) - start))
 
     def zeros(self) -> SufficientStatistics:
+        channels = 2 * self.k if self.regulariser.half_sets else self.k
         return SufficientStatistics.zeros(
-            self.k, self.d, self.s.pad, self.n_groups, self.device, self.dtype
+            channels, self.d, self.s.pad, self.n_groups, self.device, self.dtype
         )
+
+    def accumulate(self, stats, batch, result, gamma, noise) -> None:
+        """:func:`accumulate_statistics`, per half-set if the regulariser needs them."""
+        halves = None if self.halves is None else self.halves[batch.rows]
+        accumulate_statistics(stats, batch, result, gamma, noise, halves)
 
     def initial_noise(self) -> NoiseModel:
         """Power per shell of up to 2,000 images (signal included: fine at cryo-EM SNRs)."""
@@ -204,7 +228,7 @@ class _Engine:
             no_residual = torch.zeros(
                 len(batch.rows), self.k, self.d // 2 + 1, device=self.device, dtype=self.dtype
             )
-            accumulate_statistics(stats, batch, EStepResult(None, no_residual, None), gamma, noise)
+            self.accumulate(stats, batch, EStepResult(None, no_residual, None), gamma, noise)
         stats.noise_count.zero_()  # no residuals yet: the noise stays the initial estimate
         return stats
 
@@ -233,13 +257,24 @@ class _Engine:
         self, scores: torch.Tensor, rows: np.ndarray, splits: list[tuple[int, int]]
     ) -> tuple[torch.Tensor, float, bool]:
         """Class similarity, force hard, then the re-seeding splits of this iteration."""
-        beta = self.s.similarity.beta(self.iteration)
+        if self.s.similarity.auto_tune and self.tuned_beta is None:
+            self.set_tuned_beta(
+                tune_similarity(
+                    scores.detach(), self.similarity, self.s.similarity.target_ess_fraction
+                )
+            )
+            self.notes.append(f"class similarity tuned: β0 = {self.tuned_beta:.3f}")
+        beta = self.similarity_schedule.beta(self.iteration)
         hard = self.s.hard.is_hard(self.iteration, beta)
         gamma = self.similarity(scores, beta)
         if hard:
             gamma = self.hard_layer(gamma)
         gamma = split_posteriors(gamma, rows, splits, self.s.seed + self.iteration)
         return gamma, beta, hard
+
+    def set_tuned_beta(self, beta: float) -> None:
+        self.tuned_beta = beta
+        self.similarity_schedule = replace(self.s.similarity, start=beta)
 
     def check_classes(self, state: _RunState) -> dict:
         """Report empty and duplicate classes; plan a re-seed for the next iteration if any
@@ -249,7 +284,8 @@ class _Engine:
         pairs = duplicate_classes(
             state.maps, self.mask, resolution, self.pixel_size, self.s.duplicate_correlation
         )
-        notes = [f"class {k + 1} empty ({100 * float(state.prior[k]):.2f} %)" for k in empty]
+        notes, self.notes = self.notes, []
+        notes += [f"class {k + 1} empty ({100 * float(state.prior[k]):.2f} %)" for k in empty]
         notes += [f"classes {i + 1} and {j + 1} alike (correlation {c:.4f})" for i, j, c in pairs]
         state.splits = []
         targets = empty + [j for _, j, _ in pairs if j not in empty]
@@ -286,8 +322,12 @@ class _Engine:
         return update_maps(everyone, self.d, self.s.pad, self.s.tau2_fudge, self.mask)[0]
 
     def m_step(self, stats: SufficientStatistics, noise: NoiseModel):
-        new_maps = update_maps(stats, self.d, self.s.pad, self.s.tau2_fudge, self.mask)
-        prior = (stats.class_weight / stats.class_weight.sum().clamp_min(1e-300)).to(self.dtype)
+        """New maps (through the regulariser), class priors and noise from ``stats``."""
+        new_maps, self.regulariser_columns = self.regulariser(
+            stats, self.k, self.d, self.s.pad, self.mask, self.pixel_size
+        )
+        class_weight = stats.merged_halves(self.k).class_weight
+        prior = (class_weight / class_weight.sum().clamp_min(1e-300)).to(self.dtype)
         if stats.noise_count.sum() > 0:
             noise = NoiseModel.from_power_sums(stats.noise_sum, stats.noise_count, self.dtype)
         return new_maps, prior, noise
@@ -307,6 +347,7 @@ class _Engine:
             "mean_class_ess": float(effective_sample_size(gamma.double()).mean()),
             "log_likelihood": loglik_mean,
             **{f"class_{i + 1:03d}_fraction": float(sizes[i] / sizes.sum()) for i in range(self.k)},
+            **self.regulariser_columns,
         }
         now = time.perf_counter()
         entry["seconds"] = now - self.clock
@@ -414,6 +455,7 @@ def _state_dict(e: _Engine, state: _RunState) -> dict:
         "posteriors": torch.from_numpy(state.posteriors),
         "posteriors_estep": torch.from_numpy(state.posteriors_estep),
         "rng": e.rng.bit_generator.state,
+        "tuned_beta": e.tuned_beta,
         "history": list(e.history),
     }
 
@@ -428,6 +470,8 @@ def _state_from_dict(e: _Engine, sd: dict) -> _RunState:
     e.assignment = sd["assignment"].numpy().copy()
     e.history = list(sd["history"])
     e.rng.bit_generator.state = sd["rng"]
+    if sd["tuned_beta"] is not None:
+        e.set_tuned_beta(float(sd["tuned_beta"]))
     running = sd["running"]
     return _RunState(
         maps=dev(sd["maps"]),
@@ -504,7 +548,7 @@ def classify(
         for batch in e.batches(rows):
             result, scores = e.score_batch(batch, volumes, state.noise, state.prior)
             gamma, beta, hard = e.layers(scores, batch.rows, state.splits)
-            accumulate_statistics(batch_stats, batch, result, gamma.detach(), state.noise)
+            e.accumulate(batch_stats, batch, result, gamma.detach(), state.noise)
             gammas.append(gamma.detach())
             logliks.append(torch.logsumexp(scores, 1))
         gamma = torch.cat(gammas)
@@ -537,7 +581,7 @@ def classify(
         for batch in e.batches(np.arange(e.n), f"iteration {e.iteration}"):
             result, scores = e.score_batch(batch, volumes, state.noise, state.prior)
             gamma, beta, hard = e.layers(scores, batch.rows, state.splits)
-            accumulate_statistics(stats, batch, result, gamma.detach(), state.noise)
+            e.accumulate(stats, batch, result, gamma.detach(), state.noise)
             state.posteriors[batch.rows] = gamma.detach().cpu().numpy()
             state.posteriors_estep[batch.rows] = (
                 torch.exp(log_posterior(result.loglik, log_prior)).cpu().numpy()

@@ -62,6 +62,32 @@ class SufficientStatistics:
     def as_dict(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def merged_halves(self, k: int) -> SufficientStatistics:
+        """The K-class statistics of statistics kept per half-set (``2k`` channels: the K
+        classes of half 1, then of half 2); themselves if they have ``k`` channels."""
+        if self.weight.shape[1] == k:
+            return self
+        n_vox = self.weight.shape[0]
+        return SufficientStatistics(
+            data=self.data.view(n_vox, 2, 2 * k).sum(1),
+            weight=self.weight.view(n_vox, 2, k).sum(1),
+            class_weight=self.class_weight.view(2, k).sum(0),
+            noise_sum=self.noise_sum,
+            noise_count=self.noise_count,
+            n_particles=self.n_particles,
+        )
+
+    def half(self, h: int, k: int) -> SufficientStatistics:
+        """Half-set ``h`` (0 or 1) of statistics kept per half-set."""
+        return SufficientStatistics(
+            data=self.data[:, 2 * k * h : 2 * k * (h + 1)],
+            weight=self.weight[:, k * h : k * (h + 1)],
+            class_weight=self.class_weight[k * h : k * (h + 1)],
+            noise_sum=self.noise_sum,
+            noise_count=self.noise_count,
+            n_particles=self.n_particles,
+        )
+
     def summed_over_classes(self) -> SufficientStatistics:
         """One class holding every particle (the consensus), from the sums of the K classes."""
         n_vox = self.weight.shape[0]
@@ -97,8 +123,17 @@ def accumulate_statistics(
     estep: EStepResult,
     gamma: torch.Tensor,
     noise: NoiseModel,
+    halves: torch.Tensor | None = None,
 ) -> None:
-    """Add ``batch`` with posterior weights ``gamma (b, k)`` (after the layers) to ``stats``."""
+    """Add ``batch`` with posterior weights ``gamma (b, k)`` (after the layers) to ``stats``.
+
+    With ``halves (b,)`` (0 or 1, each particle's half-set), ``stats`` has ``2k`` channels and
+    each particle goes to the K classes of its half (see :meth:`SufficientStatistics.half`).
+    """
+    weights = gamma
+    if halves is not None:
+        in_second = halves.to(gamma.dtype)[:, None]
+        weights = torch.cat([gamma * (1 - in_second), gamma * in_second], dim=1)
     d = batch.spectra.shape[-2]
     n_vox = stats.weight.shape[0]
     inv_power = (
@@ -106,13 +141,13 @@ def accumulate_statistics(
     )  # 1/σ², 0 at DC
     ctf_x = batch.ctf * batch.shift.conj() * batch.spectra * inv_power  # (b, d, dh)
     ctf2 = batch.ctf**2 * inv_power
-    g = gamma.to(batch.ctf.dtype)[:, :, None, None]
+    g = weights.to(batch.ctf.dtype)[:, :, None, None]
     data, weight = insert_for_reconstruction(
         g * ctf_x[:, None], batch.geometry, n_vox, g * ctf2[:, None]
     )
     stats.data += data
     stats.weight += weight
-    stats.class_weight += gamma.sum(0).double()
+    stats.class_weight += weights.sum(0).double()
     residual = (gamma[:, :, None] * estep.residual_shells).sum(1).double()  # (b, n_shells)
     stats.noise_sum.index_add_(0, batch.optics_group, residual)
     counts = noise.pixels_per_shell().double().expand(len(batch.rows), -1)

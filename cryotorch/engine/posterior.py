@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["ClassSimilarity", "StraightThroughHard", "effective_sample_size"]
+__all__ = ["ClassSimilarity", "StraightThroughHard", "effective_sample_size", "tune_similarity"]
 
 SimilarityForm = Literal["temperature", "mixing"]
 
@@ -60,3 +60,32 @@ class StraightThroughHard(nn.Module):
 def effective_sample_size(probabilities: torch.Tensor) -> torch.Tensor:
     """Per-particle ESS ``1 / Σ_k γ_ik²``: ``(b,)``, from 1 (one class) to K (even spread)."""
     return 1.0 / (probabilities**2).sum(dim=1)
+
+
+@torch.no_grad()
+def tune_similarity(
+    scores: torch.Tensor, layer: ClassSimilarity, target_fraction: float = 0.75, steps: int = 40
+) -> float:
+    """β at which the mean ESS of ``layer(scores, β)`` is ``target_fraction · K`` (cryoSPARC's
+    auto-tuned initial class similarity, target 0.75). ``scores (b, k)``: log π + ℓ.
+
+    The mean ESS grows with β (from that of the posterior at β = 0 to K at β = 1), so bisection
+    finds it; 0 if the posterior alone already spreads that much.
+    """
+    k = scores.shape[1]
+    target = target_fraction * k
+    scores = scores.double()
+
+    def mean_ess(beta: float) -> float:
+        return float(effective_sample_size(layer(scores, beta)).mean())
+
+    if k == 1 or mean_ess(0.0) >= target:
+        return 0.0
+    low, high = 0.0, 1.0
+    for _ in range(steps):
+        middle = 0.5 * (low + high)
+        if mean_ess(middle) < target:
+            low = middle
+        else:
+            high = middle
+    return high

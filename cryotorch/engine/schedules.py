@@ -23,6 +23,8 @@ class SimilaritySchedule:
     start: float = 0.5
     anneal_start: int = 0
     anneal_end: int = 10
+    auto_tune: bool = False  # True: ``start`` is tuned on the first batch (see tune_similarity)
+    target_ess_fraction: float = 0.75  # the mean class ESS, as a fraction of K, it tunes to
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.start <= 1.0:
