@@ -26,7 +26,7 @@ from cryotorch.engine.posterior import (
 )
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
 from cryotorch.errors import InputError
-from cryotorch.io import ParticleImages, read_map, read_particles, write_map
+from cryotorch.io import ParticleImages, read_map, read_particles, write_map, write_particles
 from cryotorch.physics.fourier import fourier_crop_3d
 from cryotorch.simulate.particles import SimulationSettings, simulate_particles
 from tests.physics_helpers import blob_volume
@@ -354,3 +354,52 @@ def test_auto_tuned_similarity_starts_at_the_target_ess(tiny_star: Path, tmp_pat
     assert float(first["beta"]) > 0
     assert float(first["beta"]) == pytest.approx(float(first["notes"].split("= ")[1][:5]), abs=1e-3)
     assert float(first["mean_class_ess"]) == pytest.approx(1.9, abs=1e-3)
+
+
+def test_cs_in_gives_cs_out_with_every_field_kept(tiny_star: Path, tmp_path: Path):
+    # A .cs made from the tiny set, with an extra field cryotorch does not know; classified with
+    # the FSC regulariser (its half-sets from alignments3D/split).
+    source = tmp_path / "J1_particles.cs"
+    write_particles(read_particles(tiny_star), source)
+    raw = np.load(source)
+    extra = np.zeros(len(raw), dtype=[*raw.dtype.descr, ("location/micrograph_uid", "<u8")])
+    for name in raw.dtype.names:
+        extra[name] = raw[name]
+    extra["location/micrograph_uid"] = np.arange(len(raw)) * 7
+    with open(source, "wb") as f:
+        np.save(f, extra)
+    out = tmp_path / "run"
+    classify(source, out, "model.regulariser=fsc")
+    result = np.load(out / "particles.cs")
+    for name in extra.dtype.names:
+        assert result[name].tolist() == extra[name].tolist(), name
+    posteriors = np.load(out / "posteriors.npy")
+    np.testing.assert_array_equal(result["alignments3D/class"], posteriors.argmax(1))
+    np.testing.assert_allclose(result["alignments3D/class_ess"], 1 / (posteriors**2).sum(1), 1e-5)
+    for k in range(2):
+        np.testing.assert_array_equal(
+            result[f"alignments_class3D_{k}/class_posterior"], posteriors[:, k]
+        )
+    cryosparc = pytest.importorskip("cryosparc.dataset", reason="cryosparc-tools: dev dependency")
+    assert len(cryosparc.Dataset.load(out / "particles.cs")) == 300
+
+
+def test_bad_maps_and_masks_are_refused_before_anything_is_written(tiny_star: Path, tmp_path: Path):
+    wrong_box = tmp_path / "box.mrc"
+    write_map(wrong_box, np.ones((20, 20, 20), np.float32), 3.0)
+    wrong_pixel = tmp_path / "pixel.mrc"
+    write_map(wrong_pixel, np.ones((24, 24, 24), np.float32), 2.0)
+    not_a_mask = tmp_path / "mask.mrc"
+    write_map(not_a_mask, np.full((24, 24, 24), 3.0, np.float32), 3.0)
+    cases = [
+        ([f"data.reference={wrong_box}"], r"box\.mrc: header\.nx/ny/nz: map is \(20, 20, 20\)"),
+        ([f"data.reference={wrong_pixel}"], r"pixel\.mrc: header\.voxel_size: 2\.0000 Å, the"),
+        ([f"mask.focus={not_a_mask}"], r"mask\.mrc: data: a mask holds values in \[0, 1\]"),
+        ([f"mask.solvent={not_a_mask}"], r"mask\.mrc: data: a mask holds values in \[0, 1\]"),
+        (["mask.solvent=from_reference"], r"mask\.solvent: from_reference needs data\.reference"),
+    ]
+    for i, (overrides, message) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        with pytest.raises(InputError, match=message):
+            classify(tiny_star, out, *overrides)
+        assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
