@@ -196,9 +196,22 @@ def test_estep_gradcheck():
     volumes = torch.randn(
         p * p * (p // 2 + 1), 2 * k, dtype=torch.float64, generator=gen, requires_grad=True
     )
-    assert torch.autograd.gradcheck(
-        lambda v: EStep()(v, batch, noise, d // 2).loglik, (volumes,), fast_mode=True
-    )
+    for optimal in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda v, o=optimal: EStep(o)(v, batch, noise, d // 2).loglik,
+            (volumes,),
+            fast_mode=True,
+        )
+
+    # Optimal contrast: images that are s_i times class 0's noise-free slice get s_i back, and
+    # fit class 0 exactly.
+    true_scale = torch.tensor([0.5, 1.0, 2.5], dtype=torch.float64)
+    model = EStep()(volumes.detach(), batch, noise, d // 2).projections[:, 0] * batch.ctf
+    batch.spectra = true_scale[:, None, None] * model
+    result = EStep(optimal_scale=True)(volumes.detach(), batch, noise, d // 2)
+    torch.testing.assert_close(result.scale[:, 0], true_scale)
+    torch.testing.assert_close(result.loglik[:, 0], torch.zeros(b, dtype=torch.float64))
+    assert (result.loglik[:, 1] < -1).all() and EStep()(volumes, batch, noise, 2).scale is None
 
 
 def test_more_classes_than_particles_is_refused(tiny_star: Path, tmp_path: Path):

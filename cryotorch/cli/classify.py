@@ -54,6 +54,7 @@ def settings_from_config(cfg: DictConfig) -> ClassificationSettings:
         particle_diameter=None if m.particle_diameter is None else float(m.particle_diameter),
         tau2_fudge=float(m.tau2_fudge),
         regulariser=str(m.regulariser),
+        contrast=str(m.contrast),
         pad=int(m.pad),
         similarity=SimilaritySchedule(
             float(p.similarity.start),
@@ -267,7 +268,13 @@ def run(cfg: DictConfig) -> dict:
         try:
             t0 = time.perf_counter()
             result = classify(
-                BatchMaker(images, d_work, device, pad=settings.pad),
+                BatchMaker(
+                    images,
+                    d_work,
+                    device,
+                    pad=settings.pad,
+                    use_ctf_scale=settings.contrast != "none",
+                ),
                 settings,
                 monitor,
                 initial_maps,

@@ -54,6 +54,8 @@ class BatchMaker:
         Padding factor of the Fourier volumes the slices are taken from.
     device, dtype
         Where and in which real precision batches are made.
+    use_ctf_scale
+        Apply the table's per-particle CTF scale factor (the contrast "from input").
     """
 
     def __init__(
@@ -63,7 +65,9 @@ class BatchMaker:
         device: torch.device,
         dtype=torch.float32,
         pad: int = 2,
+        use_ctf_scale: bool = True,
     ):
+        self.use_ctf_scale = use_ctf_scale
         self.images = images
         self.table = images.table
         self.d_full = images.image_shape[-1]
@@ -78,7 +82,9 @@ class BatchMaker:
         images = torch.as_tensor(self.images.read(rows), device=self.device, dtype=self.dtype)
         spectra = fourier_crop_2d(rfft_2d(images), self.d)
 
-        ctf = particle_ctf(t, rows, self.d, self.device, self.dtype, self.pixel_size)
+        ctf = particle_ctf(
+            t, rows, self.d, self.device, self.dtype, self.pixel_size, self.use_ctf_scale
+        )
         shift_px = particle_shift_px(t, rows, self.device, self.dtype, self.pixel_size)
         rotations = torch.as_tensor(t.rotation[rows], dtype=self.dtype, device=self.device)
         return ParticleBatch(

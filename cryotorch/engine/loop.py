@@ -65,6 +65,7 @@ class ClassificationSettings:
     particle_diameter: float | None = None  # solvent mask; None: 0.9 of the box
     tau2_fudge: float = 4.0
     regulariser: str = "tau2"  # tau2 (RELION's T·τ² prior) | fsc (cryoSPARC's half-set FSC filter)
+    contrast: str = "from_input"  # per-particle scale: none | from_input | optimal
     pad: int = 2
     similarity: SimilaritySchedule = field(default_factory=SimilaritySchedule)
     similarity_form: str = "temperature"
@@ -80,6 +81,12 @@ class ClassificationSettings:
     duplicate_correlation: float = 0.99  # two maps more alike than this are reported duplicates
     reseed: int = 0  # how many times an empty/duplicate class may be re-seeded (0: report only)
     progress: bool = True  # a progress bar over each full pass
+
+    def __post_init__(self) -> None:
+        if self.contrast not in ("none", "from_input", "optimal"):
+            raise ValueError(
+                f"model.contrast must be none, from_input or optimal, got {self.contrast!r}"
+            )
 
 
 @dataclass
@@ -146,7 +153,7 @@ class _Engine:
         self.device = batcher.device
         self.dtype = batcher.dtype
         self.rng = np.random.default_rng(settings.seed)
-        self.estep = EStep()
+        self.estep = EStep(optimal_scale=settings.contrast == "optimal")
         self.similarity = ClassSimilarity(settings.similarity_form)
         self.hard_layer = StraightThroughHard()
         self.resolution = ResolutionSchedule(

@@ -142,9 +142,18 @@ def accumulate_statistics(
     ctf_x = batch.ctf * batch.shift.conj() * batch.spectra * inv_power  # (b, d, dh)
     ctf2 = batch.ctf**2 * inv_power
     g = weights.to(batch.ctf.dtype)[:, :, None, None]
-    data, weight = insert_for_reconstruction(
-        g * ctf_x[:, None], batch.geometry, n_vox, g * ctf2[:, None]
-    )
+    if estep.scale is not None:  # per-particle contrast s: s c X in the data, s² c² in the weight
+        scale = estep.scale.to(batch.ctf.dtype)
+        if halves is not None:
+            scale = torch.cat([scale, scale], dim=1)
+        scale = scale[:, :, None, None]
+        data, weight = insert_for_reconstruction(
+            g * scale * ctf_x[:, None], batch.geometry, n_vox, g * scale**2 * ctf2[:, None]
+        )
+    else:
+        data, weight = insert_for_reconstruction(
+            g * ctf_x[:, None], batch.geometry, n_vox, g * ctf2[:, None]
+        )
     stats.data += data
     stats.weight += weight
     stats.class_weight += weights.sum(0).double()

@@ -27,11 +27,13 @@ def particle_ctf(
     device=None,
     dtype=torch.float32,
     pixel_size_angstrom: np.ndarray | None = None,
+    use_scale: bool = True,
 ) -> torch.Tensor:
     """CTFs ``(b, d, d // 2 + 1)`` of table ``rows`` on the rfft_2d grid of box ``d``.
 
     ``pixel_size_angstrom (n,)`` replaces the table's pixel sizes for images that were
-    Fourier-cropped (or padded) to box ``d``.
+    Fourier-cropped (or padded) to box ``d``. ``use_scale=False`` leaves out the table's
+    per-particle CTF scale factor (rlnCtfScalefactor, ``ctf/scale``).
     """
     psize = table.pixel_size_angstrom if pixel_size_angstrom is None else pixel_size_angstrom
 
@@ -49,7 +51,7 @@ def particle_ctf(
         amplitude_contrast=col(table.amplitude_contrast),
         phase_shift_deg=col(table.phase_shift_deg),
         bfactor=col(table.ctf_bfactor),
-        scale=col(table.ctf_scale),
+        scale=col(table.ctf_scale) if use_scale else 1.0,
     )
 
 
