@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from cryotorch.cli.classify import run
 from cryotorch.cli.configs import CONFIG_DIR
 from cryotorch.engine.batches import BatchMaker
+from cryotorch.engine.initialisation import cluster_maps, kmeans
 from cryotorch.engine.loop import ClassificationSettings, Masks
 from cryotorch.engine.loop import classify as classify_particles
 from cryotorch.engine.posterior import (
@@ -26,6 +27,7 @@ from cryotorch.engine.posterior import (
 )
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
 from cryotorch.errors import InputError
+from cryotorch.evaluation import classification_accuracy
 from cryotorch.io import ParticleImages, read_map, read_particles, write_map, write_particles
 from cryotorch.physics.fourier import fourier_crop_3d
 from cryotorch.simulate.particles import SimulationSettings, simulate_particles
@@ -416,3 +418,43 @@ def test_bad_maps_and_masks_are_refused_before_anything_is_written(tiny_star: Pa
         with pytest.raises(InputError, match=message):
             classify(tiny_star, out, *overrides)
         assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+def test_pca_start_already_separates_the_classes(tmp_path: Path):
+    # 600 blob particles, SNR 0.2: measured 65.5 % after the first online-EM batch from a
+    # random-assignment start, 99 % from the PCA start.
+    from tests.test_robustness import simulate
+
+    star = simulate(tmp_path / "data", 0.2, n=600)
+    truth = np.loadtxt(star.parent / "true_classes.txt", dtype=int) - 1
+    first = {}
+    for init in ("random", "pca"):
+        settings = ClassificationSettings(
+            target_resolution=9, batch_per_class=100, max_iterations=2, init=init, progress=False
+        )
+        accuracy = []
+
+        def monitor(entry, maps, assignment, accuracy=accuracy):
+            seen = assignment >= 0
+            accuracy.append(classification_accuracy(assignment[seen], truth[seen], 2))
+
+        with ParticleImages(read_particles(star)) as images:
+            classify_particles(BatchMaker(images, 16, torch.device("cpu")), settings, monitor)
+        first[init] = accuracy[0]
+    assert first["pca"] >= 0.95 and first["random"] < 0.8, first
+
+
+def test_kmeans_and_pca_clustering_find_planted_groups():
+    rng = np.random.default_rng(0)
+    points = torch.as_tensor(
+        np.concatenate([rng.normal(0, 0.1, (10, 2)), rng.normal(3, 0.1, (7, 2))])
+    )
+    labels = kmeans(points, 2, np.random.default_rng(1))
+    assert len(set(labels[:10])) == 1 and len(set(labels[10:])) == 1 and labels[0] != labels[10]
+    maps = torch.zeros(12, 4, 4, 4, dtype=torch.float64)
+    maps[:5, 1, 1, 1] = 1.0  # two groups of maps that differ in one voxel, plus noise
+    maps += 0.01 * torch.randn(
+        12, 4, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
+    labels = cluster_maps(maps, 2, np.random.default_rng(3))
+    assert len(set(labels[:5])) == 1 and len(set(labels[5:])) == 1 and labels[0] != labels[5]

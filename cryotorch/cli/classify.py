@@ -55,6 +55,8 @@ def settings_from_config(cfg: DictConfig) -> ClassificationSettings:
         tau2_fudge=float(m.tau2_fudge),
         regulariser=str(m.regulariser),
         contrast=str(m.contrast),
+        init=str(m.init),
+        pca_subsets=int(m.pca_subsets),
         pad=int(m.pad),
         similarity=SimilaritySchedule(
             float(p.similarity.start),

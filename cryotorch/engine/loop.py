@@ -19,6 +19,7 @@ from tqdm import tqdm
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.class_health import duplicate_classes, empty_classes, split_posteriors
 from cryotorch.engine.estep import EStep, EStepResult, log_posterior
+from cryotorch.engine.initialisation import cluster_maps
 from cryotorch.engine.mstep import (
     SufficientStatistics,
     accumulate_statistics,
@@ -66,6 +67,8 @@ class ClassificationSettings:
     tau2_fudge: float = 4.0
     regulariser: str = "tau2"  # tau2 (RELION's T·τ² prior) | fsc (cryoSPARC's half-set FSC filter)
     contrast: str = "from_input"  # per-particle scale: none | from_input | optimal
+    init: str = "random"  # random (RELION: random assignment) | pca (cryoSPARC)
+    pca_subsets: int = 20  # random subsets reconstructed for the PCA start
     pad: int = 2
     similarity: SimilaritySchedule = field(default_factory=SimilaritySchedule)
     similarity_form: str = "temperature"
@@ -83,6 +86,8 @@ class ClassificationSettings:
     progress: bool = True  # a progress bar over each full pass
 
     def __post_init__(self) -> None:
+        if self.init not in ("random", "pca"):
+            raise ValueError(f"model.init must be random or pca, got {self.init!r}")
         if self.contrast not in ("none", "from_input", "optimal"):
             raise ValueError(
                 f"model.contrast must be none, from_input or optimal, got {self.contrast!r}"
@@ -226,16 +231,30 @@ class _Engine:
             counts.index_add_(0, batch.optics_group, per_image.expand(len(batch.rows), -1))
         return NoiseModel.from_power_sums(sums, counts, self.dtype)
 
-    def assignment_statistics(self, classes: np.ndarray, noise: NoiseModel) -> SufficientStatistics:
-        """Statistics of the hard assignment ``classes (n,)`` (0-based) of every particle."""
-        stats = self.zeros()
+    def assignment_statistics(
+        self, classes: np.ndarray, noise: NoiseModel, n_classes: int | None = None
+    ) -> SufficientStatistics:
+        """Statistics of the hard assignment ``classes (n,)`` (0-based) of every particle: into
+        the K classes (per half-set if the regulariser wants them), or, with ``n_classes``,
+        into that many plain groups."""
+        groups = n_classes or self.k
+        if n_classes is None:
+            stats = self.zeros()
+        else:
+            stats = SufficientStatistics.zeros(
+                groups, self.d, self.s.pad, self.n_groups, self.device, self.dtype
+            )
         classes = torch.as_tensor(classes, device=self.device)
         for batch in self.batches(np.arange(self.n)):
-            gamma = torch.nn.functional.one_hot(classes[batch.rows], self.k).to(self.dtype)
+            gamma = torch.nn.functional.one_hot(classes[batch.rows], groups).to(self.dtype)
             no_residual = torch.zeros(
-                len(batch.rows), self.k, self.d // 2 + 1, device=self.device, dtype=self.dtype
+                len(batch.rows), groups, self.d // 2 + 1, device=self.device, dtype=self.dtype
             )
-            self.accumulate(stats, batch, EStepResult(None, no_residual, None), gamma, noise)
+            result = EStepResult(None, no_residual, None)
+            if n_classes is None:
+                self.accumulate(stats, batch, result, gamma, noise)
+            else:
+                accumulate_statistics(stats, batch, result, gamma, noise)
         stats.noise_count.zero_()  # no residuals yet: the noise stays the initial estimate
         return stats
 
@@ -409,7 +428,21 @@ class _RunState:
 
 def _initial_state(e: _Engine, initial_maps: torch.Tensor | None) -> _RunState:
     noise = e.initial_noise()
-    if initial_maps is None:
+    if initial_maps is None and e.s.init == "pca" and e.k > 1:
+        # cryoSPARC's PCA start (see engine/initialisation.py).
+        m = min(e.s.pca_subsets, e.n)
+        subsets = e.rng.permutation(np.arange(e.n) % m)
+        small = e.assignment_statistics(subsets, noise, n_classes=m)
+        small_maps = update_maps(small, e.d, e.s.pad, e.s.tau2_fudge, e.mask)
+        small_maps = lowpass_3d(small_maps, e.s.initial_resolution, e.pixel_size) * e.mask
+        labels = cluster_maps(small_maps, e.k, e.rng)
+        stats = e.assignment_statistics(labels[subsets], noise)
+        maps, _, _ = e.m_step(stats, noise)
+        e.notes.append(
+            "PCA start: subsets per class "
+            + "/".join(str(int((labels == j).sum())) for j in range(e.k))
+        )
+    elif initial_maps is None:
         # RELION's start: reconstructions from a random assignment of the particles.
         stats = e.assignment_statistics(e.rng.integers(0, e.k, e.n), noise)
         maps, _, _ = e.m_step(stats, noise)
