@@ -32,13 +32,20 @@ class RunMonitor:
         self.output_dir = Path(output_dir)
         self.rows: list[dict] = []
         self.quiet = quiet
-        self.writer = None
-        if tensorboard:
+        self.tensorboard = tensorboard
+        self.first_step = first_step
+        self._writer = None
+
+    @property
+    def writer(self):
+        """The TensorBoard writer, made on first use (a run refused early writes nothing)."""
+        if self._writer is None and self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(
-                str(self.output_dir / "tensorboard"), purge_step=first_step or None
+            self._writer = SummaryWriter(
+                str(self.output_dir / "tensorboard"), purge_step=self.first_step or None
             )
+        return self._writer
 
     def restore(self, rows: list[dict]) -> None:
         """The rows of the iterations a resumed run has already done."""
@@ -94,5 +101,5 @@ class RunMonitor:
             writer.writerows(self.rows)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self._writer is not None:
+            self._writer.close()

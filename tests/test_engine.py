@@ -458,3 +458,57 @@ def test_kmeans_and_pca_clustering_find_planted_groups():
     )
     labels = cluster_maps(maps, 2, np.random.default_rng(3))
     assert len(set(labels[:5])) == 1 and len(set(labels[5:])) == 1 and labels[0] != labels[5]
+
+
+def _copy_of(tiny_star: Path, folder: Path, edit) -> Path:
+    """A copy of the tiny set (its own stack) with ``edit(blocks, stack_path)`` applied."""
+    import shutil
+
+    folder.mkdir()
+    shutil.copy(tiny_star.parent / "particles.mrcs", folder / "particles.mrcs")
+    blocks = starfile.read(tiny_star, always_dict=True)
+    blocks["particles"]["rlnImageName"] = [
+        f"{name.split('@')[0]}@{folder / 'particles.mrcs'}"
+        for name in blocks["particles"]["rlnImageName"]
+    ]
+    edit(blocks, folder / "particles.mrcs")
+    starfile.write(blocks, folder / "particles.star", overwrite=True)
+    return folder / "particles.star"
+
+
+def _drop_defocus_v(blocks, stack):
+    del blocks["particles"]["rlnDefocusV"]
+
+
+def _index_past_end(blocks, stack):
+    blocks["particles"].loc[4, "rlnImageName"] = f"301@{stack}"
+
+
+def _nan_image(blocks, stack):
+    import mrcfile
+
+    with mrcfile.mmap(stack, "r+") as mrc:
+        mrc.data[250, 3, 4] = np.nan
+
+
+def _pixel_size(blocks, stack):
+    blocks["optics"]["rlnImagePixelSize"] = 3.5
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (_drop_defocus_v, r"particles\.star: data_particles: missing required column\(s\) rlnDe"),
+        (_index_past_end, r"particles\.star: rlnImageName: row 5: image 301 is past the end"),
+        (_nan_image, r"particles\.mrcs: image 251: contains NaN or Inf \(table row 251\)"),
+        (_pixel_size, r"particles\.mrcs: header\.voxel_size: pixel size 3\.0000 Å disagrees"),
+    ],
+)
+def test_malformed_particles_are_refused_by_the_classifier_and_nothing_is_written(
+    tiny_star: Path, tmp_path: Path, edit, pattern
+):
+    star = _copy_of(tiny_star, tmp_path / "data", edit)
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match=pattern):
+        classify(star, out)
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
