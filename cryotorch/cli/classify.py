@@ -10,6 +10,7 @@ See ``configs/classify.yaml`` and its groups for every option.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from cryotorch.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from cryotorch.engine.distributed import ProcessGroup, init_from_environment
 from cryotorch.engine.loop import ClassificationSettings, Masks, classify
 from cryotorch.engine.outputs import write_outputs
 from cryotorch.engine.posterior import ClassSimilarity
@@ -81,19 +83,21 @@ def settings_from_config(cfg: DictConfig) -> ClassificationSettings:
     )
 
 
-def _particles(cfg: DictConfig, output_dir: Path) -> Path:
-    """The particle file to classify: the user's, or the built-in simulation."""
+def _particles(cfg: DictConfig, output_dir: Path, simulate: bool = True) -> Path:
+    """The particle file to classify: the user's, or the built-in simulation (made now unless
+    ``simulate`` is false: then rank 0 has made it)."""
     if cfg.data.particles is not None:
         return Path(cfg.data.particles)
-    if (output_dir / "simulated" / "particles.star").is_file() and bool(cfg.resume):
-        return output_dir / "simulated" / "particles.star"  # simulated by the run resumed
-    from cryotorch.cli.simulate import run as simulate
+    simulated = output_dir / "simulated" / "particles.star"
+    if not simulate or (simulated.is_file() and bool(cfg.resume)):
+        return simulated  # simulated by rank 0, or by the run resumed
+    from cryotorch.cli.simulate import run as run_simulation
 
     sim = cfg.data.simulate
     sim_cfg = OmegaConf.load(CONFIG_DIR / "simulate.yaml")
     sim_cfg.pop("hydra")
     sim_cfg = OmegaConf.merge(sim_cfg, dict(sim), {"seed": cfg.seed})
-    return simulate(sim_cfg, output_dir / "simulated")
+    return run_simulation(sim_cfg, output_dir / "simulated")
 
 
 def _read_matching_map(path: str, images: ParticleImages) -> np.ndarray:
@@ -208,20 +212,41 @@ def _prepare_output_dir(output_dir: Path, resume: bool) -> Path | None:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Classify as ``cfg`` says; write the outputs; return a summary (accuracy if known)."""
+    """Classify as ``cfg`` says; write the outputs; return a summary (accuracy if known).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every process runs this: each reads its share of
+    the particles, rank 0 alone simulates, prints and writes.
+    """
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("config", "device", "cuda was asked for, but torch sees no CUDA device")
+    if init_from_environment(device.type):
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        try:
+            return _run(cfg, device)
+        finally:
+            torch.distributed.destroy_process_group()
+    return _run(cfg, device)
+
+
+def _run(cfg: DictConfig, device: torch.device) -> dict:
+    group = ProcessGroup(device)
+    say = print if group.is_main else (lambda *args, **kwargs: None)
     output_dir = job_output_dir(cfg)
     resume_from = _prepare_output_dir(output_dir, bool(cfg.resume))
+    group.barrier()  # every rank has checked the folder before rank 0 writes to it
     try:
         settings = settings_from_config(cfg)
         ClassSimilarity(settings.similarity_form)  # checks the form's name
         make_regulariser(settings.regulariser)  # and the regulariser's
     except ValueError as exc:
         raise InputError("configuration", None, str(exc)) from exc
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("config", "device", "cuda was asked for, but torch sees no CUDA device")
     torch.manual_seed(settings.seed)
-    star = _particles(cfg, output_dir)
+    star = _particles(cfg, output_dir) if group.is_main else None
+    group.barrier()  # rank 0 has simulated the demo data, if asked to
+    star = star or _particles(cfg, output_dir, simulate=False)
     if (output_dir / f"particles{Path(star).suffix}").resolve() == Path(star).resolve():
         raise InputError(
             star, None, f"output_dir {output_dir} would overwrite the input: choose another folder"
@@ -254,17 +279,17 @@ def run(cfg: DictConfig) -> dict:
         inputs = _inputs_dict(cfg)
         if resume_state is not None:
             check_resumable(resume_from, resume_state, settings, len(table), d_work, inputs)
-        print(
+        say(
             f"{len(table)} particles, box {d_full} at {psize:.3f} Å -> working box {d_work} at "
             f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), "
             f"K = {settings.num_classes}, {device}"
         )
         if resume_state is not None:
-            print(f"resuming {resume_from} after iteration {resume_state['iteration'] - 1}")
+            say(f"resuming {resume_from} after iteration {resume_state['iteration'] - 1}")
         monitor = RunMonitor(
             output_dir,
-            tensorboard=bool(cfg.logger.tensorboard),
-            quiet=bool(cfg.logger.quiet),
+            tensorboard=bool(cfg.logger.tensorboard) and group.is_main,
+            quiet=bool(cfg.logger.quiet) or not group.is_main,
             first_step=0 if resume_state is None else int(resume_state["iteration"]),
         )
         try:
@@ -287,11 +312,12 @@ def run(cfg: DictConfig) -> dict:
                 masks=masks,
             )
             seconds = time.perf_counter() - t0
-            write_outputs(output_dir, table, result, monitor)
-            monitor.log_ess(
-                torch.as_tensor(1.0 / (result.posteriors.astype(np.float64) ** 2).sum(1)),
-                len(result.history),
-            )
+            if group.is_main:
+                write_outputs(output_dir, table, result, monitor)
+                monitor.log_ess(
+                    torch.as_tensor(1.0 / (result.posteriors.astype(np.float64) ** 2).sum(1)),
+                    len(result.history),
+                )
         finally:
             monitor.close()
     summary = {"seconds": seconds, "iterations": len(result.history)}
@@ -301,7 +327,7 @@ def run(cfg: DictConfig) -> dict:
         summary["accuracy"] = classification_accuracy(
             result.posteriors.argmax(1), truth, settings.num_classes
         )
-    print(
+    say(
         f"done: {summary['iterations']} iterations in {seconds:.1f} s; outputs in {output_dir}"
         + (
             f"; accuracy against the true classes {100 * summary['accuracy']:.2f} %"

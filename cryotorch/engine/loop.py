@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.class_health import duplicate_classes, empty_classes, split_posteriors
+from cryotorch.engine.distributed import ProcessGroup
 from cryotorch.engine.estep import EStep, EStepResult, log_posterior
 from cryotorch.engine.initialisation import cluster_maps
 from cryotorch.engine.mstep import (
@@ -173,6 +174,7 @@ class _Engine:
         self.focus = None if masks.focus is None else masks.focus.to(self.device, self.dtype)
         self.consensus = None  # V̄ as given, on the particles' greyscale (see consensus_map)
         self.given_consensus = masks.consensus
+        self.group = ProcessGroup(self.device)
         self.similarity_schedule = settings.similarity
         self.tuned_beta: float | None = None
         self.notes: list[str] = []  # said in the next row of the table
@@ -192,13 +194,17 @@ class _Engine:
 
     # -- pieces --------------------------------------------------------------------------------
     def batches(self, rows: np.ndarray, label: str | None = None):
-        """Batches of ``rows``; with a ``label``, under a progress bar (if progress is on)."""
+        """Batches of this rank's share of ``rows`` (all of them in a single process); with a
+        ``label``, under a progress bar (if progress is on). Callers sum what they add up over
+        the ranks (``self.group.sum_``)."""
+        rows = self.group.shard(rows)
+        show = self.s.progress and label and self.group.is_main
         bar = tqdm(
             total=len(rows),
             desc=label,
             unit="particle",
             leave=False,
-            disable=None if (self.s.progress and label) else True,  # None: off when not a tty
+            disable=None if show else True,  # None: off when not a terminal
         )
         with bar:
             for start in range(0, len(rows), self.s.batch_size):
@@ -229,6 +235,7 @@ class _Engine:
             power = probe.shell_sums(batch.spectra.real**2 + batch.spectra.imag**2).double()
             sums.index_add_(0, batch.optics_group, power)
             counts.index_add_(0, batch.optics_group, per_image.expand(len(batch.rows), -1))
+        self.group.sum_(sums, counts)
         return NoiseModel.from_power_sums(sums, counts, self.dtype)
 
     def assignment_statistics(
@@ -255,6 +262,7 @@ class _Engine:
                 self.accumulate(stats, batch, result, gamma, noise)
             else:
                 accumulate_statistics(stats, batch, result, gamma, noise)
+        self.group.sum_(*stats.tensors())
         stats.noise_count.zero_()  # no residuals yet: the noise stays the initial estimate
         return stats
 
@@ -275,6 +283,7 @@ class _Engine:
             w = noise.pixel_weights(batch.optics_group, max_shell)[:, None]
             num += (w * (model.conj() * batch.spectra[:, None]).real).sum((0, 2, 3)).double()
             den += (w * (model.real**2 + model.imag**2)).sum((0, 2, 3)).double()
+        self.group.sum_(num, den)
         if not bool((den > 0).all()):
             raise ValueError("a given map is empty (zero) at the initial resolution")
         return (num / den).to(self.dtype)
@@ -284,19 +293,21 @@ class _Engine:
     ) -> tuple[torch.Tensor, float, bool]:
         """Class similarity, force hard, then the re-seeding splits of this iteration."""
         if self.s.similarity.auto_tune and self.tuned_beta is None:
-            self.set_tuned_beta(
-                tune_similarity(
-                    scores.detach(), self.similarity, self.s.similarity.target_ess_fraction
-                )
-            )
+            target = self.s.similarity.target_ess_fraction
+            tuned = tune_similarity(scores.detach(), self.similarity, target)
+            self.set_tuned_beta(self.group.broadcast_float(tuned))  # rank 0's first batch
             self.notes.append(f"class similarity tuned: β0 = {self.tuned_beta:.3f}")
-        beta = self.similarity_schedule.beta(self.iteration)
-        hard = self.s.hard.is_hard(self.iteration, beta)
+        beta, hard = self.beta_and_hard()
         gamma = self.similarity(scores, beta)
         if hard:
             gamma = self.hard_layer(gamma)
         gamma = split_posteriors(gamma, rows, splits, self.s.seed + self.iteration)
         return gamma, beta, hard
+
+    def beta_and_hard(self) -> tuple[float, bool]:
+        """This iteration's class similarity β and whether force-hard is on."""
+        beta = self.similarity_schedule.beta(self.iteration)
+        return beta, self.s.hard.is_hard(self.iteration, beta)
 
     def set_tuned_beta(self, beta: float) -> None:
         self.tuned_beta = beta
@@ -384,6 +395,8 @@ class _Engine:
         """Record ``entry``, count the iteration, checkpoint, then tell the monitor."""
         self.history.append(entry)
         self.iteration += 1
+        if not self.group.is_main:
+            return
         if checkpoint is not None:
             checkpoint(_state_dict(self, state))
         if self.monitor is not None:
@@ -584,14 +597,20 @@ def classify(
         rows = state.order[start : start + batch_n]
         volumes = prepare_volumes(e.estep_maps(state), settings.pad)
         batch_stats = e.zeros()
-        gammas, logliks = [], []
+        gamma = torch.zeros(len(rows), e.k, device=e.device, dtype=e.dtype)  # all ranks' rows
+        mine = e.group.shard(np.arange(len(rows)))
+        loglik = torch.zeros(2, dtype=torch.float64, device=e.device)  # sum, count
+        done = 0
         for batch in e.batches(rows):
             result, scores = e.score_batch(batch, volumes, state.noise, state.prior)
-            gamma, beta, hard = e.layers(scores, batch.rows, state.splits)
-            e.accumulate(batch_stats, batch, result, gamma.detach(), state.noise)
-            gammas.append(gamma.detach())
-            logliks.append(torch.logsumexp(scores, 1))
-        gamma = torch.cat(gammas)
+            gamma_batch, _, _ = e.layers(scores, batch.rows, state.splits)
+            e.accumulate(batch_stats, batch, result, gamma_batch.detach(), state.noise)
+            gamma[mine[done : done + len(batch.rows)]] = gamma_batch.detach()
+            done += len(batch.rows)
+            loglik[0] += torch.logsumexp(scores, 1).double().sum()
+            loglik[1] += len(batch.rows)
+        e.group.sum_(*batch_stats.tensors(), gamma, loglik)
+        beta, hard = e.beta_and_hard()
         batch_stats.scale_(e.n / len(rows))
         rate = online_learning_rate(
             step, n_online, settings.learning_rate, settings.half_life_percent
@@ -604,7 +623,7 @@ def classify(
         state.consensus = e.consensus_from(state.running, state.noise)
         state.maps, state.prior, state.noise = e.m_step(state.running, state.noise)
         changed = e.switched(rows, gamma.argmax(1).cpu().numpy())
-        entry = e.entry("online", gamma, float(torch.cat(logliks).mean()), changed, beta, hard)
+        entry = e.entry("online", gamma, float(loglik[0] / loglik[1]), changed, beta, hard)
         entry.update(e.check_classes(state))
         state.online_step += 1
         if state.online_step == n_online:
@@ -616,22 +635,30 @@ def classify(
     while not state.finished and state.full_pass < settings.max_iterations:
         volumes = prepare_volumes(e.estep_maps(state), settings.pad)
         stats = e.zeros()
-        logliks = []
+        loglik = torch.zeros(2, dtype=torch.float64, device=e.device)  # sum, count
         log_prior = torch.log(state.prior.clamp_min(1e-30))
+        if e.group.size > 1:  # each rank fills its rows; the sum over ranks fills them all
+            state.posteriors[:] = 0
+            state.posteriors_estep[:] = 0
         for batch in e.batches(np.arange(e.n), f"iteration {e.iteration}"):
             result, scores = e.score_batch(batch, volumes, state.noise, state.prior)
-            gamma, beta, hard = e.layers(scores, batch.rows, state.splits)
+            gamma, _, _ = e.layers(scores, batch.rows, state.splits)
             e.accumulate(stats, batch, result, gamma.detach(), state.noise)
             state.posteriors[batch.rows] = gamma.detach().cpu().numpy()
             state.posteriors_estep[batch.rows] = (
                 torch.exp(log_posterior(result.loglik, log_prior)).cpu().numpy()
             )
-            logliks.append(torch.logsumexp(scores, 1))
+            loglik[0] += torch.logsumexp(scores, 1).double().sum()
+            loglik[1] += len(batch.rows)
+        e.group.sum_(*stats.tensors(), loglik)
+        e.group.sum_array_(state.posteriors)
+        e.group.sum_array_(state.posteriors_estep)
+        beta, hard = e.beta_and_hard()
         state.consensus = e.consensus_from(stats, state.noise)
         state.maps, state.prior, state.noise = e.m_step(stats, state.noise)
         changed = e.switched(np.arange(e.n), state.posteriors.argmax(1))
         gamma = torch.as_tensor(state.posteriors)
-        entry = e.entry("full", gamma, float(torch.cat(logliks).mean()), changed, beta, hard)
+        entry = e.entry("full", gamma, float(loglik[0] / loglik[1]), changed, beta, hard)
         entry.update(e.check_classes(state))
         state.full_pass += 1
         beta_done = hard or beta == 0.0  # with force-hard on, β has no effect
