@@ -142,19 +142,21 @@ def insert_central_slices(
     values = torch.where(geometry.conjugate[..., None], values.conj(), values)
     values = torch.view_as_real(values.resolve_conj()).reshape(b * m, 2 * k)
     real_dtype = values.dtype
-    data = values.new_zeros((n_voxels, 2 * k))
-    w_values = None
-    weight_sum = None
     if weights is not None:
         w_values = weights.reshape(b, k, -1).index_select(2, geometry.pixels).transpose(1, 2)
-        w_values = w_values.reshape(b * m, k).to(real_dtype)
-        weight_sum = values.new_zeros((n_voxels, k))
+        values = torch.cat([values, w_values.reshape(b * m, k).to(real_dtype)], dim=1)
+    # One flat index_add per trilinear corner: on CPU a 1-D index_add is about twice as fast as
+    # a 2-D one over the same numbers (scripts/bench_slices.py).
+    channels = values.shape[1]
+    column = torch.arange(channels, device=values.device)
+    sums = values.new_zeros(n_voxels * channels)
     for c in range(8):
-        idx = geometry.index[..., c].reshape(-1)
+        flat_index = (geometry.index[..., c].reshape(-1, 1) * channels + column).reshape(-1)
         w = geometry.weight[..., c].reshape(-1, 1).to(real_dtype)
-        data = data.index_add(0, idx, w * values)
-        if w_values is not None:
-            weight_sum = weight_sum.index_add(0, idx, w * w_values)
+        sums.index_add_(0, flat_index, (w * values).reshape(-1))
+    sums = sums.reshape(n_voxels, channels)
+    data = sums[:, : 2 * k].contiguous()
+    weight_sum = sums[:, 2 * k :].contiguous() if weights is not None else None
     return data, weight_sum
 
 

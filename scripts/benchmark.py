@@ -1,0 +1,203 @@
+"""cryotorch against relion_refine: seconds per iteration, throughput, memory and accuracy.
+
+    python scripts/benchmark.py [--boxes 64 128] [--classes 2 4 8] [--particles 10000]
+        [--iterations 5] [--resolution 8] [--threads 2] [--device cpu|cuda] [--no-relion]
+        [--workdir DIR] [--output benchmark.md]
+
+For each box it simulates ``--particles`` particles (1.5 Å/px, SNR 0.05) of K classes: adenylate
+kinase from open to closed in K even steps (the built-in models, interpolated), equal shares.
+Then, on the same particles, the same machine and the same number of threads, one after the
+other:
+
+- ``relion_refine --skip_align --K K --j T --iter N --ini_high R --strict_highres_exp R``
+  (``--tau2_fudge 4 --ctf --pad 2``, from the consensus ``relion_reconstruct --ctf``); seconds
+  per iteration = its wall time / N (its start-up included);
+- ``cryotorch-classify experiment=relion_like optim.max_iterations=N`` at the same resolution R
+  (images Fourier-cropped to it); seconds per iteration = the median of its full-EM iterations
+  after the first (which also holds the initialisation).
+
+Each runs in its own process; peak RSS is that process's ``ru_maxrss``. Accuracy: against the
+true classes, best matching of labels. Prints a Markdown table (and writes it with
+``--output``); "speed-up" is RELION's seconds per iteration over cryotorch's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import starfile
+
+from cryotorch.evaluation import classification_accuracy
+from cryotorch.simulate.atomic import (
+    atomic_model_to_map,
+    builtin_structures,
+    read_model_coordinates,
+    write_interpolated_model,
+)
+from cryotorch.simulate.particles import SimulationSettings, simulate_particles
+
+PIXEL_SIZE = 1.5
+SNR = 0.05
+
+# Runs a command as a child and prints its peak RSS (kB) as the last line.
+RSS_WRAPPER = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+)
+
+
+def measured(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str]:
+    """Run ``command``; returns (wall seconds, peak RSS in MB, its stdout)."""
+    t0 = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", RSS_WRAPPER, *command],
+        cwd=cwd, capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{command[0]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
+    lines = result.stdout.strip().splitlines()
+    return seconds, int(lines[-1]) / 1024, "\n".join(lines[:-1])
+
+
+def simulate(work: Path, box: int, k: int, n: int, seed: int) -> Path:
+    open_, closed = builtin_structures()
+    centre = read_model_coordinates(open_).mean(0)
+    maps = []
+    for i, fraction in enumerate(np.linspace(0, 1, k)):
+        model = write_interpolated_model(open_, closed, float(fraction), work / f"model_{i}.pdb")
+        maps.append(atomic_model_to_map(model, box, PIXEL_SIZE, 50.0, centre=centre))
+    settings = SimulationSettings(n_particles=n, snr=SNR, seed=seed)
+    return simulate_particles(np.stack(maps), PIXEL_SIZE, work / "data", settings)
+
+
+def run_relion(star: Path, k: int, args) -> dict:
+    folder = star.parent
+    if not (folder / "consensus.mrc").is_file():
+        subprocess.run(
+            ["relion_reconstruct", "--i", star.name, "--o", "consensus.mrc", "--ctf"],
+            cwd=folder, check=True, capture_output=True,
+        )  # fmt: skip
+    out = f"relion_K{k}"
+    (folder / out).mkdir(exist_ok=True)
+    r = f"{args.resolution:g}"
+    command = [
+        "relion_refine", "--i", star.name, "--o", f"{out}/run", "--ref", "consensus.mrc",
+        "--K", str(k), "--skip_align", "--tau2_fudge", "4", "--iter", str(args.iterations),
+        "--ctf", "--ini_high", r, "--strict_highres_exp", r, "--flatten_solvent", "--zero_mask",
+        "--particle_diameter", f"{0.9 * 64 * PIXEL_SIZE:.1f}", "--pad", "2", "--j",
+        str(args.threads), "--random_seed", "0", "--dont_combine_weights_via_disc", "--pool", "30",
+    ]  # fmt: skip
+    seconds, rss, _ = measured(command, folder)
+    data = starfile.read(folder / out / f"run_it{args.iterations:03d}_data.star", always_dict=True)
+    predicted = data["particles"]["rlnClassNumber"].to_numpy() - 1
+    return {"s_per_it": seconds / args.iterations, "rss_mb": rss, "predicted": predicted}
+
+
+def run_cryotorch(star: Path, k: int, args) -> dict:
+    out = star.parent / f"cryotorch_K{k}"
+    shutil.rmtree(out, ignore_errors=True)  # the benchmark's own folder from an earlier run
+    command = [
+        sys.executable, "-m", "cryotorch.cli.classify", f"data.particles={star}",
+        f"output_dir={out}", "logger=none", "logger.quiet=true", "experiment=relion_like",
+        f"optim.max_iterations={args.iterations}", f"model.num_classes={k}",
+        f"model.target_resolution={args.resolution}",
+        f"model.initial_resolution={args.resolution}", "model.resolution_reach_at=0",
+        f"device={args.device}", "seed=0",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    _, rss, _ = measured(command, star.parent, env)
+    with open(out / "iterations.csv") as f:
+        full = [float(row["seconds"]) for row in csv.DictReader(f) if row["phase"] == "full"]
+    predicted = np.load(out / "posteriors.npy").argmax(1)
+    steady = full[1:] or full  # the first also holds the initialisation
+    return {"s_per_it": float(np.median(steady)), "rss_mb": rss, "predicted": predicted}
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node() or 'host'}: {model}, {os.cpu_count()} cores visible"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--boxes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--classes", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--particles", type=int, default=10000)
+    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--resolution", type=float, default=8.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--no-relion", action="store_true")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--output", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="cryotorch-benchmark-"))
+    rows = []
+    header = (
+        "| box | K | particles | program | s / iteration | particle·class / s | peak RSS (MB) "
+        "| accuracy | speed-up |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    print(header, flush=True)
+    for box in args.boxes:
+        for k in args.classes:
+            case = work / f"box{box}_K{k}"
+            case.mkdir(parents=True, exist_ok=True)
+            star = case / "data" / "particles.star"
+            if not star.is_file():
+                star = simulate(case, box, k, args.particles, args.seed)
+            truth = np.loadtxt(star.parent / "true_classes.txt", dtype=np.int64) - 1
+            results = {}
+            if not args.no_relion:
+                results["relion_refine"] = run_relion(star, k, args)
+            results[f"cryotorch ({args.device})"] = run_cryotorch(star, k, args)
+            relion = results.get("relion_refine")
+            for name, r in results.items():
+                accuracy = classification_accuracy(r["predicted"], truth, k)
+                speedup = (
+                    f"{relion['s_per_it'] / r['s_per_it']:.1f}x"
+                    if relion and name != "relion_refine"
+                    else ""
+                )
+                line = (
+                    f"| {box} | {k} | {args.particles} | {name} | {r['s_per_it']:.2f} | "
+                    f"{args.particles * k / r['s_per_it']:,.0f} | {r['rss_mb']:.0f} | "
+                    f"{100 * accuracy:.2f} % | {speedup} |"
+                )
+                rows.append(line)
+                print(line, flush=True)
+    footer = (
+        f"\n{datetime.date.today()}, {machine()}; {args.threads} threads; "
+        f"{args.iterations} full EM iterations at {args.resolution:g} Å; SNR {SNR}, "
+        f"{PIXEL_SIZE} Å/px. Work folder {work}."
+    )
+    print(footer)
+    if args.output:
+        args.output.write_text("\n".join([header, *rows]) + "\n" + footer + "\n")
+    (work / "benchmark.json").write_text(json.dumps({"rows": rows, "footer": footer}))
+
+
+if __name__ == "__main__":
+    main()
