@@ -31,6 +31,7 @@ class NoiseModel:
         self.d = d
         self.shells = shell_index_2d(d, power.device).clamp_max(d // 2)  # (d, d//2+1)
         self.multiplicity = hermitian_weights(d, power.device).to(power.dtype)  # (d//2+1,)
+        self._shell_matrix: torch.Tensor | None = None
 
     @property
     def n_shells(self) -> int:
@@ -43,10 +44,14 @@ class NoiseModel:
         return inv[optics_group][:, self.shells] * (self.multiplicity * use)
 
     def shell_sums(self, values: torch.Tensor) -> torch.Tensor:
-        """``(..., n_shells)``: per-shell sums of ``values (..., d, d // 2 + 1)`` × multiplicity."""
-        flat = (values * self.multiplicity).flatten(-2)
-        out = flat.new_zeros((*flat.shape[:-1], self.n_shells))
-        return out.index_add(-1, self.shells.flatten(), flat)
+        """``(..., n_shells)``: per-shell sums of ``values (..., d, d // 2 + 1)`` × multiplicity
+        (a product with the ``(d (d // 2 + 1), n_shells)`` shell-membership matrix: BLAS is
+        much faster than an index_add along the last axis)."""
+        if self._shell_matrix is None or self._shell_matrix.dtype != values.dtype:
+            one_hot = torch.nn.functional.one_hot(self.shells.flatten(), self.n_shells)
+            weighted = one_hot * self.multiplicity.repeat(self.d)[:, None]
+            self._shell_matrix = weighted.to(values.dtype)
+        return values.flatten(-2) @ self._shell_matrix
 
     def pixels_per_shell(self) -> torch.Tensor:
         """``(n_shells,)``: how many full-spectrum pixels each shell has."""

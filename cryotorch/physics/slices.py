@@ -87,20 +87,29 @@ def slice_geometry(rotations: torch.Tensor, d: int, pad: int = 2) -> SliceGeomet
     g0 = torch.floor(g)
     frac = g - g0
     g0 = g0.long()
-    index, weight = [], []
-    for dz in (0, 1):
-        for dy in (0, 1):
-            for dx in (0, 1):
-                x, y, z = g0[..., 0] + dx, g0[..., 1] + dy, g0[..., 2] + dz
-                w = (
-                    (frac[..., 0] if dx else 1 - frac[..., 0])
-                    * (frac[..., 1] if dy else 1 - frac[..., 1])
-                    * (frac[..., 2] if dz else 1 - frac[..., 2])
-                )
-                valid = (x < px) & (y >= 0) & (y < p) & (z >= 0) & (z < p)
-                index.append(torch.where(valid, (z * p + y) * px + x, 0))
-                weight.append(torch.where(valid, w, 0.0))
-    return SliceGeometry(d, pixels, torch.stack(index, -1), torch.stack(weight, -1), conjugate)
+    # Per axis, the weights and validity of the lower and upper neighbour: (b, m, 2) each.
+    # x >= 0 always (the half grid holds kx >= 0); y and z must stay inside [0, p).
+    lower_upper = torch.stack([g0, g0 + 1], dim=-1)  # (b, m, 3, 2)
+    inside = lower_upper < torch.tensor([px, p, p], device=g0.device)[:, None]
+    inside &= lower_upper >= 0
+    w = torch.stack([1 - frac, frac], dim=-1) * inside  # (b, m, 3, 2)
+    wx, wy, wz = w[..., 0, :], w[..., 1, :], w[..., 2, :]
+    vx, vy, vz = inside[..., 0, :], inside[..., 1, :], inside[..., 2, :]
+    b, m = g0.shape[:2]
+    # Corner c = 4 dz + 2 dy + dx, as the (z, y, x) axes of the outer products below.
+    weight = (wz[..., :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).reshape(
+        b, m, 8
+    )
+    valid = (vz[..., :, None, None] & vy[..., None, :, None] & vx[..., None, None, :]).reshape(
+        b, m, 8
+    )
+    steps = torch.tensor([0, 1], device=g0.device)
+    offsets = (
+        (steps[:, None, None] * p + steps[None, :, None]) * px + steps[None, None, :]
+    ).reshape(8)
+    base = (g0[..., 2] * p + g0[..., 1]) * px + g0[..., 0]  # (b, m)
+    index = torch.where(valid, base[..., None] + offsets, 0)
+    return SliceGeometry(d, pixels, index, weight, conjugate)
 
 
 def extract_central_slices(table: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor:
