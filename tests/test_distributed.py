@@ -11,7 +11,7 @@ import pytest
 import torch.distributed
 
 from cryotorch.io import read_map
-from tests.test_robustness import simulate
+from tests.run_helpers import simulate_two_blob_classes
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -37,7 +37,7 @@ def run(*launcher: str, star: Path, out: Path) -> str:
 
 
 def test_two_processes_on_gloo_give_the_one_process_result(tmp_path: Path):
-    star = simulate(tmp_path / "data", 0.2, n=600)
+    star = simulate_two_blob_classes(tmp_path / "data", 600, 0.2, seed=3)
     one = run(sys.executable, "-m", star=star, out=tmp_path / "one")
     two = run(
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 import starfile
 import torch
-from hydra import compose, initialize_config_dir
 
-from cryotorch.cli.classify import run
 from cryotorch.cli.configs import CONFIG_DIR
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.initialisation import cluster_maps, kmeans
@@ -30,8 +28,7 @@ from cryotorch.errors import InputError
 from cryotorch.evaluation import classification_accuracy
 from cryotorch.io import ParticleImages, read_map, read_particles, write_map, write_particles
 from cryotorch.physics.fourier import fourier_crop_3d
-from cryotorch.simulate.particles import SimulationSettings, simulate_particles
-from tests.physics_helpers import blob_volume
+from tests.run_helpers import run_classify, simulate_two_blob_classes
 
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 FAST = [
@@ -49,22 +46,11 @@ FAST = [
 @pytest.fixture(scope="module")
 def tiny_star(tmp_path_factory) -> Path:
     """300 particles of two blob maps (box 24, 3 Å), SNR 1."""
-    d = 24
-    a = blob_volume(d, (3, 0, -2), 2.0) + blob_volume(d, (-3, 2, 1), 1.5)
-    b = a + 1.5 * blob_volume(d, (0, -5, 3), 1.5)
-    folder = tmp_path_factory.mktemp("tiny")
-    maps = torch.stack([a, b]).float().numpy()
-    return simulate_particles(
-        maps, 3.0, folder, SimulationSettings(n_particles=300, snr=1.0, seed=1)
-    )
+    return simulate_two_blob_classes(tmp_path_factory.mktemp("tiny"), 300, 1.0, seed=1)
 
 
 def classify(tiny_star: Path, out: Path, *overrides: str) -> dict:
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            "classify", [f"data.particles={tiny_star}", f"output_dir={out}", *FAST, *overrides]
-        )
-    return run(cfg)
+    return run_classify(tiny_star, out, *FAST, *overrides)
 
 
 def read_iterations(out: Path) -> list[dict]:
@@ -423,9 +409,7 @@ def test_bad_maps_and_masks_are_refused_before_anything_is_written(tiny_star: Pa
 def test_pca_start_already_separates_the_classes(tmp_path: Path):
     # 600 blob particles, SNR 0.2: measured 65.5 % after the first online-EM batch from a
     # random-assignment start, 99 % from the PCA start.
-    from tests.test_robustness import simulate
-
-    star = simulate(tmp_path / "data", 0.2, n=600)
+    star = simulate_two_blob_classes(tmp_path / "data", 600, 0.2, seed=3)
     truth = np.loadtxt(star.parent / "true_classes.txt", dtype=int) - 1
     first = {}
     for init in ("random", "pca"):

@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from cryotorch.cli.classify import run
-from cryotorch.cli.configs import CONFIG_DIR
 from cryotorch.engine.mstep import SufficientStatistics, update_maps
 from cryotorch.engine.regularisers import (
     HalfSetFSCFilter,
@@ -21,8 +18,7 @@ from cryotorch.engine.regularisers import (
 from cryotorch.physics.masks import soft_sphere
 from cryotorch.physics.projector import reconstruct_from_sums
 from cryotorch.physics.slices import interleave_classes
-from cryotorch.simulate.particles import SimulationSettings, simulate_particles
-from tests.physics_helpers import blob_volume
+from tests.run_helpers import run_classify, simulate_two_blob_classes
 
 D, PAD, K = 12, 2, 2
 
@@ -72,18 +68,8 @@ def test_tau2_prior_is_update_maps_of_the_merged_halves():
 
 
 def test_fsc_regularised_run_classifies_and_reports_fsc_resolution(tmp_path: Path):
-    d = 24
-    a = blob_volume(d, (3, 0, -2), 2.0) + blob_volume(d, (-3, 2, 1), 1.5)
-    b = a + 1.5 * blob_volume(d, (0, -5, 3), 1.5)
-    star = simulate_particles(
-        torch.stack([a, b]).float().numpy(),
-        3.0,
-        tmp_path / "data",
-        SimulationSettings(n_particles=400, snr=1.0, seed=4),
-    )
+    star = simulate_two_blob_classes(tmp_path / "data", 400, 1.0, seed=4)
     overrides = [
-        f"data.particles={star}",
-        f"output_dir={tmp_path / 'run'}",
         "model.regulariser=fsc",
         "model.target_resolution=9",
         "logger=none",
@@ -91,8 +77,7 @@ def test_fsc_regularised_run_classifies_and_reports_fsc_resolution(tmp_path: Pat
         "optim.max_iterations=6",
         "posterior.similarity.anneal_end=3",
     ]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        summary = run(compose("classify", overrides))
+    summary = run_classify(star, tmp_path / "run", *overrides)
     assert summary["accuracy"] >= 0.95
     with open(tmp_path / "run" / "iterations.csv") as f:
         rows = list(csv.DictReader(f))

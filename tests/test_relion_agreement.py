@@ -70,20 +70,7 @@ def test_euler_and_origin_conventions_match_relion_project(tmp_path: Path, angle
 
 def test_star_from_cs_reconstructs_the_same_map_in_relion(tmp_path: Path):
     d = 32
-    centres = [(3, 0, -5), (-4, 5, 2), (0, -6, 4), (6, 4, 6), (-5, -3, -4)]
-    write_map(tmp_path / "map.mrc", blobs(d, centres), 1.5)
-    write_example_star(tmp_path, n_particles=600, box=d)  # poses, shifts, CTFs, two optics groups
-    relion(
-        "relion_project",
-        "--i",
-        "map.mrc",
-        "--o",
-        "proj",
-        "--ctf",
-        "--ang",
-        "particles.star",
-        cwd=tmp_path,
-    )
+    _projected_particles(tmp_path, n=600, d=d)  # poses, shifts, CTFs, two optics groups
 
     # relion_project's own STAR reads correctly: the same poses as the STAR it was given.
     given, written = (

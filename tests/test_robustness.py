@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 import starfile
 import torch
-from hydra import compose, initialize_config_dir
 
-from cryotorch.cli.classify import run
-from cryotorch.cli.configs import CONFIG_DIR
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.io import ParticleImages, read_map, read_particles
-from cryotorch.simulate.particles import SimulationSettings, simulate_particles
-from tests.physics_helpers import blob_volume
+from tests.run_helpers import run_classify, simulate_two_blob_classes
 
 FAST = [
     "logger=none",
@@ -35,19 +31,11 @@ FAST = [
 
 
 def simulate(folder: Path, snr: float, n: int = 300) -> Path:
-    d = 24
-    a = blob_volume(d, (3, 0, -2), 2.0) + blob_volume(d, (-3, 2, 1), 1.5)
-    b = a + 1.5 * blob_volume(d, (0, -5, 3), 1.5)
-    maps = torch.stack([a, b]).float().numpy()
-    return simulate_particles(maps, 3.0, folder, SimulationSettings(n_particles=n, snr=snr, seed=3))
+    return simulate_two_blob_classes(folder, n, snr, seed=3)
 
 
 def classify(star: Path, out: Path, *overrides: str) -> dict:
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            "classify", [f"data.particles={star}", f"output_dir={out}", *FAST, *overrides]
-        )
-    return run(cfg)
+    return run_classify(star, out, *FAST, *overrides)
 
 
 def assert_all_finite(out: Path, k: int) -> None:

@@ -11,7 +11,6 @@ See ``configs/classify.yaml`` and its groups for every option.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cryotorch.cli.configs import CONFIG_DIR, job_output_dir
+from cryotorch.cli.configs import CONFIG_DIR, job_output_dir, run_reporting_input_errors
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.checkpoint import (
     CHECKPOINT_NAME,
@@ -184,8 +183,8 @@ def _initial_maps(cfg: DictConfig, images: ParticleImages, d_work: int) -> torch
         volume = _read_matching_map(path, images)
         if not volume.any():
             raise InputError(path, "data", "the map is all zeros")
-        maps.append(torch.as_tensor(volume))
-    return _crop(torch.stack(maps).numpy(), d_work)
+        maps.append(volume)
+    return _crop(np.stack(maps), d_work)
 
 
 # Files that show a folder holds (part of) a classification run.
@@ -340,12 +339,7 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="classify", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    # Hydra reports exceptions from here with a traceback: bad input is reported plainly instead.
-    try:
-        run(cfg)
-    except InputError as exc:
-        print(f"cryotorch-classify: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_reporting_input_errors("cryotorch-classify", run, cfg)
 
 
 def main() -> None:

@@ -6,10 +6,14 @@ scripts/test.sh do), so the package sits beside ``configs/``.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+
+from cryotorch.errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -20,3 +24,13 @@ def job_output_dir(cfg: DictConfig) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(cfg.output_dir)
+
+
+def run_reporting_input_errors(program: str, run: Callable[[DictConfig], object], cfg) -> None:
+    """``run(cfg)`` inside a ``@hydra.main`` function: Hydra would report an exception with a
+    traceback, so bad input is printed as one line and the process exits with status 2."""
+    try:
+        run(cfg)
+    except InputError as exc:
+        print(f"{program}: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -9,7 +9,6 @@ what is written.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from cryotorch.cli.configs import CONFIG_DIR, job_output_dir
+from cryotorch.cli.configs import CONFIG_DIR, job_output_dir, run_reporting_input_errors
 from cryotorch.errors import InputError
 from cryotorch.io import read_map
 from cryotorch.simulate.atomic import (
@@ -95,12 +94,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> Path:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="simulate", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    # Hydra reports exceptions from here with a traceback: bad input is reported plainly instead.
-    try:
-        run(cfg)
-    except InputError as exc:
-        print(f"cryotorch-simulate: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_reporting_input_errors("cryotorch-simulate", run, cfg)
 
 
 def main() -> None:

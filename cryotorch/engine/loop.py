@@ -172,7 +172,7 @@ class _Engine:
         else:
             self.mask = masks.solvent.to(device=self.device, dtype=self.dtype)
         self.focus = None if masks.focus is None else masks.focus.to(self.device, self.dtype)
-        self.consensus = None  # V̄ as given, on the particles' greyscale (see consensus_map)
+        self.consensus = None  # V̄ as given, on the particles' greyscale (see consensus_from)
         self.given_consensus = masks.consensus
         self.group = ProcessGroup(self.device)
         self.similarity_schedule = settings.similarity

@@ -65,17 +65,7 @@ class SufficientStatistics:
     def merged_halves(self, k: int) -> SufficientStatistics:
         """The K-class statistics of statistics kept per half-set (``2k`` channels: the K
         classes of half 1, then of half 2); themselves if they have ``k`` channels."""
-        if self.weight.shape[1] == k:
-            return self
-        n_vox = self.weight.shape[0]
-        return SufficientStatistics(
-            data=self.data.view(n_vox, 2, 2 * k).sum(1),
-            weight=self.weight.view(n_vox, 2, k).sum(1),
-            class_weight=self.class_weight.view(2, k).sum(0),
-            noise_sum=self.noise_sum,
-            noise_count=self.noise_count,
-            n_particles=self.n_particles,
-        )
+        return self if self.weight.shape[1] == k else self._channels_summed_into(k)
 
     def half(self, h: int, k: int) -> SufficientStatistics:
         """Half-set ``h`` (0 or 1) of statistics kept per half-set."""
@@ -90,11 +80,15 @@ class SufficientStatistics:
 
     def summed_over_classes(self) -> SufficientStatistics:
         """One class holding every particle (the consensus), from the sums of the K classes."""
+        return self._channels_summed_into(1)
+
+    def _channels_summed_into(self, groups: int) -> SufficientStatistics:
+        """Channel ``c`` added into channel ``c % groups``: ``groups`` channels."""
         n_vox = self.weight.shape[0]
         return SufficientStatistics(
-            data=self.data.view(n_vox, -1, 2).sum(1),
-            weight=self.weight.sum(1, keepdim=True),
-            class_weight=self.class_weight.sum(0, keepdim=True),
+            data=self.data.view(n_vox, -1, 2 * groups).sum(1),
+            weight=self.weight.view(n_vox, -1, groups).sum(1),
+            class_weight=self.class_weight.view(-1, groups).sum(0),
             noise_sum=self.noise_sum,
             noise_count=self.noise_count,
             n_particles=self.n_particles,

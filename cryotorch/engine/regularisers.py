@@ -62,10 +62,10 @@ class HalfSetFSCFilter(Regulariser):
     half_sets = True
 
     def __call__(self, stats, k, d, pad, mask, pixel_size):
-        halves = [
-            reconstruct_from_sums(stats.half(h, k).data, stats.half(h, k).weight, d, pad) * mask
-            for h in (0, 1)
-        ]
+        halves = []
+        for h in (0, 1):
+            half = stats.half(h, k)
+            halves.append(reconstruct_from_sums(half.data, half.weight, d, pad) * mask)
         fsc = fourier_shell_correlation(halves[0].double(), halves[1].double())  # (k, shells)
         merged = stats.merged_halves(k)
         maps = reconstruct_from_sums(merged.data, merged.weight, d, pad)
