@@ -1,7 +1,10 @@
 """Throughput of central-slice extraction and insertion: cryotorch against torch-fourier-slice.
 
     python scripts/bench_slices.py [--boxes 64 128] [--classes 1 4] [--batch 64] [--threads 2]
-                                   [--device cpu|cuda]
+                                   [--device cpu|cuda] [--no-compile]
+
+The cryotorch kernels run three ways: numba (the CPU default), torch (the reference, the CUDA
+path) and compiled (that torch code through torch.compile; skip with --no-compile).
 
 Both libraries work on the same 2x padded Fourier volumes (box p = 2d). cryotorch samples the
 box-d image grid (d x (d/2+1) frequencies, |k| <= d/2) at q = 2 Aᵀk; torch-fourier-slice's
@@ -12,6 +15,7 @@ interpolation weights (counts) beside the data; cryotorch's inserts given weight
 For K classes cryotorch does one gather of the interleaved table; torch-fourier-slice uses
 its multichannel functions. Figures are
 class-slices per second (batch x K / seconds), the median of several repeats. Prints a table.
+Compilation (numba's JIT, torch.compile) happens in the untimed warm-up call.
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ import torch
 
 from cryotorch.physics.fourier import rfft_3d
 from cryotorch.physics.projector import pad_volume, prepare_volumes, project
-from cryotorch.physics.slices import extract_central_slices, insert_central_slices, slice_geometry
+from cryotorch.physics.slices import (
+    extract_central_slices,
+    insert_central_slices,
+    slice_geometry,
+    use_kernels,
+)
 from cryotorch.simulate.particles import sample_uniform_rotations
 
 
@@ -42,7 +51,9 @@ def timed(fn, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-def bench(d: int, k: int, batch: int, device: str, repeats: int) -> list[tuple[str, float]]:
+def bench(
+    d: int, k: int, batch: int, device: str, repeats: int, compile_too: bool
+) -> list[tuple[str, float]]:
     import numpy as np
     import torch_fourier_slice as tfs
 
@@ -92,21 +103,25 @@ def bench(d: int, k: int, batch: int, device: str, repeats: int) -> list[tuple[s
         def tfs_project():
             tfs.project_3d_to_2d_multichannel(maps, rot_xyz, pad_factor=2.0)
 
+    kernels = ["numba", "torch"] + (["compiled"] if compile_too else [])
+    cases = [
+        *((f"extract  cryotorch {kind}", kind, ours_extract) for kind in kernels),
+        ("extract  torch-fourier-slice", "numba", tfs_extract),
+        *((f"insert   cryotorch {kind}", kind, ours_insert) for kind in kernels),
+        ("insert   torch-fourier-slice", "numba", tfs_insert),
+        ("project  cryotorch numba", "numba", ours_project),
+        ("project  torch-fourier-slice", "numba", tfs_project),
+    ]
     rows = []
-    for name, fn in (
-        ("extract  cryotorch", ours_extract),
-        ("extract  torch-fourier-slice", tfs_extract),
-        ("insert   cryotorch", ours_insert),
-        ("insert   torch-fourier-slice", tfs_insert),
-        ("project  cryotorch", ours_project),
-        ("project  torch-fourier-slice", tfs_project),
-    ):
+    for name, kind, fn in cases:
+        use_kernels(kind)  # numba's JIT / torch.compile run in timed()'s warm-up call
         try:
             seconds = timed(fn, repeats, device)
             rows.append((name, batch * k / seconds))
         except Exception as exc:  # report, do not hide, a failing baseline
             print(f"{name}: failed ({type(exc).__name__}: {exc})")
             rows.append((name, float("nan")))
+    use_kernels()
     return rows
 
 
@@ -118,6 +133,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -126,7 +142,9 @@ def main() -> None:
     print(f"{'d':>4} {'K':>3}  {'operation':32s} {'class-slices/s':>15}")
     for d in args.boxes:
         for k in args.classes:
-            for name, rate in bench(d, k, args.batch, args.device, args.repeats):
+            for name, rate in bench(
+                d, k, args.batch, args.device, args.repeats, not args.no_compile
+            ):
                 print(f"{d:4d} {k:3d}  {name:32s} {rate:15.0f}")
 
 

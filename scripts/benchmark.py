@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py [--boxes 64 128] [--classes 2 4 8] [--particles 10000]
         [--iterations 5] [--resolution 8] [--threads 2] [--device cpu|cuda] [--no-relion]
-        [--workdir DIR] [--output benchmark.md]
+        [--kernels numba [torch compiled]] [--workdir DIR] [--output benchmark.md]
 
 For each box it simulates ``--particles`` particles (1.5 Å/px, SNR 0.05) of K classes: adenylate
 kinase from open to closed in K even steps (the built-in models, interpolated), equal shares.
@@ -14,7 +14,11 @@ other:
   per iteration = its wall time / N (its start-up included);
 - ``cryotorch-classify experiment=relion_like optim.max_iterations=N`` at the same resolution R
   (images Fourier-cropped to it); seconds per iteration = the median of its full-EM iterations
-  after the first (which also holds the initialisation).
+  after the first (which also holds the initialisation); once per ``--kernels`` choice (numba,
+  the CPU default; torch, the reference code; compiled, torch.compile, whose compilation falls
+  in the first iteration).
+
+"wall" is each process's whole run, start-up, reading and initialisation included.
 
 Each runs in its own process; peak RSS is that process's ``ru_maxrss``. Accuracy: against the
 true classes, best matching of labels. Prints a Markdown table (and writes it with
@@ -40,6 +44,7 @@ import numpy as np
 import starfile
 
 from cryotorch.evaluation import classification_accuracy
+from cryotorch.physics.slices import KERNEL_CHOICES
 from cryotorch.simulate.atomic import (
     atomic_model_to_map,
     builtin_structures,
@@ -102,14 +107,14 @@ def run_relion(star: Path, k: int, args) -> dict:
         "--particle_diameter", f"{0.9 * 64 * PIXEL_SIZE:.1f}", "--pad", "2", "--j",
         str(args.threads), "--random_seed", "0", "--dont_combine_weights_via_disc", "--pool", "30",
     ]  # fmt: skip
-    seconds, rss, _ = measured(command, folder)
+    wall, rss, _ = measured(command, folder)
     data = starfile.read(folder / out / f"run_it{args.iterations:03d}_data.star", always_dict=True)
     predicted = data["particles"]["rlnClassNumber"].to_numpy() - 1
-    return {"s_per_it": seconds / args.iterations, "rss_mb": rss, "predicted": predicted}
+    return {"s_per_it": wall / args.iterations, "wall": wall, "rss_mb": rss, "predicted": predicted}
 
 
-def run_cryotorch(star: Path, k: int, args) -> dict:
-    out = star.parent / f"cryotorch_K{k}"
+def run_cryotorch(star: Path, k: int, args, kernels: str = "numba") -> dict:
+    out = star.parent / f"cryotorch_K{k}_{kernels}"
     shutil.rmtree(out, ignore_errors=True)  # the benchmark's own folder from an earlier run
     command = [
         sys.executable, "-m", "cryotorch.cli.classify", f"data.particles={star}",
@@ -117,15 +122,20 @@ def run_cryotorch(star: Path, k: int, args) -> dict:
         f"optim.max_iterations={args.iterations}", f"model.num_classes={k}",
         f"model.target_resolution={args.resolution}",
         f"model.initial_resolution={args.resolution}", "model.resolution_reach_at=0",
-        f"device={args.device}", "seed=0",
+        f"device={args.device}", "seed=0", f"kernels={kernels}",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    _, rss, _ = measured(command, star.parent, env)
+    wall, rss, _ = measured(command, star.parent, env)
     with open(out / "iterations.csv") as f:
         full = [float(row["seconds"]) for row in csv.DictReader(f) if row["phase"] == "full"]
     predicted = np.load(out / "posteriors.npy").argmax(1)
     steady = full[1:] or full  # the first also holds the initialisation
-    return {"s_per_it": float(np.median(steady)), "rss_mb": rss, "predicted": predicted}
+    return {
+        "s_per_it": float(np.median(steady)),
+        "wall": wall,
+        "rss_mb": rss,
+        "predicted": predicted,
+    }
 
 
 def machine() -> str:
@@ -151,14 +161,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-relion", action="store_true")
+    ap.add_argument("--kernels", nargs="+", default=["numba"], choices=KERNEL_CHOICES)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--output", type=Path, default=None)
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cryotorch-benchmark-"))
     rows = []
     header = (
-        "| box | K | particles | program | s / iteration | particle·class / s | peak RSS (MB) "
-        "| accuracy | speed-up |\n|---|---|---|---|---|---|---|---|---|"
+        "| box | K | particles | program | s / iteration | particle·class / s | wall (s) "
+        "| peak RSS (MB) | accuracy | speed-up |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     print(header, flush=True)
     for box in args.boxes:
@@ -172,7 +183,9 @@ def main() -> None:
             results = {}
             if not args.no_relion:
                 results["relion_refine"] = run_relion(star, k, args)
-            results[f"cryotorch ({args.device})"] = run_cryotorch(star, k, args)
+            for kernels in args.kernels:
+                name = f"cryotorch ({args.device}, {kernels})"
+                results[name] = run_cryotorch(star, k, args, kernels)
             relion = results.get("relion_refine")
             for name, r in results.items():
                 accuracy = classification_accuracy(r["predicted"], truth, k)
@@ -183,7 +196,7 @@ def main() -> None:
                 )
                 line = (
                     f"| {box} | {k} | {args.particles} | {name} | {r['s_per_it']:.2f} | "
-                    f"{args.particles * k / r['s_per_it']:,.0f} | {r['rss_mb']:.0f} | "
+                    f"{args.particles * k / r['s_per_it']:,.0f} | {r['wall']:.0f} | {r['rss_mb']:.0f} | "
                     f"{100 * accuracy:.2f} % | {speedup} |"
                 )
                 rows.append(line)

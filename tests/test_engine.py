@@ -496,3 +496,12 @@ def test_malformed_particles_are_refused_by_the_classifier_and_nothing_is_writte
     with pytest.raises(InputError, match=pattern):
         classify(star, out)
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+@pytest.mark.parametrize("kernels", ["torch", "compiled"])
+def test_every_kernel_choice_gives_the_same_run(tiny_star: Path, tmp_path: Path, kernels: str):
+    classify(tiny_star, tmp_path / "numba", "optim.max_iterations=3")  # the default
+    classify(tiny_star, tmp_path / kernels, "optim.max_iterations=3", f"kernels={kernels}")
+    ours, ref = (np.load(tmp_path / run / "posteriors.npy") for run in ("numba", kernels))
+    np.testing.assert_array_equal(ours.argmax(1), ref.argmax(1))
+    np.testing.assert_allclose(ours, ref, atol=1e-3)

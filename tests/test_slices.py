@@ -24,6 +24,7 @@ from cryotorch.physics.slices import (
     insert_for_reconstruction,
     interleave_classes,
     slice_geometry,
+    use_kernels,
 )
 from tests.physics_helpers import DEVICES, blob_projection, blob_volume, random_rotations
 
@@ -152,3 +153,51 @@ def test_relion_matrix_convention_in_projection():
     image = project(maps, rot)[0, 0]
     iy, ix = np.unravel_index(int(image.argmax()), image.shape)
     assert (ix - d // 2, iy - d // 2) == (0, -8)
+
+
+@pytest.fixture
+def kernels_in_test():
+    yield use_kernels
+    use_kernels()  # back to the default
+
+
+@pytest.mark.parametrize(
+    ("kernels", "dtype"),  # torch.compile costs ~20 s per dtype: one is enough to check it
+    [("numba", torch.float32), ("numba", torch.float64), ("compiled", torch.float32)],
+)
+def test_every_kernel_choice_agrees_with_the_torch_reference(kernels, dtype, kernels_in_test):
+    d, pad, k = 12, 2, 3
+    p = pad * d
+    n_vox = p * p * (p // 2 + 1)
+    complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(n_vox, 2 * k, generator=g, dtype=dtype)
+    slices = torch.randn(9, k, d, d // 2 + 1, dtype=complex_dtype, generator=g)
+    weights = torch.rand(9, k, d, d // 2 + 1, generator=g, dtype=dtype)
+    rot = random_rotations(9, seed=2, dtype=dtype)
+
+    def run_all():
+        geometry = slice_geometry(rot, d, pad)
+        inserted = insert_central_slices(slices, geometry, n_vox, weights)
+        return geometry, extract_central_slices(table, geometry), *inserted
+
+    kernels_in_test(kernels)
+    geometry, *out = run_all()
+    kernels_in_test("torch")
+    ref_geometry, *ref = run_all()
+    torch.testing.assert_close(geometry.index, ref_geometry.index, rtol=0, atol=0)
+    torch.testing.assert_close(geometry.conjugate, ref_geometry.conjugate, rtol=0, atol=0)
+    torch.testing.assert_close(geometry.weight, ref_geometry.weight, rtol=0, atol=1e-5)
+    for a, b in zip(out, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))
+
+
+def test_numba_kernels_leave_autograd_to_torch(kernels_in_test):
+    """Inputs that need a gradient take the torch code, so gradients flow (numba's do not)."""
+    kernels_in_test("numba")
+    d, pad = 8, 2
+    p = pad * d
+    table = torch.randn(p * p * (p // 2 + 1), 2, dtype=torch.float64, requires_grad=True)
+    geometry = slice_geometry(random_rotations(3, seed=4), d, pad)
+    extract_central_slices(table, geometry).abs().sum().backward()
+    assert table.grad is not None and table.grad.abs().sum() > 0

@@ -39,6 +39,7 @@ from cryotorch.io import ParticleImages, read_map, read_particles
 from cryotorch.monitor import RunMonitor
 from cryotorch.physics.fourier import cropped_box_for_resolution, fourier_crop_3d
 from cryotorch.physics.masks import mask_from_map
+from cryotorch.physics.slices import use_kernels
 
 __all__ = ["main", "run", "settings_from_config"]
 
@@ -224,10 +225,22 @@ def run(cfg: DictConfig) -> dict:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
         try:
-            return _run(cfg, device)
+            return _run_with_kernels(cfg, device)
         finally:
             torch.distributed.destroy_process_group()
-    return _run(cfg, device)
+    return _run_with_kernels(cfg, device)
+
+
+def _run_with_kernels(cfg: DictConfig, device: torch.device) -> dict:
+    """``_run`` with the slice kernels ``cfg.kernels`` (and the default ones again after)."""
+    try:
+        use_kernels(str(cfg.kernels))
+    except ValueError as exc:
+        raise InputError("config", "kernels", str(exc)) from exc
+    try:
+        return _run(cfg, device)
+    finally:
+        use_kernels()
 
 
 def _run(cfg: DictConfig, device: torch.device) -> dict:
