@@ -9,6 +9,7 @@ import torch
 
 from cryotorch.physics.fourier import (
     cropped_box_for_resolution,
+    cropped_rfft_2d,
     fourier_crop_2d,
     fourier_crop_3d,
     fourier_pad_2d,
@@ -132,3 +133,11 @@ def test_mask_from_map_follows_threshold_extension_and_soft_edge():
     assert (profile[r >= r0 + 3 + 4 + 1] == 0).all()
     edge = (r > r0 + 3 + 1) & (r < r0 + 3 + 3)
     assert ((profile[edge] > 0.1) & (profile[edge] < 0.9)).all()
+
+
+@pytest.mark.parametrize(("d", "d_out"), [(64, 24), (64, 64), (33, 12), (10, 7)])
+def test_cropped_rfft_is_the_crop_of_the_centred_rfft(d, d_out):
+    images = torch.randn(3, d, d, dtype=torch.float64)
+    torch.testing.assert_close(
+        cropped_rfft_2d(images, d_out), fourier_crop_2d(rfft_2d(images), d_out), rtol=0, atol=1e-9
+    )

@@ -14,7 +14,7 @@ import torch
 
 from cryotorch.io.mrc import ParticleImages
 from cryotorch.physics.forward_model import particle_ctf, particle_shift_px
-from cryotorch.physics.fourier import fourier_crop_2d, rfft_2d
+from cryotorch.physics.fourier import cropped_rfft_2d
 from cryotorch.physics.shifts import phase_shift_2d
 from cryotorch.physics.slices import SliceGeometry, slice_geometry
 
@@ -80,7 +80,7 @@ class BatchMaker:
     def __call__(self, rows: np.ndarray) -> ParticleBatch:
         t = self.table
         images = torch.as_tensor(self.images.read(rows), device=self.device, dtype=self.dtype)
-        spectra = fourier_crop_2d(rfft_2d(images), self.d)
+        spectra = cropped_rfft_2d(images, self.d)
 
         ctf = particle_ctf(
             t, rows, self.d, self.device, self.dtype, self.pixel_size, self.use_ctf_scale
