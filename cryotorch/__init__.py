@@ -1,3 +1,58 @@
-"""cryotorch: 3D classification of cryo-EM particles in PyTorch."""
+"""cryotorch: 3D classification of cryo-EM particles in PyTorch.
+
+The pieces of an EM iteration, importable from here (see the README's "research API"):
+particles (:func:`read_particles`, :class:`ParticleImages`) -> batches of Fourier-cropped images
+(:class:`BatchMaker`) -> log-likelihoods ``(b, K)`` (:class:`EStep` against
+:func:`prepare_volumes` of the maps) -> posterior layers (:class:`ClassSimilarity`,
+:class:`StraightThroughHard`) -> sufficient statistics (:func:`accumulate_statistics`) -> maps
+(:func:`update_maps` or a :class:`Regulariser`). :func:`classify` runs the whole loop.
+"""
+
+from cryotorch.engine.batches import BatchMaker, ParticleBatch
+from cryotorch.engine.estep import EStep, EStepResult, log_posterior
+from cryotorch.engine.gradient import ClassMaps, GradientSettings, free_energy
+from cryotorch.engine.loop import ClassificationResult, ClassificationSettings, Masks, classify
+from cryotorch.engine.mstep import SufficientStatistics, accumulate_statistics, update_maps
+from cryotorch.engine.noise import NoiseModel
+from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, effective_sample_size
+from cryotorch.engine.regularisers import Regulariser, make_regulariser
+from cryotorch.evaluation import classification_accuracy
+from cryotorch.io import ParticleImages, read_map, read_particles, write_map
+from cryotorch.physics.fourier import fourier_crop_3d
+from cryotorch.physics.masks import soft_sphere
+from cryotorch.physics.projector import prepare_volumes, project
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BatchMaker",
+    "ClassMaps",
+    "ClassSimilarity",
+    "ClassificationResult",
+    "ClassificationSettings",
+    "EStep",
+    "EStepResult",
+    "GradientSettings",
+    "Masks",
+    "NoiseModel",
+    "ParticleBatch",
+    "ParticleImages",
+    "Regulariser",
+    "StraightThroughHard",
+    "SufficientStatistics",
+    "accumulate_statistics",
+    "classification_accuracy",
+    "classify",
+    "effective_sample_size",
+    "fourier_crop_3d",
+    "free_energy",
+    "log_posterior",
+    "make_regulariser",
+    "prepare_volumes",
+    "project",
+    "read_map",
+    "read_particles",
+    "soft_sphere",
+    "update_maps",
+    "write_map",
+]

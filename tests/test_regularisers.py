@@ -63,7 +63,9 @@ def test_tau2_prior_is_update_maps_of_the_merged_halves():
     assert columns == {}
     assert not TauSquaredPrior.half_sets and HalfSetFSCFilter.half_sets
     assert isinstance(make_regulariser("fsc"), Regulariser)
-    with pytest.raises(ValueError, match=r"model\.regulariser must be tau2 or fsc, got 'wiener'"):
+    with pytest.raises(
+        ValueError, match=r"model\.regulariser must be one of tau2, fsc, denoise, got 'wiener'"
+    ):
         make_regulariser("wiener")
 
 

@@ -28,6 +28,7 @@ from cryotorch.engine.checkpoint import (
     save_checkpoint,
 )
 from cryotorch.engine.distributed import ProcessGroup, init_from_environment
+from cryotorch.engine.gradient import GradientSettings
 from cryotorch.engine.loop import ClassificationSettings, Masks, classify
 from cryotorch.engine.outputs import write_outputs
 from cryotorch.engine.posterior import ClassSimilarity
@@ -80,6 +81,8 @@ def settings_from_config(cfg: DictConfig) -> ClassificationSettings:
         duplicate_correlation=float(m.duplicate_correlation),
         reseed=int(m.reseed),
         progress=not bool(cfg.logger.quiet),
+        method=str(o.method),
+        gradient=GradientSettings(**o.gradient) if "gradient" in o else GradientSettings(),
     )
 
 

@@ -1,4 +1,5 @@
-"""The classification loop: initial maps, online EM, then full-batch EM until convergence.
+"""The classification loop: initial maps, online EM, then full-batch EM until convergence;
+or, with ``method="gradient"``, epochs of gradient training (:mod:`cryotorch.engine.gradient`).
 
 Data flow of one iteration: particle rows -> :class:`BatchMaker` (Fourier-cropped images, CTF,
 shifts) -> :class:`EStep` (log-likelihoods ``(b, K)``) -> posterior -> class similarity ->
@@ -20,6 +21,7 @@ from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.class_health import duplicate_classes, empty_classes, split_posteriors
 from cryotorch.engine.distributed import ProcessGroup
 from cryotorch.engine.estep import EStep, EStepResult, log_posterior
+from cryotorch.engine.gradient import ClassMaps, GradientSettings, free_energy, make_optimizer
 from cryotorch.engine.initialisation import cluster_maps
 from cryotorch.engine.mstep import (
     SufficientStatistics,
@@ -52,7 +54,7 @@ __all__ = [
     "settings_dict",
 ]
 
-CHECKPOINT_FORMAT = 1  # bumped when the checkpoint's keys change
+CHECKPOINT_FORMAT = 2  # bumped when the checkpoint's keys change
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,17 @@ class ClassificationSettings:
     duplicate_correlation: float = 0.99  # two maps more alike than this are reported duplicates
     reseed: int = 0  # how many times an empty/duplicate class may be re-seeded (0: report only)
     progress: bool = True  # a progress bar over each full pass
+    method: str = "em"  # em | gradient (optim=gradient)
+    gradient: GradientSettings = field(default_factory=GradientSettings)
 
     def __post_init__(self) -> None:
+        if self.method not in ("em", "gradient"):
+            raise ValueError(f"optim.method must be em or gradient, got {self.method!r}")
+        if self.method == "gradient" and self.regulariser == "fsc":
+            raise ValueError(
+                "model.regulariser=fsc filters with half-set reconstructions, which gradient "
+                "training does not make: use tau2 or denoise with optim=gradient"
+            )
         if self.init not in ("random", "pca"):
             raise ValueError(f"model.init must be random or pca, got {self.init!r}")
         if self.contrast not in ("none", "from_input", "optimal"):
@@ -339,12 +350,13 @@ class _Engine:
             "notes": "; ".join(notes),
         }
 
-    def estep_maps(self, state: _RunState) -> torch.Tensor:
-        """What the E-step compares the particles with: the maps, or with a focus mask F,
-        ``S · (F · V_k + (1 - F) · V̄)``."""
+    def estep_maps(self, state: _RunState, maps: torch.Tensor | None = None) -> torch.Tensor:
+        """What the E-step compares the particles with: the maps (``state.maps`` unless
+        ``maps`` is given), or with a focus mask F, ``S · (F · V_k + (1 - F) · V̄)``."""
+        maps = state.maps if maps is None else maps
         if self.focus is None:
-            return state.maps
-        return self.mask * (self.focus * state.maps + (1 - self.focus) * state.consensus)
+            return maps
+        return self.mask * (self.focus * maps + (1 - self.focus) * state.consensus)
 
     def consensus_from(self, stats: SufficientStatistics, noise: NoiseModel) -> torch.Tensor | None:
         """V̄ ``(d, d, d)`` for a focus mask: the given map (fitted once), else all particles."""
@@ -437,6 +449,7 @@ class _RunState:
     consensus: torch.Tensor | None = None  # V̄ (d, d, d) when a focus mask is used
     splits: list[tuple[int, int]] = field(default_factory=list)  # re-seeds of this iteration
     reseeds_done: int = 0
+    gradient: dict | None = None  # gradient training: ClassMaps and optimiser state dicts
 
 
 def _initial_state(e: _Engine, initial_maps: torch.Tensor | None) -> _RunState:
@@ -510,7 +523,19 @@ def _state_dict(e: _Engine, state: _RunState) -> dict:
         "rng": e.rng.bit_generator.state,
         "tuned_beta": e.tuned_beta,
         "history": list(e.history),
+        "gradient": None if state.gradient is None else _to_cpu(state.gradient),
     }
+
+
+def _to_cpu(tree):
+    """A copy of nested dicts / lists of tensors with every tensor on the CPU."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu().clone()
+    if isinstance(tree, dict):
+        return {key: _to_cpu(value) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_to_cpu(value) for value in tree)
+    return tree
 
 
 def _state_from_dict(e: _Engine, sd: dict) -> _RunState:
@@ -542,6 +567,7 @@ def _state_from_dict(e: _Engine, sd: dict) -> _RunState:
         finished=bool(sd["finished"]),
         splits=[(int(a), int(b)) for a, b in sd["splits"]],
         reseeds_done=int(sd["reseeds_done"]),
+        gradient=sd["gradient"],
     )
 
 
@@ -585,6 +611,9 @@ def classify(
         state = _state_from_dict(e, resume)
         if monitor is not None and hasattr(monitor, "restore"):
             monitor.restore(e.history)
+    if settings.method == "gradient":
+        _gradient_epochs(e, state, checkpoint)
+        return _result(e, state)
     batch_n, n_online = _online_steps(e)
 
     # Online EM: mini-batches of batch_per_class x K particles; the rate mixes the statistics.
@@ -671,6 +700,10 @@ def classify(
         )
         state.finished = converged or state.full_pass == settings.max_iterations
         e.finish_iteration(state, entry, checkpoint)
+    return _result(e, state)
+
+
+def _result(e: _Engine, state: _RunState) -> ClassificationResult:
     hard_maps = None
     if state.full_pass > 0:
         best = state.posteriors.argmax(1)
@@ -684,3 +717,76 @@ def classify(
         e.history,
         hard_maps,
     )
+
+
+def _gradient_epochs(e: _Engine, state: _RunState, checkpoint) -> None:
+    """Gradient training (see :mod:`cryotorch.engine.gradient`): per epoch, mini-batches of
+    ``gradient.batch_size`` particles in a new random order, one optimiser step each; after
+    the epoch the regulariser's filter, the noise (from the residuals, as in EM) and the table
+    row. Under torch.distributed each rank scores its share and the gradients are summed."""
+    g = e.s.gradient
+    model = ClassMaps(state.maps, state.prior, e.mask, g.train_prior)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(g.optimizer, trained, g.learning_rate)
+    if state.gradient is not None:
+        model.load_state_dict(state.gradient["model"])
+        optimizer.load_state_dict(state.gradient["optimizer"])
+    while not state.finished and state.full_pass < g.epochs:
+        order = e.rng.permutation(e.n)
+        noise_sums = torch.zeros(e.n_groups, e.d // 2 + 1, dtype=torch.float64, device=e.device)
+        noise_counts = torch.zeros_like(noise_sums)
+        class_weight = torch.zeros(e.k, dtype=torch.float64, device=e.device)
+        loglik = torch.zeros(2, dtype=torch.float64, device=e.device)  # sum, count
+        if e.group.size > 1:
+            state.posteriors[:] = 0
+            state.posteriors_estep[:] = 0
+        for start in range(0, e.n, g.batch_size):
+            rows = order[start : start + g.batch_size]
+            optimizer.zero_grad()
+            volumes = prepare_volumes(e.estep_maps(state, model.maps()), e.s.pad)
+            log_prior = model.log_prior()
+            # The prior's share of this step (once over the ranks): penalty / N per particle.
+            loss = e.regulariser.penalty(model.maps()) / e.n if e.group.is_main else 0.0
+            for batch in e.batches(rows):
+                max_shell = e.resolution.max_shell(e.iteration, e.d, e.pixel_size)
+                result = e.estep(volumes, batch, state.noise, max_shell)
+                scores = result.loglik + log_prior
+                gamma, _, _ = e.layers(scores, batch.rows, state.splits)
+                loss = loss - free_energy(scores, gamma).sum() / len(rows)
+                gamma = gamma.detach()
+                state.posteriors[batch.rows] = gamma.cpu().numpy()
+                state.posteriors_estep[batch.rows] = (
+                    torch.exp(log_posterior(result.loglik.detach(), log_prior.detach()))
+                    .cpu()
+                    .numpy()
+                )
+                residual = (gamma[:, :, None] * result.residual_shells.detach()).sum(1).double()
+                noise_sums.index_add_(0, batch.optics_group, residual)
+                per_image = state.noise.pixels_per_shell().double().expand(len(batch.rows), -1)
+                noise_counts.index_add_(0, batch.optics_group, per_image)
+                class_weight += gamma.sum(0).double()
+                loglik[0] += torch.logsumexp(scores.detach(), 1).double().sum()
+                loglik[1] += len(batch.rows)
+            if torch.is_tensor(loss) and loss.requires_grad:
+                loss.backward()
+            e.group.sum_(*[p.grad for p in trained if p.grad is not None])
+            optimizer.step()
+        e.group.sum_(noise_sums, noise_counts, class_weight, loglik)
+        e.group.sum_array_(state.posteriors)
+        e.group.sum_array_(state.posteriors_estep)
+        model.set_maps(e.regulariser.filter_maps(model.maps().detach(), e.mask))
+        if not g.train_prior:
+            with torch.no_grad():
+                model.logits.copy_(torch.log((class_weight / class_weight.sum()).to(e.dtype)))
+        state.maps = model.maps().detach()
+        state.prior = torch.exp(model.log_prior()).detach()
+        state.noise = NoiseModel.from_power_sums(noise_sums, noise_counts, e.dtype)
+        beta, hard = e.beta_and_hard()
+        changed = e.switched(np.arange(e.n), state.posteriors.argmax(1))
+        gamma_all = torch.as_tensor(state.posteriors)
+        entry = e.entry("gradient", gamma_all, float(loglik[0] / loglik[1]), changed, beta, hard)
+        entry.update(e.check_classes(state))
+        state.full_pass += 1
+        state.finished = state.full_pass == g.epochs
+        state.gradient = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        e.finish_iteration(state, entry, checkpoint)

@@ -69,3 +69,17 @@ class NoiseModel:
         for s in range(1, power.shape[1]):
             power[:, s] = torch.where(counts[:, s] > 0, power[:, s], power[:, s - 1])
         return cls(power.to(dtype).clamp_min(torch.finfo(dtype).tiny))
+
+    @classmethod
+    def from_images(
+        cls, spectra: torch.Tensor, optics_group: torch.Tensor, n_groups: int
+    ) -> NoiseModel:
+        """The starting estimate: the power per shell of images ``spectra (b, d, d // 2 + 1)``
+        of optics groups ``optics_group (b,)`` (signal included: fine at cryo-EM SNRs)."""
+        d, dtype = spectra.shape[-2], spectra.real.dtype
+        probe = cls(torch.ones(n_groups, d // 2 + 1, dtype=dtype, device=spectra.device))
+        power = probe.shell_sums(spectra.real**2 + spectra.imag**2).double()  # (b, n_shells)
+        sums = power.new_zeros(n_groups, d // 2 + 1).index_add_(0, optics_group, power)
+        per_image = probe.pixels_per_shell().double().expand(len(spectra), -1)
+        counts = torch.zeros_like(sums).index_add_(0, optics_group, per_image)
+        return cls.from_power_sums(sums, counts, dtype)

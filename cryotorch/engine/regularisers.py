@@ -1,7 +1,10 @@
 """Regularisers: how the M-step turns sufficient statistics into class maps.
 
-One small interface, :class:`Regulariser`: called with the statistics, it returns the K class
-maps and a few numbers for the table. Two implementations:
+One small interface, :class:`Regulariser`, serves both optimisers. EM calls it with the
+statistics and gets the K class maps and a few numbers for the table; gradient training
+(:mod:`cryotorch.engine.gradient`) adds its :meth:`Regulariser.penalty` (a negative log prior,
+differentiable) to the loss and applies its :meth:`Regulariser.filter_maps` after every epoch.
+Three implementations:
 
 - :class:`TauSquaredPrior` (RELION): the Wiener-like division
   ``V = Σ γ Pᵀ(c X/σ²) / (Σ γ Pᵀ(c²/σ²) + 1 / (pad³ T τ²))`` (see :mod:`cryotorch.engine.mstep`).
@@ -9,6 +12,11 @@ maps and a few numbers for the table. Two implementations:
   particles; the FSC between the two halves gives, per shell, the filter
   ``sqrt(2 FSC / (1 + FSC))`` (0 where the FSC is not positive) applied to the class map from
   all its particles. Its FSC = 0.143 resolution is reported per class and iteration.
+- :class:`LocalWienerDenoiser` (the idea of RELION 5's Blush, with a fixed classical denoiser
+  in place of a network): the T·τ² maps, then, inside the solvent mask, a local (adaptive)
+  Wiener filter ``μ + max(v - ν², 0) / max(v, ν²) · (x - μ)`` with the mean μ and variance v
+  of each voxel's ``window³`` neighbourhood and ν² the mean of v (as ``scipy.signal.wiener``):
+  flat, noisy regions are smoothed, edges with a local variance above the noise kept.
 
 A new regulariser subclasses :class:`Regulariser` and sets ``half_sets`` if it needs the
 statistics kept per half-set.
@@ -24,9 +32,17 @@ from cryotorch.engine.mstep import SufficientStatistics, update_maps
 from cryotorch.physics.fourier import irfft_3d, rfft_3d
 from cryotorch.physics.fsc import fourier_shell_correlation, resolution_at_threshold
 from cryotorch.physics.projector import reconstruct_from_sums
-from cryotorch.physics.shells import shell_index_3d
+from cryotorch.physics.shells import shell_index_3d, shell_sum
 
-__all__ = ["HalfSetFSCFilter", "Regulariser", "TauSquaredPrior", "make_regulariser"]
+__all__ = [
+    "REGULARISERS",
+    "HalfSetFSCFilter",
+    "LocalWienerDenoiser",
+    "Regulariser",
+    "TauSquaredPrior",
+    "local_wiener_filter",
+    "make_regulariser",
+]
 
 
 class Regulariser(ABC):
@@ -45,6 +61,14 @@ class Regulariser(ABC):
         pixel_size: float,
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
+    def penalty(self, maps: torch.Tensor) -> torch.Tensor:
+        """Negative log prior of ``maps (k, d, d, d)`` for gradient training (default: none)."""
+        return maps.new_zeros(())
+
+    def filter_maps(self, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Applied to the maps after each epoch of gradient training (default: nothing)."""
+        return maps
+
 
 class TauSquaredPrior(Regulariser):
     """RELION's prior ``1 / (pad³ T τ²)``; ``tau2_fudge`` is T."""
@@ -54,6 +78,19 @@ class TauSquaredPrior(Regulariser):
 
     def __call__(self, stats, k, d, pad, mask, pixel_size):
         return update_maps(stats.merged_halves(k), d, pad, self.tau2_fudge, mask), {}
+
+    def penalty(self, maps: torch.Tensor) -> torch.Tensor:
+        """``Σ_k Σ_l |V_kl|² / (2 T τ²_k(s(l)))``, τ² each class's own power per shell (held
+        fixed: no gradient through it), over the rfft_3d half spectrum: the Gaussian prior of
+        RELION's M-step, whose maximum a posteriori is the Wiener-like division above."""
+        d = maps.shape[-1]
+        spectra = rfft_3d(maps)
+        power = spectra.real**2 + spectra.imag**2  # (k, d, d, d//2+1)
+        shells = shell_index_3d(d, maps.device).clamp_max(d // 2)
+        sums = shell_sum(power.detach(), shells, d // 2 + 1)
+        counts = shell_sum(torch.ones_like(power[0]), shells, d // 2 + 1)
+        tau2 = (sums / counts.clamp_min(1)).clamp_min(torch.finfo(maps.dtype).tiny)
+        return (power / (2 * self.tau2_fudge * tau2[:, shells])).sum()
 
 
 class HalfSetFSCFilter(Regulariser):
@@ -80,10 +117,45 @@ class HalfSetFSCFilter(Regulariser):
         return filtered, columns
 
 
+def local_wiener_filter(volumes: torch.Tensor, window: int = 3) -> torch.Tensor:
+    """Adaptive Wiener filter of ``volumes (k, d, d, d)`` over ``window³`` neighbourhoods
+    (``scipy.signal.wiener`` in 3D: noise power = the mean local variance, per volume)."""
+    x = volumes[:, None]
+    pool = torch.nn.functional.avg_pool3d
+    mean = pool(x, window, stride=1, padding=window // 2, count_include_pad=True)
+    var = pool(x * x, window, stride=1, padding=window // 2, count_include_pad=True) - mean**2
+    var = var.clamp_min(0)
+    noise = var.mean(dim=(2, 3, 4), keepdim=True)
+    gain = (var - noise).clamp_min(0) / torch.maximum(var, noise).clamp_min(
+        torch.finfo(volumes.dtype).tiny
+    )
+    return (mean + gain * (x - mean))[:, 0]
+
+
+class LocalWienerDenoiser(TauSquaredPrior):
+    """T·τ² maps, then the local Wiener filter inside the solvent mask (see the module)."""
+
+    def __init__(self, tau2_fudge: float = 4.0, window: int = 3) -> None:
+        super().__init__(tau2_fudge)
+        self.window = window
+
+    def __call__(self, stats, k, d, pad, mask, pixel_size):
+        maps, columns = super().__call__(stats, k, d, pad, mask, pixel_size)
+        return self.filter_maps(maps, mask), columns
+
+    def filter_maps(self, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return local_wiener_filter(maps, self.window) * mask
+
+
+REGULARISERS = ("tau2", "fsc", "denoise")
+
+
 def make_regulariser(name: str, tau2_fudge: float = 4.0) -> Regulariser:
-    """``tau2`` or ``fsc`` (``model.regulariser``)."""
+    """``tau2``, ``fsc`` or ``denoise`` (``model.regulariser``)."""
     if name == "tau2":
         return TauSquaredPrior(tau2_fudge)
     if name == "fsc":
         return HalfSetFSCFilter()
-    raise ValueError(f"model.regulariser must be tau2 or fsc, got {name!r}")
+    if name == "denoise":
+        return LocalWienerDenoiser(tau2_fudge)
+    raise ValueError(f"model.regulariser must be one of {', '.join(REGULARISERS)}, got {name!r}")

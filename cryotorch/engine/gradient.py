@@ -1,0 +1,82 @@
+"""Gradient training of the class maps: the pieces (the epochs run in :mod:`cryotorch.engine.loop`).
+
+Instead of EM's closed-form M-step, the K maps (and the class proportions) are parameters,
+trained with any ``torch.optim`` optimiser on mini-batches to maximise, per particle ``i``,
+
+    F_i = Σ_k γ̃_ik (ℓ_ik + log π_k) - Σ_k γ̃_ik log γ̃_ik,        γ̃_i = layers(ℓ_i + log π),
+
+minus the regulariser's penalty (a negative log prior, :meth:`Regulariser.penalty`) over N.
+``layers`` are the posterior layers: class similarity β and the straight-through force-hard.
+With β = 0 and no force-hard, γ̃ is the posterior and ``F_i = log Σ_k π_k exp ℓ_ik``, the
+marginal log-likelihood (the objective of RELION's VDAM and cryoSPARC's SGD); with force-hard
+it is the classification likelihood ``max_k (ℓ_ik + log π_k)``; with β = 1 every class gets
+every particle equally (all maps are pulled to the consensus). F is EM's lower bound (the
+free energy): EM maximises it over γ and the maps in turn, gradient training moves both at
+once through autograd, E-step and layers included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["ClassMaps", "GradientSettings", "free_energy", "make_optimizer"]
+
+
+@dataclass(frozen=True)
+class GradientSettings:
+    """``optim=gradient``: see ``configs/optim/gradient.yaml``."""
+
+    optimizer: str = "Adam"  # a torch.optim class
+    learning_rate: float = 0.2  # in units of the initial maps' rms inside the mask
+    epochs: int = 10
+    batch_size: int = 256  # particles per optimiser step
+    train_prior: bool = True  # class proportions trained too (else: mean posterior per epoch)
+
+
+def free_energy(scores: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``(b,)``: ``Σ_k γ_k s_k - Σ_k γ_k log γ_k`` for log-scores ``s = ℓ + log π`` ``(b, k)``
+    and class weights ``gamma (b, k)`` (rows summing to 1); ``logsumexp(s)`` at γ = softmax(s)."""
+    return (gamma * scores).sum(1) - torch.special.xlogy(gamma, gamma).sum(1)
+
+
+class ClassMaps(nn.Module):
+    """The trained parameters: K maps ``(k, d, d, d)`` and the class log-proportions.
+
+    The maps are ``rms · θ · mask`` with θ the parameter, so that the learning rate is relative
+    to the maps' greyscale whatever the data's normalisation.
+    """
+
+    def __init__(
+        self, maps: torch.Tensor, prior: torch.Tensor, mask: torch.Tensor, train_prior: bool
+    ) -> None:
+        super().__init__()
+        inside = mask > 0.5
+        rms = maps[:, inside].pow(2).mean().sqrt() if bool(inside.any()) else maps.pow(2).mean()
+        self.register_buffer("rms", rms.clamp_min(torch.finfo(maps.dtype).tiny).detach())
+        self.register_buffer("mask", mask)
+        self.theta = nn.Parameter(maps.detach() / self.rms)
+        self.logits = nn.Parameter(torch.log(prior.detach()), requires_grad=train_prior)
+
+    def maps(self) -> torch.Tensor:
+        """``(k, d, d, d)`` in the particles' greyscale, solvent-masked."""
+        return self.theta * self.rms * self.mask
+
+    def log_prior(self) -> torch.Tensor:
+        """``(k,)`` log class proportions (normalised)."""
+        return torch.log_softmax(self.logits, dim=0)
+
+    @torch.no_grad()
+    def set_maps(self, maps: torch.Tensor) -> None:
+        """Replace the maps (after a filter such as a denoiser), keeping the optimiser's state."""
+        self.theta.copy_(maps / self.rms)
+
+
+def make_optimizer(name: str, params, learning_rate: float) -> torch.optim.Optimizer:
+    """``torch.optim.<name>(params, lr=learning_rate)``, with a plain error for a wrong name."""
+    cls = getattr(torch.optim, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ValueError(f"optim.gradient.optimizer: torch.optim has no optimiser {name!r}")
+    return cls(params, lr=learning_rate)
