@@ -505,3 +505,14 @@ def test_every_kernel_choice_gives_the_same_run(tiny_star: Path, tmp_path: Path,
     ours, ref = (np.load(tmp_path / run / "posteriors.npy") for run in ("numba", kernels))
     np.testing.assert_array_equal(ours.argmax(1), ref.argmax(1))
     np.testing.assert_allclose(ours, ref, atol=1e-3)
+
+
+def test_prefetching_the_next_batch_changes_nothing(tiny_star: Path, tmp_path: Path):
+    one_at_a_time = ["optim.prefetch=false", "optim.batch_size=64"]
+    classify(tiny_star, tmp_path / "plain", "optim.max_iterations=3", *one_at_a_time)
+    prefetch = ["optim.prefetch=true", "optim.batch_size=64"]
+    classify(tiny_star, tmp_path / "prefetch", "optim.max_iterations=3", *prefetch)
+    for name in ("posteriors.npy", "posteriors_estep.npy"):
+        np.testing.assert_array_equal(
+            np.load(tmp_path / "prefetch" / name), np.load(tmp_path / "plain" / name)
+        )

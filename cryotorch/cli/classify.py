@@ -77,6 +77,7 @@ def settings_from_config(cfg: DictConfig) -> ClassificationSettings:
         max_iterations=int(o.max_iterations),
         convergence_percent=float(o.convergence_percent),
         batch_size=int(o.batch_size),
+        prefetch=cfg.device == "cuda" if o.prefetch is None else bool(o.prefetch),
         empty_class_fraction=float(m.empty_class_fraction),
         duplicate_correlation=float(m.duplicate_correlation),
         reseed=int(m.reseed),

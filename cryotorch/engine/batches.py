@@ -38,7 +38,7 @@ class ParticleBatch:
     shift: torch.Tensor
     rotations: torch.Tensor
     optics_group: torch.Tensor
-    geometry: SliceGeometry
+    geometry: SliceGeometry | None
 
 
 class BatchMaker:
@@ -78,8 +78,17 @@ class BatchMaker:
         self.pixel_size = self.table.pixel_size_angstrom * self.d_full / d_work  # (n,) Å
 
     def __call__(self, rows: np.ndarray) -> ParticleBatch:
+        """The batch of table ``rows``, whole."""
+        return self.add_geometry(self.load(rows))
+
+    def load(self, rows: np.ndarray) -> ParticleBatch:
+        """The batch of table ``rows`` without its slice geometry (``geometry`` None): the
+        part that can run in a prefetching thread (:meth:`add_geometry` completes it).
+        On CUDA the images go through pinned memory with a non-blocking copy."""
         t = self.table
-        images = torch.as_tensor(self.images.read(rows), device=self.device, dtype=self.dtype)
+        images = torch.from_numpy(self.images.read(rows)).to(self.dtype)
+        if self.device.type == "cuda":
+            images = images.pin_memory().to(self.device, non_blocking=True)
         spectra = cropped_rfft_2d(images, self.d)
 
         ctf = particle_ctf(
@@ -94,5 +103,11 @@ class BatchMaker:
             shift=phase_shift_2d(self.d, shift_px),
             rotations=rotations,
             optics_group=torch.as_tensor(t.optics_group[rows], device=self.device),
-            geometry=slice_geometry(rotations, self.d, self.pad),
+            geometry=None,
         )
+
+    def add_geometry(self, batch: ParticleBatch) -> ParticleBatch:
+        """``batch`` with its slice geometry (in the caller's thread: the numba kernels are
+        not run from two threads at once)."""
+        batch.geometry = slice_geometry(batch.rotations, self.d, self.pad)
+        return batch

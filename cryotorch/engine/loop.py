@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -35,7 +36,7 @@ from cryotorch.engine.posterior import (
     effective_sample_size,
     tune_similarity,
 )
-from cryotorch.engine.regularisers import make_regulariser
+from cryotorch.engine.regularisers import Regulariser, make_regulariser
 from cryotorch.engine.schedules import (
     HardSchedule,
     ResolutionSchedule,
@@ -68,7 +69,7 @@ class ClassificationSettings:
     resolution_reach_at: int = 10
     particle_diameter: float | None = None  # solvent mask; None: 0.9 of the box
     tau2_fudge: float = 4.0
-    regulariser: str = "tau2"  # tau2 (RELION's T·τ² prior) | fsc (cryoSPARC's half-set FSC filter)
+    regulariser: str = "tau2"  # tau2 (RELION's T·τ²) | fsc (cryoSPARC's half-set FSC) | denoise
     contrast: str = "from_input"  # per-particle scale: none | from_input | optimal
     init: str = "random"  # random (RELION: random assignment) | pca (cryoSPARC)
     pca_subsets: int = 20  # random subsets reconstructed for the PCA start
@@ -87,6 +88,7 @@ class ClassificationSettings:
     duplicate_correlation: float = 0.99  # two maps more alike than this are reported duplicates
     reseed: int = 0  # how many times an empty/duplicate class may be re-seeded (0: report only)
     progress: bool = True  # a progress bar over each full pass
+    prefetch: bool = True  # read the next batch in a thread while this one is scored
     method: str = "em"  # em | gradient (optim=gradient)
     gradient: GradientSettings = field(default_factory=GradientSettings)
 
@@ -123,9 +125,11 @@ class Masks:
 
 
 def settings_dict(settings: ClassificationSettings) -> dict:
-    """The settings that decide a run's result, as plain values (``progress`` left out)."""
+    """The settings that decide a run's result, as plain values (``progress`` and
+    ``prefetch`` left out)."""
     values = asdict(settings)
     values.pop("progress")
+    values.pop("prefetch")
     return values
 
 
@@ -159,6 +163,7 @@ class _Engine:
         settings: ClassificationSettings,
         monitor: Monitor | None,
         masks: Masks,
+        regulariser: Regulariser | None = None,
     ):
         self.b = batcher
         self.s = settings
@@ -189,7 +194,9 @@ class _Engine:
         self.similarity_schedule = settings.similarity
         self.tuned_beta: float | None = None
         self.notes: list[str] = []  # said in the next row of the table
-        self.regulariser = make_regulariser(settings.regulariser, settings.tau2_fudge)
+        self.regulariser = regulariser or make_regulariser(
+            settings.regulariser, settings.tau2_fudge
+        )
         self.regulariser_columns: dict[str, float] = {}
         self.halves = None  # (n,) 0/1 half-set of each particle, when the regulariser uses them
         if self.regulariser.half_sets:
@@ -217,10 +224,22 @@ class _Engine:
             leave=False,
             disable=None if show else True,  # None: off when not a terminal
         )
-        with bar:
-            for start in range(0, len(rows), self.s.batch_size):
-                yield self.b(rows[start : start + self.s.batch_size])
-                bar.update(min(self.s.batch_size, len(rows) - start))
+        chunks = [rows[i : i + self.s.batch_size] for i in range(0, len(rows), self.s.batch_size)]
+        if not self.s.prefetch or len(chunks) < 2:
+            with bar:
+                for chunk in chunks:
+                    yield self.b(chunk)
+                    bar.update(len(chunk))
+            return
+        # Reading and Fourier-cropping batch i + 1 (a thread) overlaps the work on batch i.
+        with bar, ThreadPoolExecutor(max_workers=1) as pool:
+            coming = pool.submit(self.b.load, chunks[0])
+            for i, chunk in enumerate(chunks):
+                batch = coming.result()
+                if i + 1 < len(chunks):
+                    coming = pool.submit(self.b.load, chunks[i + 1])
+                yield self.b.add_geometry(batch)
+                bar.update(len(chunk))
 
     def zeros(self) -> SufficientStatistics:
         channels = 2 * self.k if self.regulariser.half_sets else self.k
@@ -586,6 +605,7 @@ def classify(
     checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
     masks: Masks | None = None,
+    regulariser: Regulariser | None = None,
 ) -> ClassificationResult:
     """Classify the particles of ``batcher`` into ``settings.num_classes`` classes.
 
@@ -599,8 +619,10 @@ def classify(
     the run from there: the result is bit for bit that of the uninterrupted run.
 
     ``masks``: the solvent mask, and a focus mask with its consensus map (see :class:`Masks`).
+    ``regulariser``: your own :class:`Regulariser` instead of ``settings.regulariser``'s (a
+    checkpoint records the settings, not this object: resume with the same one).
     """
-    e = _Engine(batcher, settings, monitor, masks or Masks())
+    e = _Engine(batcher, settings, monitor, masks or Masks(), regulariser)
     if settings.num_classes > e.n:
         raise ValueError(
             f"model.num_classes = {settings.num_classes} is more than the {e.n} particles"
@@ -725,6 +747,8 @@ def _gradient_epochs(e: _Engine, state: _RunState, checkpoint) -> None:
     the epoch the regulariser's filter, the noise (from the residuals, as in EM) and the table
     row. Under torch.distributed each rank scores its share and the gradients are summed."""
     g = e.s.gradient
+    if e.regulariser.half_sets:
+        raise ValueError("gradient training makes no half-set reconstructions for the regulariser")
     model = ClassMaps(state.maps, state.prior, e.mask, g.train_prior)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(g.optimizer, trained, g.learning_rate)
