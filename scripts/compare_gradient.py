@@ -46,6 +46,7 @@ def simulate(folder: Path, box: int, n: int, snr: float, closed: float) -> Path:
     star = folder / "data" / "particles.star"
     if star.is_file():
         return star
+    folder.mkdir(parents=True, exist_ok=True)
     open_, closed_model = builtin_structures()
     centre = read_model_coordinates(open_).mean(0)
     maps = []

@@ -44,6 +44,16 @@ def test_free_energy_is_the_marginal_likelihood_at_the_posterior_and_the_max_whe
     assert bool((free_energy(scores, other) <= marginal + 1e-12).all())
 
 
+def test_free_energy_gradient_stays_finite_where_posteriors_underflow_or_are_hard():
+    scores = torch.tensor([[0.0, -200.0], [-150.0, 0.0]], requires_grad=True)  # float32
+    assert bool((torch.softmax(scores, 1) == 0).any())  # underflowed
+    for hard in (False, True):
+        gamma = torch.softmax(scores, 1)
+        gamma = StraightThroughHard()(gamma) if hard else gamma
+        (grad,) = torch.autograd.grad(free_energy(scores, gamma).sum(), scores)
+        assert bool(torch.isfinite(grad).all()), grad
+
+
 def test_gradient_training_classifies_like_em_and_writes_the_same_outputs(
     small_star: Path, tmp_path: Path
 ):

@@ -39,7 +39,12 @@ class GradientSettings:
 def free_energy(scores: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """``(b,)``: ``Σ_k γ_k s_k - Σ_k γ_k log γ_k`` for log-scores ``s = ℓ + log π`` ``(b, k)``
     and class weights ``gamma (b, k)`` (rows summing to 1); ``logsumexp(s)`` at γ = softmax(s)."""
-    return (gamma * scores).sum(1) - torch.special.xlogy(gamma, gamma).sum(1)
+    # γ log γ with 0 at γ = 0 *and a zero gradient there*: the derivative log γ + 1 is -inf at
+    # an exact 0 (an underflowed posterior, or force-hard's one-hot), and -inf · 0 is NaN.
+    positive = gamma > 0
+    safe = torch.where(positive, gamma, torch.ones_like(gamma))
+    entropy_terms = torch.where(positive, gamma * torch.log(safe), torch.zeros_like(gamma))
+    return (gamma * scores).sum(1) - entropy_terms.sum(1)
 
 
 class ClassMaps(nn.Module):

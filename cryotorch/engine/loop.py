@@ -793,7 +793,13 @@ def _gradient_epochs(e: _Engine, state: _RunState, checkpoint) -> None:
                 loglik[1] += len(batch.rows)
             if torch.is_tensor(loss) and loss.requires_grad:
                 loss.backward()
-            e.group.sum_(*[p.grad for p in trained if p.grad is not None])
+            grads = [p.grad for p in trained if p.grad is not None]
+            e.group.sum_(*grads)
+            if not all(bool(torch.isfinite(grad).all()) for grad in grads):
+                raise FloatingPointError(
+                    f"gradient training: a non-finite gradient in epoch {state.full_pass} "
+                    "(try a smaller optim.gradient.learning_rate)"
+                )
             optimizer.step()
         e.group.sum_(noise_sums, noise_counts, class_weight, loglik)
         e.group.sum_array_(state.posteriors)

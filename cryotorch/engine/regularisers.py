@@ -81,15 +81,21 @@ class TauSquaredPrior(Regulariser):
 
     def penalty(self, maps: torch.Tensor) -> torch.Tensor:
         """``Σ_k Σ_l |V_kl|² / (2 T τ²_k(s(l)))``, τ² each class's own power per shell (held
-        fixed: no gradient through it), over the rfft_3d half spectrum: the Gaussian prior of
-        RELION's M-step, whose maximum a posteriori is the Wiener-like division above."""
+        fixed: no gradient through it; floored, see below), over the rfft_3d half spectrum: the
+        Gaussian prior of RELION's M-step, whose maximum a posteriori is the Wiener-like
+        division above."""
         d = maps.shape[-1]
         spectra = rfft_3d(maps)
         power = spectra.real**2 + spectra.imag**2  # (k, d, d, d//2+1)
         shells = shell_index_3d(d, maps.device).clamp_max(d // 2)
         sums = shell_sum(power.detach(), shells, d // 2 + 1)
         counts = shell_sum(torch.ones_like(power[0]), shells, d // 2 + 1)
-        tau2 = (sums / counts.clamp_min(1)).clamp_min(torch.finfo(maps.dtype).tiny)
+        tau2 = sums / counts.clamp_min(1)
+        # A shell with (next to) no power yet, e.g. beyond the initial low-pass, would get an
+        # infinitely strong prior with a gradient ~ 1 / |V|: its τ² is floored at 1e-3 of the
+        # strongest shell's.
+        floor = 1e-3 * tau2.amax(dim=1, keepdim=True)
+        tau2 = torch.maximum(tau2, floor).clamp_min(torch.finfo(maps.dtype).tiny)
         return (power / (2 * self.tau2_fudge * tau2[:, shells])).sum()
 
 
