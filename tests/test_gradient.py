@@ -16,6 +16,7 @@ from cryotorch.engine.loop import classify as classify_particles
 from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard
 from cryotorch.engine.regularisers import TauSquaredPrior, local_wiener_filter, make_regulariser
 from cryotorch.errors import InputError
+from cryotorch.evaluation import classification_accuracy
 from cryotorch.io import ParticleImages, read_map, read_particles
 from tests.run_helpers import run_classify, simulate_two_blob_classes
 
@@ -26,6 +27,10 @@ QUIET = ["logger=none", "logger.quiet=true"]
 def small_star(tmp_path_factory) -> Path:
     """1,000 particles of two blob maps (box 24, 3 Å), SNR 0.05."""
     return simulate_two_blob_classes(tmp_path_factory.mktemp("grad"), 1000, 0.05, seed=0)
+
+
+def truth_of(star: Path) -> np.ndarray:
+    return np.loadtxt(star.parent / "true_classes.txt", dtype=np.int64) - 1
 
 
 def test_free_energy_is_the_marginal_likelihood_at_the_posterior_and_the_max_when_hard():
@@ -136,3 +141,24 @@ def test_local_wiener_filter_is_scipys_and_denoises():
     assert make_regulariser("denoise").filter_maps(noisy, torch.ones(24, 24, 24)).shape == (
         1, 24, 24, 24,
     )  # fmt: skip
+
+
+def test_trained_noise_reaches_the_residual_estimate(small_star: Path):
+    """With the Gaussian normaliser, training the noise power finds what EM computes in closed
+    form from the residuals (without it the noise would grow without bound)."""
+    powers = {}
+    for train in (False, True):
+        settings = ClassificationSettings(
+            method="gradient", target_resolution=9, initial_resolution=9, progress=False,
+            gradient=GradientSettings(epochs=6, batch_size=200, train_noise=train),
+        )  # fmt: skip
+        states = []
+        with ParticleImages(read_particles(small_star)) as images:
+            result = classify_particles(
+                BatchMaker(images, 16, torch.device("cpu")), settings, checkpoint=states.append
+            )
+        accuracy = classification_accuracy(result.posteriors.argmax(1), truth_of(small_star), 2)
+        assert accuracy > 0.8, (train, accuracy)  # it classifies either way
+        powers[train] = states[-1]["noise_power"][0, 1:7]  # shells in use
+    ratio = powers[True] / powers[False]
+    assert bool(((ratio > 0.8) & (ratio < 1.25)).all()), ratio

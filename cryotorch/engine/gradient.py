@@ -5,7 +5,8 @@ trained with any ``torch.optim`` optimiser on mini-batches to maximise, per part
 
     F_i = Σ_k γ̃_ik (ℓ_ik + log π_k) - Σ_k γ̃_ik log γ̃_ik,        γ̃_i = layers(ℓ_i + log π),
 
-minus the regulariser's penalty (a negative log prior, :meth:`Regulariser.penalty`) over N.
+minus the regulariser's penalty (a negative log prior, :meth:`Regulariser.penalty`) over N
+(and, when the noise is trained, plus the Gaussian normaliser :func:`gaussian_normaliser`).
 ``layers`` are the posterior layers: class similarity β and the straight-through force-hard.
 With β = 0 and no force-hard, γ̃ is the posterior and ``F_i = log Σ_k π_k exp ℓ_ik``, the
 marginal log-likelihood (the objective of RELION's VDAM and cryoSPARC's SGD); with force-hard
@@ -22,7 +23,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ClassMaps", "GradientSettings", "free_energy", "make_optimizer"]
+__all__ = [
+    "ClassMaps",
+    "GradientSettings",
+    "free_energy",
+    "gaussian_normaliser",
+    "make_optimizer",
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class GradientSettings:
     epochs: int = 10
     batch_size: int = 256  # particles per optimiser step
     train_prior: bool = True  # class proportions trained too (else: mean posterior per epoch)
+    train_noise: bool = False  # noise power per shell trained too (else: from the residuals)
 
 
 def free_energy(scores: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -48,14 +56,20 @@ def free_energy(scores: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
 
 
 class ClassMaps(nn.Module):
-    """The trained parameters: K maps ``(k, d, d, d)`` and the class log-proportions.
+    """The trained parameters: K maps ``(k, d, d, d)``, the class log-proportions and, if
+    ``noise_power (g, n_shells)`` is given, the log noise power per optics group and shell.
 
     The maps are ``rms · θ · mask`` with θ the parameter, so that the learning rate is relative
     to the maps' greyscale whatever the data's normalisation.
     """
 
     def __init__(
-        self, maps: torch.Tensor, prior: torch.Tensor, mask: torch.Tensor, train_prior: bool
+        self,
+        maps: torch.Tensor,
+        prior: torch.Tensor,
+        mask: torch.Tensor,
+        train_prior: bool,
+        noise_power: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         inside = mask > 0.5
@@ -64,6 +78,9 @@ class ClassMaps(nn.Module):
         self.register_buffer("mask", mask)
         self.theta = nn.Parameter(maps.detach() / self.rms)
         self.logits = nn.Parameter(torch.log(prior.detach()), requires_grad=train_prior)
+        self.log_noise = None
+        if noise_power is not None:
+            self.log_noise = nn.Parameter(torch.log(noise_power.detach()))
 
     def maps(self) -> torch.Tensor:
         """``(k, d, d, d)`` in the particles' greyscale, solvent-masked."""
@@ -73,10 +90,26 @@ class ClassMaps(nn.Module):
         """``(k,)`` log class proportions (normalised)."""
         return torch.log_softmax(self.logits, dim=0)
 
+    def noise_power(self) -> torch.Tensor:
+        """``(g, n_shells)`` the trained noise power (only with ``noise_power`` given)."""
+        return torch.exp(self.log_noise)
+
     @torch.no_grad()
     def set_maps(self, maps: torch.Tensor) -> None:
         """Replace the maps (after a filter such as a denoiser), keeping the optimiser's state."""
         self.theta.copy_(maps / self.rms)
+
+
+def gaussian_normaliser(
+    noise_power: torch.Tensor, counts: torch.Tensor, optics_group: torch.Tensor, max_shell: int
+) -> torch.Tensor:
+    """``(b,)``: ``-½ Σ_{s=1..max_shell} n_s log power[g_i, s]``, the part of the Gaussian
+    log-likelihood that the E-step leaves out (the same for every class) and that training the
+    noise needs: without it a larger noise power always scores better. ``counts (n_shells,)``
+    are the full-spectrum pixels per shell (:meth:`NoiseModel.pixels_per_shell`)."""
+    use = torch.zeros_like(counts)
+    use[1 : max_shell + 1] = 1
+    return -0.5 * (torch.log(noise_power[optics_group]) * (counts * use)).sum(1)
 
 
 def make_optimizer(name: str, params, learning_rate: float) -> torch.optim.Optimizer:

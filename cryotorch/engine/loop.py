@@ -22,7 +22,13 @@ from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.class_health import duplicate_classes, empty_classes, split_posteriors
 from cryotorch.engine.distributed import ProcessGroup
 from cryotorch.engine.estep import EStep, EStepResult, log_posterior
-from cryotorch.engine.gradient import ClassMaps, GradientSettings, free_energy, make_optimizer
+from cryotorch.engine.gradient import (
+    ClassMaps,
+    GradientSettings,
+    free_energy,
+    gaussian_normaliser,
+    make_optimizer,
+)
 from cryotorch.engine.initialisation import cluster_maps
 from cryotorch.engine.mstep import (
     SufficientStatistics,
@@ -749,7 +755,8 @@ def _gradient_epochs(e: _Engine, state: _RunState, checkpoint) -> None:
     g = e.s.gradient
     if e.regulariser.half_sets:
         raise ValueError("gradient training makes no half-set reconstructions for the regulariser")
-    model = ClassMaps(state.maps, state.prior, e.mask, g.train_prior)
+    noise_power = state.noise.power if g.train_noise else None
+    model = ClassMaps(state.maps, state.prior, e.mask, g.train_prior, noise_power)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(g.optimizer, trained, g.learning_rate)
     if state.gradient is not None:
@@ -771,12 +778,19 @@ def _gradient_epochs(e: _Engine, state: _RunState, checkpoint) -> None:
             log_prior = model.log_prior()
             # The prior's share of this step (once over the ranks): penalty / N per particle.
             loss = e.regulariser.penalty(model.maps()) / e.n if e.group.is_main else 0.0
+            noise = NoiseModel(model.noise_power()) if g.train_noise else state.noise
             for batch in e.batches(rows):
                 max_shell = e.resolution.max_shell(e.iteration, e.d, e.pixel_size)
-                result = e.estep(volumes, batch, state.noise, max_shell)
+                result = e.estep(volumes, batch, noise, max_shell)
                 scores = result.loglik + log_prior
                 gamma, _, _ = e.layers(scores, batch.rows, state.splits)
-                loss = loss - free_energy(scores, gamma).sum() / len(rows)
+                objective = free_energy(scores, gamma)
+                if g.train_noise:
+                    counts = noise.pixels_per_shell()
+                    objective = objective + gaussian_normaliser(
+                        noise.power, counts, batch.optics_group, max_shell
+                    )
+                loss = loss - objective.sum() / len(rows)
                 gamma = gamma.detach()
                 state.posteriors[batch.rows] = gamma.cpu().numpy()
                 state.posteriors_estep[batch.rows] = (
@@ -810,7 +824,10 @@ def _gradient_epochs(e: _Engine, state: _RunState, checkpoint) -> None:
                 model.logits.copy_(torch.log((class_weight / class_weight.sum()).to(e.dtype)))
         state.maps = model.maps().detach()
         state.prior = torch.exp(model.log_prior()).detach()
-        state.noise = NoiseModel.from_power_sums(noise_sums, noise_counts, e.dtype)
+        if g.train_noise:
+            state.noise = NoiseModel(model.noise_power().detach())
+        else:
+            state.noise = NoiseModel.from_power_sums(noise_sums, noise_counts, e.dtype)
         beta, hard = e.beta_and_hard()
         changed = e.switched(np.arange(e.n), state.posteriors.argmax(1))
         gamma_all = torch.as_tensor(state.posteriors)
