@@ -26,7 +26,7 @@ import pandas as pd
 import starfile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchmark import measured, simulate
+from benchmark import measured, relion_like_command, simulate
 
 from cryotorch.evaluation import classification_accuracy
 
@@ -76,13 +76,7 @@ def main() -> None:
     for n in args.particles:
         star = tiled_dataset(source, n, work)
         out = work / f"run_{n}"
-        command = [
-            sys.executable, "-m", "cryotorch.cli.classify", f"data.particles={star}",
-            f"output_dir={out}", "logger=none", "logger.quiet=true", "experiment=relion_like",
-            f"optim.max_iterations={args.iterations}", f"model.num_classes={args.classes}",
-            f"model.target_resolution={args.resolution}",
-            f"model.initial_resolution={args.resolution}", "model.resolution_reach_at=0",
-        ]  # fmt: skip
+        command = relion_like_command(star, out, args.classes, args.iterations, args.resolution)
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         shutil.rmtree(out, ignore_errors=True)  # this script's own folder from an earlier run
         wall, rss, _ = measured(command, work, env)

@@ -113,17 +113,22 @@ def run_relion(star: Path, k: int, args) -> dict:
     return {"s_per_it": wall / args.iterations, "wall": wall, "rss_mb": rss, "predicted": predicted}
 
 
+def relion_like_command(star: Path, out: Path, k: int, iterations: int, resolution: float):
+    """``cryotorch-classify experiment=relion_like`` at a fixed ``resolution`` (Å), quiet."""
+    return [
+        sys.executable, "-m", "cryotorch.cli.classify", f"data.particles={star}",
+        f"output_dir={out}", "logger=none", "logger.quiet=true", "experiment=relion_like",
+        f"optim.max_iterations={iterations}", f"model.num_classes={k}",
+        f"model.target_resolution={resolution}",
+        f"model.initial_resolution={resolution}", "model.resolution_reach_at=0", "seed=0",
+    ]  # fmt: skip
+
+
 def run_cryotorch(star: Path, k: int, args, kernels: str = "numba") -> dict:
     out = star.parent / f"cryotorch_K{k}_{kernels}"
     shutil.rmtree(out, ignore_errors=True)  # the benchmark's own folder from an earlier run
-    command = [
-        sys.executable, "-m", "cryotorch.cli.classify", f"data.particles={star}",
-        f"output_dir={out}", "logger=none", "logger.quiet=true", "experiment=relion_like",
-        f"optim.max_iterations={args.iterations}", f"model.num_classes={k}",
-        f"model.target_resolution={args.resolution}",
-        f"model.initial_resolution={args.resolution}", "model.resolution_reach_at=0",
-        f"device={args.device}", "seed=0", f"kernels={kernels}",
-    ]  # fmt: skip
+    command = relion_like_command(star, out, k, args.iterations, args.resolution)
+    command += [f"device={args.device}", f"kernels={kernels}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     wall, rss, _ = measured(command, star.parent, env)
     with open(out / "iterations.csv") as f:
