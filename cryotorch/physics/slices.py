@@ -187,9 +187,9 @@ def _insertion_values(
 
 
 def _split_sums(sums: torch.Tensor, k: int, has_weights: bool):
-    """``(n_voxels, 2k [+ k])`` sums -> (data sums, weight sums or None)."""
-    data = sums[:, : 2 * k].contiguous()
-    return data, (sums[:, 2 * k :].contiguous() if has_weights else None)
+    """``(n_voxels, 2k [+ k])`` sums -> (data sums, weight sums or None), as views (no copy:
+    at d = 128 the sums are hundreds of MB)."""
+    return sums[:, : 2 * k], (sums[:, 2 * k :] if has_weights else None)
 
 
 def _insert_central_slices(
