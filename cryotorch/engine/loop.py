@@ -261,16 +261,14 @@ class _Engine:
     def initial_noise(self) -> NoiseModel:
         """Power per shell of up to 2,000 images (signal included: fine at cryo-EM SNRs)."""
         rows = self.rng.permutation(self.n)[: min(self.n, 2000)]
+        probe = NoiseModel.flat(self.n_groups, self.d, self.dtype, self.device)
         sums = torch.zeros(self.n_groups, self.d // 2 + 1, dtype=torch.float64, device=self.device)
         counts = torch.zeros_like(sums)
-        probe = NoiseModel(
-            torch.ones(self.n_groups, self.d // 2 + 1, dtype=self.dtype, device=self.device)
-        )
-        per_image = probe.pixels_per_shell().double()
         for batch in self.batches(rows):
-            power = probe.shell_sums(batch.spectra.real**2 + batch.spectra.imag**2).double()
-            sums.index_add_(0, batch.optics_group, power)
-            counts.index_add_(0, batch.optics_group, per_image.expand(len(batch.rows), -1))
+            power = probe.shell_sums(batch.spectra.real**2 + batch.spectra.imag**2)
+            batch_sums, batch_counts = probe.sums_by_group(power, batch.optics_group)
+            sums += batch_sums
+            counts += batch_counts
         self.group.sum_(sums, counts)
         return NoiseModel.from_power_sums(sums, counts, self.dtype)
 
@@ -774,10 +772,11 @@ def _gradient_epochs(e: _Engine, state: _RunState, checkpoint) -> None:
         for start in range(0, e.n, g.batch_size):
             rows = order[start : start + g.batch_size]
             optimizer.zero_grad()
-            volumes = prepare_volumes(e.estep_maps(state, model.maps()), e.s.pad)
+            maps = model.maps()
+            volumes = prepare_volumes(e.estep_maps(state, maps), e.s.pad)
             log_prior = model.log_prior()
             # The prior's share of this step (once over the ranks): penalty / N per particle.
-            loss = e.regulariser.penalty(model.maps()) / e.n if e.group.is_main else 0.0
+            loss = e.regulariser.penalty(maps) / e.n if e.group.is_main else 0.0
             noise = NoiseModel(model.noise_power()) if g.train_noise else state.noise
             for batch in e.batches(rows):
                 max_shell = e.resolution.max_shell(e.iteration, e.d, e.pixel_size)
@@ -798,10 +797,10 @@ def _gradient_epochs(e: _Engine, state: _RunState, checkpoint) -> None:
                     .cpu()
                     .numpy()
                 )
-                residual = (gamma[:, :, None] * result.residual_shells.detach()).sum(1).double()
-                noise_sums.index_add_(0, batch.optics_group, residual)
-                per_image = state.noise.pixels_per_shell().double().expand(len(batch.rows), -1)
-                noise_counts.index_add_(0, batch.optics_group, per_image)
+                residual = (gamma[:, :, None] * result.residual_shells.detach()).sum(1)
+                sums, counts = state.noise.sums_by_group(residual, batch.optics_group)
+                noise_sums += sums
+                noise_counts += counts
                 class_weight += gamma.sum(0).double()
                 loglik[0] += torch.logsumexp(scores.detach(), 1).double().sum()
                 loglik[1] += len(batch.rows)

@@ -151,10 +151,10 @@ def accumulate_statistics(
     stats.data += data
     stats.weight += weight
     stats.class_weight += weights.sum(0).double()
-    residual = (gamma[:, :, None] * estep.residual_shells).sum(1).double()  # (b, n_shells)
-    stats.noise_sum.index_add_(0, batch.optics_group, residual)
-    counts = noise.pixels_per_shell().double().expand(len(batch.rows), -1)
-    stats.noise_count.index_add_(0, batch.optics_group, counts)
+    residual = (gamma[:, :, None] * estep.residual_shells).sum(1)  # (b, n_shells)
+    sums, counts = noise.sums_by_group(residual, batch.optics_group)
+    stats.noise_sum += sums
+    stats.noise_count += counts
     stats.n_particles += len(batch.rows)
 
 

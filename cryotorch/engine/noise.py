@@ -59,6 +59,19 @@ class NoiseModel:
             torch.ones(self.d, self.d // 2 + 1, dtype=self.power.dtype, device=self.power.device)
         )
 
+    def sums_by_group(
+        self, shell_values: torch.Tensor, optics_group: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per optics group, float64 ``(g, n_shells)``: the sums of ``shell_values (b, n_shells)``
+        (e.g. :meth:`shell_sums` of a power) and of the pixels they cover, for
+        :meth:`from_power_sums`."""
+        g, n_shells = self.power.shape
+        sums = torch.zeros(g, n_shells, dtype=torch.float64, device=self.power.device)
+        sums.index_add_(0, optics_group, shell_values.double())
+        per_image = self.pixels_per_shell().double().expand(len(shell_values), -1)
+        counts = torch.zeros_like(sums).index_add_(0, optics_group, per_image)
+        return sums, counts
+
     @classmethod
     def from_power_sums(
         cls, sums: torch.Tensor, counts: torch.Tensor, dtype=torch.float32
@@ -76,10 +89,11 @@ class NoiseModel:
     ) -> NoiseModel:
         """The starting estimate: the power per shell of images ``spectra (b, d, d // 2 + 1)``
         of optics groups ``optics_group (b,)`` (signal included: fine at cryo-EM SNRs)."""
-        d, dtype = spectra.shape[-2], spectra.real.dtype
-        probe = cls(torch.ones(n_groups, d // 2 + 1, dtype=dtype, device=spectra.device))
-        power = probe.shell_sums(spectra.real**2 + spectra.imag**2).double()  # (b, n_shells)
-        sums = power.new_zeros(n_groups, d // 2 + 1).index_add_(0, optics_group, power)
-        per_image = probe.pixels_per_shell().double().expand(len(spectra), -1)
-        counts = torch.zeros_like(sums).index_add_(0, optics_group, per_image)
-        return cls.from_power_sums(sums, counts, dtype)
+        probe = cls.flat(n_groups, spectra.shape[-2], spectra.real.dtype, spectra.device)
+        power = probe.shell_sums(spectra.real**2 + spectra.imag**2)  # (b, n_shells)
+        return cls.from_power_sums(*probe.sums_by_group(power, optics_group), spectra.real.dtype)
+
+    @classmethod
+    def flat(cls, n_groups: int, d: int, dtype, device) -> NoiseModel:
+        """Power 1 in every shell: a probe for :meth:`shell_sums` and :meth:`sums_by_group`."""
+        return cls(torch.ones(n_groups, d // 2 + 1, dtype=dtype, device=device))

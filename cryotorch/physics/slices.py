@@ -81,13 +81,18 @@ def slice_geometry(rotations: torch.Tensor, d: int, pad: int = 2) -> SliceGeomet
     return _KERNELS["geometry"](rotations, d, pad)
 
 
+def _used_frequencies(d: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rfft_2d entries with ``|k| <= d / 2``: flat positions ``(m,)`` and ``k (m, 2)``
+    (``kx, ky`` in Fourier pixels, ``like``'s dtype and device)."""
+    k = frequency_grid_2d(d, like.device).to(like.dtype).reshape(-1, 2)
+    pixels = torch.nonzero(k.norm(dim=-1) <= d / 2).flatten()
+    return pixels, k[pixels]
+
+
 def _slice_geometry(rotations: torch.Tensor, d: int, pad: int) -> SliceGeometry:
     p = pad * d
     px = p // 2 + 1
-    k = frequency_grid_2d(d, rotations.device).to(rotations.dtype).reshape(-1, 2)
-    inside = k.norm(dim=-1) <= d / 2
-    pixels = torch.nonzero(inside).flatten()
-    k = k[pixels]
+    pixels, k = _used_frequencies(d, rotations)
     # q = pad * A^T (kx, ky, 0): row j of A^T is column j of A.
     q = pad * (
         k[None, :, 0, None] * rotations[:, None, 0, :]
@@ -222,10 +227,9 @@ def _numba_applies(*tensors: torch.Tensor) -> bool:
 def _slice_geometry_numba(rotations: torch.Tensor, d: int, pad: int) -> SliceGeometry:
     if not _numba_applies(rotations):
         return _slice_geometry(rotations, d, pad)
-    k = frequency_grid_2d(d).to(rotations.dtype).reshape(-1, 2)
-    pixels = torch.nonzero(k.norm(dim=-1) <= d / 2).flatten()
+    pixels, k = _used_frequencies(d, rotations)
     index, weight, conjugate = numba_kernels.geometry(
-        rotations.detach().contiguous().numpy(), k[pixels].numpy(), pad, pad * d
+        rotations.detach().contiguous().numpy(), k.numpy(), pad, pad * d
     )
     return SliceGeometry(
         d, pixels, torch.from_numpy(index), torch.from_numpy(weight), torch.from_numpy(conjugate)
