@@ -11,7 +11,8 @@ box-d image grid (d x (d/2+1) frequencies, |k| <= d/2) at q = 2 Aᵀk; torch-fou
 low-level functions return slices of the volume's own grid (p x (p/2+1)), which its
 ``project_3d_to_2d(pad_factor=2)`` then crops in real space. Its full projection is timed as well,
 next to ``cryotorch.physics.projector.project``. torch-fourier-slice's insertion returns the
-interpolation weights (counts) beside the data; cryotorch's inserts given weights (CTF²).
+interpolation weights (counts) beside the data; cryotorch's inserts given weights (CTF²), adding
+into running sums as the M-step does.
 For K classes cryotorch does one gather of the interleaved table; torch-fourier-slice uses
 its multichannel functions. Figures are
 class-slices per second (batch x K / seconds), the median of several repeats. Prints a table.
@@ -76,8 +77,10 @@ def bench(
     def ours_extract():
         extract_central_slices(table, slice_geometry(rot, d, 2))
 
-    def ours_insert():
-        insert_central_slices(slices, slice_geometry(rot, d, 2), n_vox, weights)
+    sums = (torch.zeros(n_vox, 2 * k, device=device), torch.zeros(n_vox, k, device=device))
+
+    def ours_insert():  # into running sums, as the M-step accumulates its statistics
+        insert_central_slices(slices, slice_geometry(rot, d, 2), n_vox, weights, out=sums)
 
     def ours_project():
         project(maps, rot)
@@ -129,7 +132,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--boxes", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--classes", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=512, help="as optim.batch_size")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")

@@ -141,15 +141,10 @@ def accumulate_statistics(
         if halves is not None:
             scale = torch.cat([scale, scale], dim=1)
         scale = scale[:, :, None, None]
-        data, weight = insert_for_reconstruction(
-            g * scale * ctf_x[:, None], batch.geometry, n_vox, g * scale**2 * ctf2[:, None]
-        )
+        data, weight = g * scale * ctf_x[:, None], g * scale**2 * ctf2[:, None]
     else:
-        data, weight = insert_for_reconstruction(
-            g * ctf_x[:, None], batch.geometry, n_vox, g * ctf2[:, None]
-        )
-    stats.data += data
-    stats.weight += weight
+        data, weight = g * ctf_x[:, None], g * ctf2[:, None]
+    insert_for_reconstruction(data, batch.geometry, n_vox, weight, out=(stats.data, stats.weight))
     stats.class_weight += weights.sum(0).double()
     residual = (gamma[:, :, None] * estep.residual_shells).sum(1)  # (b, n_shells)
     sums, counts = noise.sums_by_group(residual, batch.optics_group)

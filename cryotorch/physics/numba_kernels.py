@@ -1,18 +1,23 @@
-"""numba CPU kernels for central slices: geometry, gather (extraction), scatter (insertion).
+"""numba CPU kernels for central slices: extraction (gather) and insertion (scatter).
 
 Same arithmetic as the torch code in :mod:`cryotorch.physics.slices` (which stays the reference
-and the CUDA path), written as plain loops so that nothing is materialised twice and no atomic
-adds are needed:
+and the CUDA path), written as plain loops that compute each point's trilinear neighbours on the
+fly, so that no index or weight arrays are written and read back, and no atomic adds are needed:
 
-- :func:`geometry` computes the 8 trilinear neighbours of every point in one pass;
-- :func:`gather` sums ``weight · table[index]`` per point (points split over threads);
-- :func:`scatter` adds ``weight · values`` into the volume; each thread owns a contiguous range
-  of voxels and walks all points, writing only its own voxels (no atomics, no private copies
-  of the volume; the cost is reading the index array once per thread).
+- the points (the used frequencies ``k``, sorted by ``|k|``) are split over the threads in
+  contiguous runs, so each thread works on a spherical shell of the volume, which stays in cache
+  while all the slices of the batch pass through it;
+- :func:`gather` sums ``weight · table[voxel]`` over the 8 neighbours of every point;
+- :func:`scatter` adds ``weight · value`` into the 8 neighbours. The points are cut into radial
+  bands wider than a trilinear footprint (``2√3`` voxels), so bands ``n`` and ``n + 2`` never
+  touch the same voxel: the even bands run in parallel, then the odd ones. No thread writes a
+  voxel another thread is writing, the order of the additions to each voxel does not depend on
+  the number of threads, and the sums go straight into the caller's accumulators.
 
-``scripts/bench_slices.py`` measures them against the torch kernels and torch-fourier-slice. All
-arrays are numpy views of CPU tensors (no copies); ``index (n, 8)`` int64, ``weight (n, 8)``,
-``table``/``values``/``out`` float32 or float64 C-contiguous.
+A point on the boundary of the grid takes the slow path that checks every neighbour; all the
+others read or write the 4 pairs of x-neighbours in a row. ``scripts/bench_slices.py`` measures
+the kernels against the torch code and torch-fourier-slice. All arrays are numpy views of CPU
+tensors (no copies).
 """
 
 from __future__ import annotations
@@ -23,102 +28,194 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["gather", "geometry", "scatter"]
+__all__ = ["gather", "scatter"]
+
+
+@njit(inline="always", cache=True)
+def _grid_point(rotation, kx, ky, pad, half):  # pragma: no cover (JIT)
+    """``q = pad · Aᵀ (kx, ky, 0)``, folded to ``qx >= 0``: lower corner ``(x0, y0, z0)`` on the
+    grid, fractions ``(fx, fy, fz)``, and ``-1`` where the point was read at ``-q``, else 1."""
+    qx = pad * (kx * rotation[0, 0] + ky * rotation[1, 0])
+    qy = pad * (kx * rotation[0, 1] + ky * rotation[1, 1])
+    qz = pad * (kx * rotation[0, 2] + ky * rotation[1, 2])
+    sign = 1.0
+    if qx < 0:
+        qx, qy, qz, sign = -qx, -qy, -qz, -1.0
+    gy, gz = qy + half, qz + half
+    x0, y0, z0 = math.floor(qx), math.floor(gy), math.floor(gz)
+    return int(x0), int(y0), int(z0), qx - x0, gy - y0, gz - z0, sign
 
 
 @njit(parallel=True, cache=True)
-def _geometry(rotations, k, pad, p, index, weight, conjugate):  # pragma: no cover (JIT)
-    b, m = rotations.shape[0], k.shape[0]
-    px = p // 2 + 1
-    half = p // 2
-    for i in prange(b):
-        a = rotations[i]
-        for j in range(m):
-            kx, ky = k[j, 0], k[j, 1]
-            qx = pad * (kx * a[0, 0] + ky * a[1, 0])
-            qy = pad * (kx * a[0, 1] + ky * a[1, 1])
-            qz = pad * (kx * a[0, 2] + ky * a[1, 2])
-            conj = qx < 0
-            if conj:
-                qx, qy, qz = -qx, -qy, -qz
-            conjugate[i, j] = conj
-            gx, gy, gz = qx, qy + half, qz + half
-            x0, y0, z0 = math.floor(gx), math.floor(gy), math.floor(gz)
-            fx, fy, fz = gx - x0, gy - y0, gz - z0
-            for c in range(8):  # corner c = 4 dz + 2 dy + dx
-                dx, dy, dz = c & 1, (c >> 1) & 1, c >> 2
-                x, y, z = x0 + dx, y0 + dy, z0 + dz
-                if 0 <= x < px and 0 <= y < p and 0 <= z < p:
-                    wx = fx if dx else 1 - fx
-                    wy = fy if dy else 1 - fy
-                    wz = fz if dz else 1 - fz
-                    index[i, j, c] = (z * p + y) * px + x
-                    weight[i, j, c] = wz * wy * wx
+def _gather(rotations, k, pixels, pad, p, table, out, starts):  # pragma: no cover (JIT)
+    n_channels = table.shape[1]
+    px, half = p // 2 + 1, p // 2
+    sz = p * px  # flat stride of z (that of y is px, of x 1)
+    for t in prange(starts.shape[0] - 1):
+        acc = np.empty(n_channels, dtype=table.dtype)
+        for j in range(starts[t], starts[t + 1]):
+            kx, ky, pixel = k[j, 0], k[j, 1], pixels[j]
+            for i in range(rotations.shape[0]):
+                x0, y0, z0, fx, fy, fz, sign = _grid_point(rotations[i], kx, ky, pad, half)
+                acc[:] = 0
+                if x0 + 1 < px and 0 <= y0 and y0 + 1 < p and 0 <= z0 and z0 + 1 < p:
+                    base = z0 * sz + y0 * px + x0
+                    for dz in range(2):
+                        wz = fz if dz else 1 - fz
+                        for dy in range(2):
+                            wzy = wz * (fy if dy else 1 - fy)
+                            row = base + dz * sz + dy * px
+                            w0, w1 = wzy * (1 - fx), wzy * fx
+                            for c in range(n_channels):
+                                acc[c] += w0 * table[row, c] + w1 * table[row + 1, c]
                 else:
-                    index[i, j, c] = 0
-                    weight[i, j, c] = 0
+                    for corner in range(8):
+                        dx, dy, dz = corner & 1, (corner >> 1) & 1, corner >> 2
+                        x, y, z = x0 + dx, y0 + dy, z0 + dz
+                        if x < px and 0 <= y < p and 0 <= z < p:
+                            w = (fx if dx else 1 - fx) * (fy if dy else 1 - fy)
+                            w *= fz if dz else 1 - fz
+                            row = z * sz + y * px + x
+                            for c in range(n_channels):
+                                acc[c] += w * table[row, c]
+                for c in range(n_channels // 2):
+                    out[i, c, pixel, 0] = acc[2 * c]
+                    out[i, c, pixel, 1] = sign * acc[2 * c + 1]
 
 
 @njit(parallel=True, cache=True)
-def _gather(table, index, weight, out):  # pragma: no cover (JIT)
-    n, channels = out.shape
-    for i in prange(n):
-        for c in range(8):
-            w = weight[i, c]
-            if w != 0:
-                row = table[index[i, c]]
-                for ch in range(channels):
-                    out[i, ch] += w * row[ch]
+def _scatter(
+    rotations, k, pixels, pad, p, slices, weights, has_weights, data, weight, bands, work, n_work
+):  # pragma: no cover (JIT)
+    n_classes = slices.shape[1]
+    n_channels = 2 * n_classes
+    px, half = p // 2 + 1, p // 2
+    sz = p * px
+    for phase in range(2):
+        for t in prange(work.shape[1]):
+            v = np.empty(n_channels, dtype=data.dtype)
+            vw = np.zeros(n_classes, dtype=weight.dtype)
+            for n in range(n_work[phase, t]):
+                band = work[phase, t, n]
+                for j in range(bands[band], bands[band + 1]):
+                    kx, ky, pixel = k[j, 0], k[j, 1], pixels[j]
+                    for i in range(rotations.shape[0]):
+                        x0, y0, z0, fx, fy, fz, sign = _grid_point(rotations[i], kx, ky, pad, half)
+                        for c in range(n_classes):
+                            v[2 * c] = slices[i, c, pixel, 0]
+                            v[2 * c + 1] = sign * slices[i, c, pixel, 1]
+                            if has_weights:
+                                vw[c] = weights[i, c, pixel]
+                        if x0 + 1 < px and 0 <= y0 and y0 + 1 < p and 0 <= z0 and z0 + 1 < p:
+                            base = z0 * sz + y0 * px + x0
+                            for dz in range(2):
+                                wz = fz if dz else 1 - fz
+                                for dy in range(2):
+                                    wzy = wz * (fy if dy else 1 - fy)
+                                    row = base + dz * sz + dy * px
+                                    w0, w1 = wzy * (1 - fx), wzy * fx
+                                    for c in range(n_channels):
+                                        data[row, c] += w0 * v[c]
+                                        data[row + 1, c] += w1 * v[c]
+                                    if has_weights:
+                                        for c in range(n_classes):
+                                            weight[row, c] += w0 * vw[c]
+                                            weight[row + 1, c] += w1 * vw[c]
+                        else:
+                            for corner in range(8):
+                                dx, dy, dz = corner & 1, (corner >> 1) & 1, corner >> 2
+                                x, y, z = x0 + dx, y0 + dy, z0 + dz
+                                if x < px and 0 <= y < p and 0 <= z < p:
+                                    w = (fx if dx else 1 - fx) * (fy if dy else 1 - fy)
+                                    w *= fz if dz else 1 - fz
+                                    row = z * sz + y * px + x
+                                    for c in range(n_channels):
+                                        data[row, c] += w * v[c]
+                                    if has_weights:
+                                        for c in range(n_classes):
+                                            weight[row, c] += w * vw[c]
 
 
-@njit(parallel=True, cache=True)
-def _scatter(index, weight, values, out, n_parts):  # pragma: no cover (JIT)
-    n_voxels, channels = out.shape
-    n = index.shape[0]
-    step = (n_voxels + n_parts - 1) // n_parts
-    for part in prange(n_parts):
-        lo, hi = part * step, min((part + 1) * step, n_voxels)
-        for i in range(n):
-            for c in range(8):
-                v = index[i, c]
-                if lo <= v < hi:
-                    w = weight[i, c]
-                    for ch in range(channels):
-                        out[v, ch] += w * values[i, ch]
-
-
-def _use_torch_threads() -> None:
-    """Run numba's loops on as many threads as torch uses (``torch.set_num_threads``, or
+def _threads() -> int:
+    """numba's threads, set to as many as torch uses (``torch.set_num_threads``, or
     ``OMP_NUM_THREADS``), so that the two never oversubscribe the cores."""
     import torch
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    return numba.get_num_threads()
 
 
-def geometry(
-    rotations: np.ndarray, k: np.ndarray, pad: int, p: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``rotations (b, 3, 3)``, used frequencies ``k (m, 2)`` -> index, weight ``(b, m, 8)``,
-    conjugate ``(b, m)`` bool, for the padded grid of side ``p``."""
-    b, m = rotations.shape[0], k.shape[0]
-    index = np.empty((b, m, 8), dtype=np.int64)
-    weight = np.empty((b, m, 8), dtype=rotations.dtype)
-    conjugate = np.empty((b, m), dtype=np.bool_)
-    _use_torch_threads()
-    _geometry(rotations, k.astype(rotations.dtype), pad, p, index, weight, conjugate)
-    return index, weight, conjugate
+def _radii(k: np.ndarray) -> np.ndarray:
+    radius = np.hypot(k[:, 0], k[:, 1])
+    if np.any(np.diff(radius) < 0):
+        raise ValueError("the frequencies k must be sorted by |k| (slices._used_frequencies)")
+    return radius
 
 
-def gather(table: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """``out[i] = Σ_c weight[i, c] · table[index[i, c]]``: ``(n, channels)`` from
-    ``table (n_voxels, channels)``."""
-    out = np.zeros((index.shape[0], table.shape[1]), dtype=table.dtype)
-    _use_torch_threads()
-    _gather(table, index, weight.astype(table.dtype, copy=False), out)
-    return out
+def _bands(radius: np.ndarray, pad: int, n_threads: int):
+    """Radial bands of the sorted points and their assignment to threads, per phase.
+
+    Band ``n`` holds ``n w <= |k| < (n + 1) w`` with ``pad · w > 2√3`` voxels, so that the
+    trilinear footprints of bands ``n`` and ``n + 2`` are disjoint. Returns the band starts
+    ``(n_bands + 1,)``, the band ids per phase and thread ``(2, n_threads, n_bands)`` and their
+    counts ``(2, n_threads)``; each phase's bands go to the least loaded thread, largest first.
+    """
+    width = 2 * math.sqrt(3) / pad + 0.01
+    band = np.floor(radius / width).astype(np.int64)
+    n_bands = int(band[-1]) + 1 if len(band) else 0
+    starts = np.searchsorted(band, np.arange(n_bands + 1)).astype(np.int64)
+    counts = np.diff(starts)
+    work = np.zeros((2, n_threads, max(n_bands, 1)), dtype=np.int64)
+    n_work = np.zeros((2, n_threads), dtype=np.int64)
+    for phase in range(2):
+        load = np.zeros(n_threads)
+        for b in sorted(range(phase, n_bands, 2), key=lambda b: -counts[b]):
+            t = int(np.argmin(load))
+            work[phase, t, n_work[phase, t]] = b
+            n_work[phase, t] += 1
+            load[t] += counts[b]
+    return starts, work, n_work
 
 
-def scatter(index: np.ndarray, weight: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
-    """``out[index[i, c]] += weight[i, c] · values[i]`` for all points ``i`` and corners ``c``."""
-    _use_torch_threads()
-    _scatter(index, weight.astype(values.dtype, copy=False), values, out, numba.get_num_threads())
+def gather(
+    out: np.ndarray,
+    table: np.ndarray,
+    rotations: np.ndarray,
+    k: np.ndarray,
+    pixels: np.ndarray,
+    pad: int,
+    p: int,
+) -> None:
+    """Write the central slices of ``table (n_voxels, 2 n_classes)`` (grid side ``p``) into
+    ``out (b, n_classes, n_pixels, 2)`` (re, im; zeros expected at pixels not in ``pixels``),
+    for ``rotations (b, 3, 3)`` and the used frequencies ``k (m, 2)``, sorted by ``|k|``, at
+    rfft_2d positions ``pixels (m,)``."""
+    n_threads = _threads()
+    _radii(k)
+    starts = np.linspace(0, len(k), n_threads + 1).astype(np.int64)
+    _gather(rotations, k, pixels, pad, p, table, out, starts)
+
+
+def scatter(
+    data: np.ndarray,
+    weight: np.ndarray | None,
+    slices: np.ndarray,
+    weights: np.ndarray | None,
+    rotations: np.ndarray,
+    k: np.ndarray,
+    pixels: np.ndarray,
+    pad: int,
+    p: int,
+) -> None:
+    """Add ``slices (b, n_classes, n_pixels, 2)`` (re, im) into ``data (n_voxels, 2 n_classes)``
+    and, if given, ``weights (b, n_classes, n_pixels)`` into ``weight (n_voxels, n_classes)``,
+    with the trilinear weights of the adjoint of :func:`gather` (conjugated where read at
+    ``-q``; the weights unconjugated)."""
+    n_threads = _threads()
+    bands, work, n_work = _bands(_radii(k), pad, n_threads)
+    has_weights = weights is not None
+    if not has_weights:  # typed placeholders: numba compiles one version for both cases
+        weights = np.zeros((1, 1, 1), dtype=slices.dtype)
+        weight = np.zeros((1, 1), dtype=data.dtype)
+    geometry = (rotations, k, pixels, pad, p)
+    _scatter(*geometry, slices, weights, has_weights, data, weight, bands, work, n_work)

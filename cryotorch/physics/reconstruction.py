@@ -48,10 +48,8 @@ def reconstruct_particles(
         ctf = particle_ctf(table, batch, d, dtype=dtype)
         unshift = phase_shift_2d(d, particle_shift_px(table, batch, dtype=dtype)).conj()
         geometry = slice_geometry(torch.as_tensor(table.rotation[batch], dtype=dtype), d, pad)
-        d_sum, w_sum = insert_for_reconstruction(
-            (ctf * unshift * x)[:, None], geometry, n_vox, (ctf**2)[:, None]
+        insert_for_reconstruction(
+            (ctf * unshift * x)[:, None], geometry, n_vox, (ctf**2)[:, None], out=(data, weight)
         )
-        data += d_sum
-        weight += w_sum
     reg = wiener_constant * weight[weight > 0].mean()
     return reconstruct_from_sums(data, weight, d, pad, regularisation=reg)[0]

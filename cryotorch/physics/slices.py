@@ -16,16 +16,19 @@ adjoint of :func:`extract_central_slices` for the real inner product
 :func:`extract_central_slices_reference` does the same with ``grid_sample`` on the full
 (non-Hermitian-folded) spectrum: slow, obviously correct, and the tests hold the fast path to it.
 
-:func:`use_kernels` chooses how the three kernels (geometry, extraction, insertion) run: by
-default on CPU through the numba loops of :mod:`cryotorch.physics.numba_kernels` (several times
-faster than the torch code: no temporaries, no atomic adds; ``scripts/bench_slices.py``), else
-(CUDA, or when autograd needs them) through the torch code below, which is also the reference
-the tests hold the others to; ``compiled`` runs that torch code through ``torch.compile``.
+:func:`use_kernels` chooses how the kernels (extraction, insertion, and the trilinear
+neighbours the torch code reads) run: by default on CPU through the numba loops of
+:mod:`cryotorch.physics.numba_kernels` (5-15 times faster than the torch code: neighbours
+computed on the fly, threads on radial shells of the volume, no atomic adds;
+``scripts/bench_slices.py``), else (CUDA, or when autograd needs them) through the torch code
+below, which is also the reference the tests hold the others to; ``compiled`` runs that torch
+code through ``torch.compile``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -62,37 +65,66 @@ def deinterleave_classes(table: torch.Tensor, p: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SliceGeometry:
-    """Where the frequencies of ``b`` slices fall in the padded volume grid.
+    """Where the frequencies of ``b`` slices fall in the ``pad``-times padded volume grid.
 
-    ``pixels (m,)``: flat rfft_2d positions of the used frequencies (``|k| <= d / 2``);
-    ``index (b, m, 8)``: flat voxel index of the 8 trilinear neighbours; ``weight (b, m, 8)``;
-    ``conjugate (b, m)``: read at ``-q`` (take the complex conjugate).
+    ``rotations (b, 3, 3)`` (RELION ``A``); ``pixels (m,)``: flat rfft_2d positions of the used
+    frequencies (``|k| <= d / 2``), sorted by ``|k|``; ``k (m, 2)``: their ``(kx, ky)``.
+    The trilinear neighbours, which the torch kernels read (the numba kernels compute their own
+    on the fly), are computed on first use: ``index (b, m, 8)``, flat voxel index of the 8
+    neighbours; ``weight (b, m, 8)``; ``conjugate (b, m)``: read at ``-q`` (conjugate).
     """
 
     d: int
+    pad: int
+    rotations: torch.Tensor
     pixels: torch.Tensor
-    index: torch.Tensor
-    weight: torch.Tensor
-    conjugate: torch.Tensor
+    k: torch.Tensor
+
+    @cached_property
+    def _neighbours(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _KERNELS["neighbours"](self.rotations, self.k, self.d, self.pad)
+
+    @property
+    def index(self) -> torch.Tensor:
+        return self._neighbours[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._neighbours[1]
+
+    @property
+    def conjugate(self) -> torch.Tensor:
+        return self._neighbours[2]
 
 
 def slice_geometry(rotations: torch.Tensor, d: int, pad: int = 2) -> SliceGeometry:
-    """Trilinear neighbours of the central slices of ``rotations (b, 3, 3)`` (RELION ``A``)."""
-    return _KERNELS["geometry"](rotations, d, pad)
+    """The central slices of ``rotations (b, 3, 3)`` (RELION ``A``) for box ``d``, padding
+    ``pad``; with their trilinear neighbours where the torch kernels will need them."""
+    pixels, k = _used_frequencies(d, rotations)
+    geometry = SliceGeometry(d, pad, rotations, pixels, k)
+    if not (_ACTIVE[0] == "numba" and _numba_applies(rotations)):
+        geometry.index  # noqa: B018 (computed now, e.g. in the batch-preparing thread)
+    return geometry
 
 
 def _used_frequencies(d: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rfft_2d entries with ``|k| <= d / 2``: flat positions ``(m,)`` and ``k (m, 2)``
-    (``kx, ky`` in Fourier pixels, ``like``'s dtype and device)."""
+    """The rfft_2d entries with ``|k| <= d / 2``, sorted by ``|k|`` (ties in rfft_2d order): flat
+    positions ``(m,)`` and ``k (m, 2)`` (``kx, ky`` in Fourier pixels, ``like``'s dtype and
+    device). The numba kernels cut this order into radial shells of the volume."""
     k = frequency_grid_2d(d, like.device).to(like.dtype).reshape(-1, 2)
-    pixels = torch.nonzero(k.norm(dim=-1) <= d / 2).flatten()
+    radius = k.norm(dim=-1)
+    pixels = torch.nonzero(radius <= d / 2).flatten()
+    pixels = pixels[torch.argsort(radius[pixels], stable=True)]
     return pixels, k[pixels]
 
 
-def _slice_geometry(rotations: torch.Tensor, d: int, pad: int) -> SliceGeometry:
+def _trilinear_neighbours(
+    rotations: torch.Tensor, k: torch.Tensor, d: int, pad: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``index (b, m, 8)``, ``weight (b, m, 8)``, ``conjugate (b, m)`` of the points ``k (m, 2)``
+    of the slices ``rotations (b, 3, 3)`` (see :class:`SliceGeometry`)."""
     p = pad * d
     px = p // 2 + 1
-    pixels, k = _used_frequencies(d, rotations)
     # q = pad * A^T (kx, ky, 0): row j of A^T is column j of A.
     q = pad * (
         k[None, :, 0, None] * rotations[:, None, 0, :]
@@ -126,7 +158,7 @@ def _slice_geometry(rotations: torch.Tensor, d: int, pad: int) -> SliceGeometry:
     ).reshape(8)
     base = (g0[..., 2] * p + g0[..., 1]) * px + g0[..., 0]  # (b, m)
     index = torch.where(valid, base[..., None] + offsets, 0)
-    return SliceGeometry(d, pixels, index, weight, conjugate)
+    return index, weight, conjugate
 
 
 def extract_central_slices(table: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor:
@@ -165,14 +197,30 @@ def insert_central_slices(
     geometry: SliceGeometry,
     n_voxels: int,
     weights: torch.Tensor | None = None,
+    out: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Adjoint of :func:`extract_central_slices`: add ``slices (b, k, d, d // 2 + 1)`` into volumes.
 
     Returns the interleaved data sums ``(n_voxels, 2k)`` and, if ``weights (b, k, d, d // 2 + 1)``
     (real, e.g. posterior · CTF² / σ²) are given, their sums ``(n_voxels, k)`` inserted with the
-    same trilinear weights (Friedel mates add to the same voxel, unconjugated).
+    same trilinear weights (Friedel mates add to the same voxel, unconjugated). With ``out``
+    (data and weight sums of those shapes), the sums are added into it, in place, and it is
+    returned: no new volumes are made (at d = 128 they are hundreds of MB).
     """
-    return _KERNELS["insert"](slices, geometry, n_voxels, weights)
+    return _KERNELS["insert"](slices, geometry, n_voxels, weights, out)
+
+
+def _add_into(
+    out: tuple[torch.Tensor, torch.Tensor | None] | None,
+    sums: tuple[torch.Tensor, torch.Tensor | None],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``sums`` added into ``out`` (returned), or ``sums`` themselves without ``out``."""
+    if out is None:
+        return sums
+    for total, part in zip(out, sums, strict=True):
+        if part is not None:
+            total += part
+    return out
 
 
 def _insertion_values(
@@ -202,6 +250,7 @@ def _insert_central_slices(
     geometry: SliceGeometry,
     n_voxels: int,
     weights: torch.Tensor | None,
+    out: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     values = _insertion_values(slices, geometry, weights)
     # One flat index_add per trilinear corner: on CPU a 1-D index_add is about twice as fast as
@@ -213,7 +262,8 @@ def _insert_central_slices(
         flat_index = (geometry.index[..., c].reshape(-1, 1) * channels + column).reshape(-1)
         w = geometry.weight[..., c].reshape(-1, 1).to(values.dtype)
         sums.index_add_(0, flat_index, (w * values).reshape(-1))
-    return _split_sums(sums.reshape(n_voxels, channels), slices.shape[1], weights is not None)
+    sums = _split_sums(sums.reshape(n_voxels, channels), slices.shape[1], weights is not None)
+    return _add_into(out, sums)
 
 
 # The numba kernels (CPU tensors that need no gradient; anything else takes the torch code).
@@ -224,27 +274,37 @@ def _numba_applies(*tensors: torch.Tensor) -> bool:
     return on_cpu and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def _slice_geometry_numba(rotations: torch.Tensor, d: int, pad: int) -> SliceGeometry:
-    if not _numba_applies(rotations):
-        return _slice_geometry(rotations, d, pad)
-    pixels, k = _used_frequencies(d, rotations)
-    index, weight, conjugate = numba_kernels.geometry(
-        rotations.detach().contiguous().numpy(), k.numpy(), pad, pad * d
-    )
-    return SliceGeometry(
-        d, pixels, torch.from_numpy(index), torch.from_numpy(weight), torch.from_numpy(conjugate)
-    )
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def _extract_central_slices_numba(table: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor:
-    if not _numba_applies(table, geometry.weight):
+    if not _numba_applies(table, geometry.rotations):
         return _extract_central_slices(table, geometry)
-    acc = numba_kernels.gather(
+    b, k, d = geometry.rotations.shape[0], table.shape[1] // 2, geometry.d
+    out = torch.zeros(b, k, d * (d // 2 + 1), dtype=_COMPLEX[table.dtype])
+    numba_kernels.gather(
+        torch.view_as_real(out).numpy(),
         table.detach().contiguous().numpy(),
-        geometry.index.reshape(-1, 8).numpy(),
-        geometry.weight.detach().reshape(-1, 8).numpy(),
+        *_numba_geometry(geometry, table.dtype),
     )
-    return _slices_from_points(torch.from_numpy(acc), geometry)
+    return out.reshape(b, k, d, d // 2 + 1)
+
+
+def _numba_geometry(geometry: SliceGeometry, dtype: torch.dtype) -> tuple:
+    """The geometry arguments of the numba kernels: rotations, k, pixels, pad, p."""
+    return (
+        geometry.rotations.detach().to(dtype).contiguous().numpy(),
+        geometry.k.to(dtype).contiguous().numpy(),
+        geometry.pixels.numpy(),
+        geometry.pad,
+        geometry.pad * geometry.d,
+    )
+
+
+def _writable_by_numba(t: torch.Tensor | None, shape: tuple[int, ...]) -> bool:
+    return t is None or (
+        t.device.type == "cpu" and t.is_contiguous() and not t.requires_grad and t.shape == shape
+    )
 
 
 def _insert_central_slices_numba(
@@ -252,66 +312,87 @@ def _insert_central_slices_numba(
     geometry: SliceGeometry,
     n_voxels: int,
     weights: torch.Tensor | None,
+    out: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    tensors = [slices, geometry.weight] + ([weights] if weights is not None else [])
-    if not _numba_applies(*tensors):
-        return _insert_central_slices(slices, geometry, n_voxels, weights)
-    values = _insertion_values(slices, geometry, weights).contiguous()
-    sums = values.new_zeros((n_voxels, values.shape[1]))
-    numba_kernels.scatter(
-        geometry.index.reshape(-1, 8).numpy(),
-        geometry.weight.reshape(-1, 8).numpy(),
-        values.numpy(),
-        sums.numpy(),
+    b, k = slices.shape[:2]
+    tensors = [slices, geometry.rotations] + ([weights] if weights is not None else [])
+    real = slices.real.dtype
+    if out is None:
+        data = torch.zeros(n_voxels, 2 * k, dtype=real)
+        weight = torch.zeros(n_voxels, k, dtype=real) if weights is not None else None
+    else:
+        data, weight = out
+        if weights is not None and weight is None:
+            raise ValueError("out has no weight sums to add the weights into")
+    in_place = _writable_by_numba(data, (n_voxels, 2 * k)) and (
+        weights is None or _writable_by_numba(weight, (n_voxels, k))
     )
-    return _split_sums(sums, slices.shape[1], weights is not None)
+    if not (_numba_applies(*tensors) and in_place):
+        return _insert_central_slices(slices, geometry, n_voxels, weights, out)
+    values = torch.view_as_real(slices.detach().resolve_conj().reshape(b, k, -1).contiguous())
+    numba_kernels.scatter(
+        data.numpy(),
+        weight.numpy() if weights is not None else None,
+        values.numpy(),
+        weights.detach().reshape(b, k, -1).to(real).contiguous().numpy()
+        if weights is not None
+        else None,
+        *_numba_geometry(geometry, real),
+    )
+    return data, (weight if weights is not None else None)
 
 
 _TORCH_KERNELS = {
-    "geometry": _slice_geometry,
+    "neighbours": _trilinear_neighbours,
     "extract": _extract_central_slices,
     "insert": _insert_central_slices,
 }
 _NUMBA_KERNELS = {
-    "geometry": _slice_geometry_numba,
+    "neighbours": _trilinear_neighbours,
     "extract": _extract_central_slices_numba,
     "insert": _insert_central_slices_numba,
 }
 KERNEL_CHOICES = ("numba", "torch", "compiled")
 _KERNELS = dict(_NUMBA_KERNELS)
+_ACTIVE = ["numba"]  # the choice of use_kernels
 
 
 def use_kernels(name: str = "numba") -> None:
-    """Choose the implementation of the slice kernels (geometry, extraction, insertion).
+    """Choose the implementation of the slice kernels (extraction, insertion, neighbours).
 
     ``numba`` (the default): :mod:`cryotorch.physics.numba_kernels` for CPU tensors that need no
     gradient, the torch code for the rest (CUDA, autograd). ``torch``: the torch code always
     (the reference). ``compiled``: the torch code through ``torch.compile`` (compiled on first
     use for each shape; needs a C++ compiler on CPU, Triton on CUDA).
     """
+    if name not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, not {name!r}")
+    _ACTIVE[0] = name
     if name == "numba":
         _KERNELS.update(_NUMBA_KERNELS)
     elif name == "torch":
         _KERNELS.update(_TORCH_KERNELS)
     elif name == "compiled":
         _KERNELS.update({key: torch.compile(fn) for key, fn in _TORCH_KERNELS.items()})
-    else:
-        raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, not {name!r}")
 
 
 def insert_for_reconstruction(
-    slices: torch.Tensor, geometry: SliceGeometry, n_voxels: int, weights: torch.Tensor
+    slices: torch.Tensor,
+    geometry: SliceGeometry,
+    n_voxels: int,
+    weights: torch.Tensor,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Insertion whose sums, after :func:`sum_friedel_mates_on_x0_plane`, equal full-spectrum sums.
 
     The rfft_2d column ``kx = 0`` holds both members of each Friedel pair, while every other
     column stands for its absent mate too; so that column is inserted at half weight, and the
     mates the half volume cannot hold are added on its ``x = 0`` plane afterwards (as RELION's
-    ``enforceHermitianSymmetry`` does). Same shapes as :func:`insert_central_slices`.
+    ``enforceHermitianSymmetry`` does). Same shapes and ``out`` as :func:`insert_central_slices`.
     """
     half = torch.ones(slices.shape[-1], dtype=weights.dtype, device=weights.device)
     half[0] = 0.5
-    data, weight = insert_central_slices(slices * half, geometry, n_voxels, weights * half)
+    data, weight = insert_central_slices(slices * half, geometry, n_voxels, weights * half, out)
     return data, weight
 
 
