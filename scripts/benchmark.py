@@ -13,8 +13,9 @@ other:
   (``--tau2_fudge 4 --ctf --pad 2``, from the consensus ``relion_reconstruct --ctf``); seconds
   per iteration = its wall time / N (its start-up included);
 - ``cryotorch-classify experiment=relion_like optim.max_iterations=N`` at the same resolution R
-  (images Fourier-cropped to it); seconds per iteration = the median of its full-EM iterations
-  after the first (which also holds the initialisation); once per ``--kernels`` choice (numba,
+  (images Fourier-cropped to it) and RELION's ``--particle_diameter`` (86.4 Å at both boxes);
+  seconds per iteration = the median of its full-EM iterations after the first (which also
+  holds the initialisation); once per ``--kernels`` choice (numba,
   the CPU default; torch, the reference code; compiled, torch.compile, whose compilation falls
   in the first iteration).
 
@@ -54,6 +55,8 @@ from cryotorch.simulate.atomic import (
 from cryotorch.simulate.particles import SimulationSettings, simulate_particles
 
 PIXEL_SIZE = 1.5
+# The solvent mask of both programs, whatever the box (AdK is about 60 Å across).
+PARTICLE_DIAMETER = 0.9 * 64 * PIXEL_SIZE
 SNR = 0.05
 
 # Runs a command as a child and prints its peak RSS (kB) as the last line.
@@ -104,7 +107,7 @@ def run_relion(star: Path, k: int, args) -> dict:
         "relion_refine", "--i", star.name, "--o", f"{out}/run", "--ref", "consensus.mrc",
         "--K", str(k), "--skip_align", "--tau2_fudge", "4", "--iter", str(args.iterations),
         "--ctf", "--ini_high", r, "--strict_highres_exp", r, "--flatten_solvent", "--zero_mask",
-        "--particle_diameter", f"{0.9 * 64 * PIXEL_SIZE:.1f}", "--pad", "2", "--j",
+        "--particle_diameter", f"{PARTICLE_DIAMETER:.1f}", "--pad", "2", "--j",
         str(args.threads), "--random_seed", "0", "--dont_combine_weights_via_disc", "--pool", "30",
     ]  # fmt: skip
     wall, rss, _ = measured(command, folder)
@@ -121,6 +124,7 @@ def relion_like_command(star: Path, out: Path, k: int, iterations: int, resoluti
         f"optim.max_iterations={iterations}", f"model.num_classes={k}",
         f"model.target_resolution={resolution}",
         f"model.initial_resolution={resolution}", "model.resolution_reach_at=0", "seed=0",
+        f"model.particle_diameter={PARTICLE_DIAMETER:.1f}",
     ]  # fmt: skip
 
 
