@@ -102,7 +102,7 @@ def slice_geometry(rotations: torch.Tensor, d: int, pad: int = 2) -> SliceGeomet
     ``pad``; with their trilinear neighbours where the torch kernels will need them."""
     pixels, k = _used_frequencies(d, rotations)
     geometry = SliceGeometry(d, pad, rotations, pixels, k)
-    if not (_ACTIVE[0] == "numba" and _numba_applies(rotations)):
+    if not (_KERNELS["insert"] is _insert_central_slices_numba and _numba_applies(rotations)):
         geometry.index  # noqa: B018 (computed now, e.g. in the batch-preparing thread)
     return geometry
 
@@ -207,6 +207,8 @@ def insert_central_slices(
     (data and weight sums of those shapes), the sums are added into it, in place, and it is
     returned: no new volumes are made (at d = 128 they are hundreds of MB).
     """
+    if out is not None and weights is not None and out[1] is None:
+        raise ValueError("out has no weight sums to add the weights into")
     return _KERNELS["insert"](slices, geometry, n_voxels, weights, out)
 
 
@@ -301,10 +303,8 @@ def _numba_geometry(geometry: SliceGeometry, dtype: torch.dtype) -> tuple:
     )
 
 
-def _writable_by_numba(t: torch.Tensor | None, shape: tuple[int, ...]) -> bool:
-    return t is None or (
-        t.device.type == "cpu" and t.is_contiguous() and not t.requires_grad and t.shape == shape
-    )
+def _writable_by_numba(t: torch.Tensor, shape: tuple[int, ...]) -> bool:
+    return t.device.type == "cpu" and t.is_contiguous() and not t.requires_grad and t.shape == shape
 
 
 def _insert_central_slices_numba(
@@ -316,19 +316,18 @@ def _insert_central_slices_numba(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     b, k = slices.shape[:2]
     tensors = [slices, geometry.rotations] + ([weights] if weights is not None else [])
+    in_place = out is None or (
+        _writable_by_numba(out[0], (n_voxels, 2 * k))
+        and (weights is None or _writable_by_numba(out[1], (n_voxels, k)))
+    )
+    if not (_numba_applies(*tensors) and in_place):
+        return _insert_central_slices(slices, geometry, n_voxels, weights, out)
     real = slices.real.dtype
     if out is None:
         data = torch.zeros(n_voxels, 2 * k, dtype=real)
         weight = torch.zeros(n_voxels, k, dtype=real) if weights is not None else None
     else:
         data, weight = out
-        if weights is not None and weight is None:
-            raise ValueError("out has no weight sums to add the weights into")
-    in_place = _writable_by_numba(data, (n_voxels, 2 * k)) and (
-        weights is None or _writable_by_numba(weight, (n_voxels, k))
-    )
-    if not (_numba_applies(*tensors) and in_place):
-        return _insert_central_slices(slices, geometry, n_voxels, weights, out)
     values = torch.view_as_real(slices.detach().resolve_conj().reshape(b, k, -1).contiguous())
     numba_kernels.scatter(
         data.numpy(),
@@ -348,13 +347,12 @@ _TORCH_KERNELS = {
     "insert": _insert_central_slices,
 }
 _NUMBA_KERNELS = {
-    "neighbours": _trilinear_neighbours,
+    **_TORCH_KERNELS,  # the neighbours, which only the torch fallback reads
     "extract": _extract_central_slices_numba,
     "insert": _insert_central_slices_numba,
 }
 KERNEL_CHOICES = ("numba", "torch", "compiled")
 _KERNELS = dict(_NUMBA_KERNELS)
-_ACTIVE = ["numba"]  # the choice of use_kernels
 
 
 def use_kernels(name: str = "numba") -> None:
@@ -367,7 +365,6 @@ def use_kernels(name: str = "numba") -> None:
     """
     if name not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, not {name!r}")
-    _ACTIVE[0] = name
     if name == "numba":
         _KERNELS.update(_NUMBA_KERNELS)
     elif name == "torch":
