@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py [--boxes 64 128] [--classes 2 4 8] [--particles 10000]
         [--iterations 5] [--resolution 8] [--threads 2] [--device cpu|cuda] [--no-relion]
-        [--kernels numba [torch compiled]] [--workdir DIR] [--output benchmark.md]
+        [--kernels numba [torch compiled]] [--seeds 1] [--workdir DIR] [--output benchmark.md]
 
 For each box it simulates ``--particles`` particles (1.5 Å/px, SNR 0.05) of K classes: adenylate
 kinase from open to closed in K even steps (the built-in models, interpolated), equal shares.
@@ -22,7 +22,10 @@ other:
 "wall" is each process's whole run, start-up, reading and initialisation included.
 
 Each runs in its own process; peak RSS is that process's ``ru_maxrss``. Accuracy: against the
-true classes, best matching of labels. Prints a Markdown table (and writes it with
+true classes, best matching of labels. With ``--seeds S`` each program runs S times on the same
+particles, with random seeds 0..S-1 (the initial random assignment of both): the table gives
+the median seconds per iteration and wall time, the largest peak RSS, and the mean accuracy
+with its range, since after a few iterations the accuracy depends on the start. Prints a Markdown table (and writes it with
 ``--output``); "speed-up" is RELION's seconds per iteration over cryotorch's.
 """
 
@@ -93,14 +96,14 @@ def simulate(work: Path, box: int, k: int, n: int, seed: int) -> Path:
     return simulate_particles(np.stack(maps), PIXEL_SIZE, work / "data", settings)
 
 
-def run_relion(star: Path, k: int, args) -> dict:
+def run_relion(star: Path, k: int, args, seed: int = 0) -> dict:
     folder = star.parent
     if not (folder / "consensus.mrc").is_file():
         subprocess.run(
             ["relion_reconstruct", "--i", star.name, "--o", "consensus.mrc", "--ctf"],
             cwd=folder, check=True, capture_output=True,
         )  # fmt: skip
-    out = f"relion_K{k}"
+    out = f"relion_K{k}" + (f"_seed{seed}" if seed else "")
     (folder / out).mkdir(exist_ok=True)
     r = f"{args.resolution:g}"
     command = [
@@ -108,7 +111,7 @@ def run_relion(star: Path, k: int, args) -> dict:
         "--K", str(k), "--skip_align", "--tau2_fudge", "4", "--iter", str(args.iterations),
         "--ctf", "--ini_high", r, "--strict_highres_exp", r, "--flatten_solvent", "--zero_mask",
         "--particle_diameter", f"{PARTICLE_DIAMETER:.1f}", "--pad", "2", "--j",
-        str(args.threads), "--random_seed", "0", "--dont_combine_weights_via_disc", "--pool", "30",
+        str(args.threads), "--random_seed", str(seed), "--dont_combine_weights_via_disc", "--pool", "30",
     ]  # fmt: skip
     wall, rss, _ = measured(command, folder)
     data = starfile.read(folder / out / f"run_it{args.iterations:03d}_data.star", always_dict=True)
@@ -116,22 +119,24 @@ def run_relion(star: Path, k: int, args) -> dict:
     return {"s_per_it": wall / args.iterations, "wall": wall, "rss_mb": rss, "predicted": predicted}
 
 
-def relion_like_command(star: Path, out: Path, k: int, iterations: int, resolution: float):
+def relion_like_command(
+    star: Path, out: Path, k: int, iterations: int, resolution: float, seed: int = 0
+):
     """``cryotorch-classify experiment=relion_like`` at a fixed ``resolution`` (Å), quiet."""
     return [
         sys.executable, "-m", "cryotorch.cli.classify", f"data.particles={star}",
         f"output_dir={out}", "logger=none", "logger.quiet=true", "experiment=relion_like",
         f"optim.max_iterations={iterations}", f"model.num_classes={k}",
         f"model.target_resolution={resolution}",
-        f"model.initial_resolution={resolution}", "model.resolution_reach_at=0", "seed=0",
+        f"model.initial_resolution={resolution}", "model.resolution_reach_at=0", f"seed={seed}",
         f"model.particle_diameter={PARTICLE_DIAMETER:.1f}",
     ]  # fmt: skip
 
 
-def run_cryotorch(star: Path, k: int, args, kernels: str = "numba") -> dict:
-    out = star.parent / f"cryotorch_K{k}_{kernels}"
+def run_cryotorch(star: Path, k: int, args, kernels: str = "numba", seed: int = 0) -> dict:
+    out = star.parent / (f"cryotorch_K{k}_{kernels}" + (f"_seed{seed}" if seed else ""))
     shutil.rmtree(out, ignore_errors=True)  # the benchmark's own folder from an earlier run
-    command = relion_like_command(star, out, k, args.iterations, args.resolution)
+    command = relion_like_command(star, out, k, args.iterations, args.resolution, seed)
     command += [f"device={args.device}", f"kernels={kernels}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     wall, rss, _ = measured(command, star.parent, env)
@@ -144,6 +149,21 @@ def run_cryotorch(star: Path, k: int, args, kernels: str = "numba") -> dict:
         "wall": wall,
         "rss_mb": rss,
         "predicted": predicted,
+    }
+
+
+def summary(runs: list[dict], truth: np.ndarray, k: int) -> dict:
+    """One program's runs (one per seed) as a table row: median seconds per iteration and wall
+    time, the largest peak RSS, and the accuracy (with its range over the seeds)."""
+    accuracy = [100 * classification_accuracy(r["predicted"], truth, k) for r in runs]
+    text = f"{accuracy[0]:.2f} %"
+    if len(runs) > 1:
+        text = f"{np.mean(accuracy):.2f} % ({min(accuracy):.2f}-{max(accuracy):.2f})"
+    return {
+        "s_per_it": float(np.median([r["s_per_it"] for r in runs])),
+        "wall": float(np.median([r["wall"] for r in runs])),
+        "rss_mb": max(r["rss_mb"] for r in runs),
+        "accuracy": text,
     }
 
 
@@ -171,6 +191,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-relion", action="store_true")
     ap.add_argument("--kernels", nargs="+", default=["numba"], choices=KERNEL_CHOICES)
+    ap.add_argument("--seeds", type=int, default=1, help="runs per program, seeds 0..S-1")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--output", type=Path, default=None)
     args = ap.parse_args()
@@ -189,15 +210,16 @@ def main() -> None:
             if not star.is_file():
                 star = simulate(case, box, k, args.particles, args.seed)
             truth = np.loadtxt(star.parent / "true_classes.txt", dtype=np.int64) - 1
-            results = {}
-            if not args.no_relion:
-                results["relion_refine"] = run_relion(star, k, args)
-            for kernels in args.kernels:
-                name = f"cryotorch ({args.device}, {kernels})"
-                results[name] = run_cryotorch(star, k, args, kernels)
+            runs = {}
+            for seed in range(args.seeds):
+                if not args.no_relion:
+                    runs.setdefault("relion_refine", []).append(run_relion(star, k, args, seed))
+                for kernels in args.kernels:
+                    name = f"cryotorch ({args.device}, {kernels})"
+                    runs.setdefault(name, []).append(run_cryotorch(star, k, args, kernels, seed))
+            results = {name: summary(r, truth, k) for name, r in runs.items()}
             relion = results.get("relion_refine")
             for name, r in results.items():
-                accuracy = classification_accuracy(r["predicted"], truth, k)
                 speedup = (
                     f"{relion['s_per_it'] / r['s_per_it']:.1f}x"
                     if relion and name != "relion_refine"
@@ -206,13 +228,14 @@ def main() -> None:
                 line = (
                     f"| {box} | {k} | {args.particles} | {name} | {r['s_per_it']:.2f} | "
                     f"{args.particles * k / r['s_per_it']:,.0f} | {r['wall']:.0f} | {r['rss_mb']:.0f} | "
-                    f"{100 * accuracy:.2f} % | {speedup} |"
+                    f"{r['accuracy']} | {speedup} |"
                 )
                 rows.append(line)
                 print(line, flush=True)
     footer = (
         f"\n{datetime.date.today()}, {machine()}; {args.threads} threads; "
         f"{args.iterations} full EM iterations at {args.resolution:g} Å; SNR {SNR}, "
+        f"{args.seeds} seed(s) per program; "
         f"{PIXEL_SIZE} Å/px. Work folder {work}."
     )
     print(footer)
