@@ -12,7 +12,9 @@ low-level functions return slices of the volume's own grid (p x (p/2+1)), which 
 ``project_3d_to_2d(pad_factor=2)`` then crops in real space. Its full projection is timed as well,
 next to ``cryotorch.physics.projector.project``. torch-fourier-slice's insertion returns the
 interpolation weights (counts) beside the data; cryotorch's inserts given weights (CTF²), adding
-into running sums as the M-step does.
+into running sums as the M-step does. For K > 1 the row "numba, K factors" inserts the M-step's
+form: one image (and weights) per particle and K per-class factors (the posteriors), in place
+of K slices.
 For K classes cryotorch does one gather of the interleaved table; torch-fourier-slice uses
 its multichannel functions. Figures are
 class-slices per second (batch x K / seconds), the median of several repeats. Prints a table.
@@ -84,6 +86,14 @@ def bench(
     def ours_insert():  # into running sums, as the M-step accumulates its statistics
         insert_central_slices(slices, slice_geometry(rot, d, 2), n_vox, weights, out=sums)
 
+    image, image_weights = slices[:, :1], weights[:, :1]
+    factors = (torch.rand(batch, k, generator=gen), torch.rand(batch, k, generator=gen))
+    factors = tuple(f.to(device) for f in factors)
+
+    def ours_insert_factored():  # the M-step's form: one image per particle, K posteriors
+        geometry = slice_geometry(rot, d, 2)
+        insert_central_slices(image, geometry, n_vox, image_weights, out=sums, factors=factors)
+
     def ours_project():
         project(maps, rot)
 
@@ -113,6 +123,11 @@ def bench(
         *((f"extract  cryotorch {kind}", kind, ours_extract) for kind in kernels),
         ("extract  torch-fourier-slice", "numba", tfs_extract),
         *((f"insert   cryotorch {kind}", kind, ours_insert) for kind in kernels),
+        *(
+            [("insert   cryotorch numba, K factors", "numba", ours_insert_factored)]
+            if k > 1
+            else []
+        ),
         ("insert   torch-fourier-slice", "numba", tfs_insert),
         ("project  cryotorch numba", "numba", ours_project),
         ("project  torch-fourier-slice", "numba", tfs_project),

@@ -219,6 +219,34 @@ def test_insertion_adds_into_given_sums(kernels, kernels_in_test):
     torch.testing.assert_close(weight, expected_weight, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
+def test_insertion_with_class_factors_equals_the_expanded_slices(kernels, kernels_in_test):
+    """One image per particle with per-class factors (the M-step's form) adds what the
+    per-class slices ``f_ik X_i`` and weights ``g_ik W_i`` would, into float64 sums too."""
+    kernels_in_test(kernels)
+    d, pad, k, b = 16, 2, 3, 7
+    p = pad * d
+    n_vox = p * p * (p // 2 + 1)
+    g = torch.Generator().manual_seed(4)
+    images = torch.randn(b, 1, d, d // 2 + 1, dtype=torch.complex64, generator=g)
+    image_weights = torch.rand(b, 1, d, d // 2 + 1, generator=g)
+    factors = (torch.rand(b, k, generator=g), torch.rand(b, k, generator=g))
+    geometry = slice_geometry(random_rotations(b, seed=6), d, pad)
+    expanded = insert_central_slices(
+        images * factors[0][:, :, None, None],
+        geometry,
+        n_vox,
+        image_weights * factors[1][:, :, None, None],
+    )
+    sums = tuple(torch.zeros(n_vox, c, dtype=torch.float64) for c in (2 * k, k))
+    insert_central_slices(images, geometry, n_vox, image_weights, out=sums, factors=factors)
+    data_only, _ = insert_central_slices(images, geometry, n_vox, factors=factors)
+    for a, e in zip((*sums, data_only), (*expanded, expanded[0]), strict=True):
+        torch.testing.assert_close(a.to(e.dtype), e, rtol=0, atol=1e-5 * float(e.abs().max()))
+    with pytest.raises(ValueError, match="one image each"):
+        insert_central_slices(images.expand(b, k, d, d // 2 + 1), geometry, n_vox, factors=factors)
+
+
 def test_numba_insertion_does_not_depend_on_the_number_of_threads():
     """The radial bands fix the order of the additions to each voxel: bit-identical sums."""
     d, pad, k = 40, 2, 2

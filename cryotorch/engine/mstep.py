@@ -135,16 +135,17 @@ def accumulate_statistics(
     )  # 1/σ², 0 at DC
     ctf_x = batch.ctf * batch.shift.conj() * batch.spectra * inv_power  # (b, d, dh)
     ctf2 = batch.ctf**2 * inv_power
-    g = weights.to(batch.ctf.dtype)[:, :, None, None]
+    # Class k adds γ_ik c X / σ² and γ_ik c² / σ²: one image per particle, scaled per class.
+    g = weights.to(batch.ctf.dtype)
+    factors = (g, g)
     if estep.scale is not None:  # per-particle contrast s: s c X in the data, s² c² in the weight
         scale = estep.scale.to(batch.ctf.dtype)
         if halves is not None:
             scale = torch.cat([scale, scale], dim=1)
-        scale = scale[:, :, None, None]
-        data, weight = g * scale * ctf_x[:, None], g * scale**2 * ctf2[:, None]
-    else:
-        data, weight = g * ctf_x[:, None], g * ctf2[:, None]
-    insert_for_reconstruction(data, batch.geometry, n_vox, weight, out=(stats.data, stats.weight))
+        factors = (g * scale, g * scale**2)
+    insert_for_reconstruction(
+        ctf_x[:, None], batch.geometry, n_vox, ctf2[:, None], (stats.data, stats.weight), factors
+    )
     stats.class_weight += weights.sum(0).double()
     residual = (gamma[:, :, None] * estep.residual_shells).sum(1)  # (b, n_shells)
     sums, counts = noise.sums_by_group(residual, batch.optics_group)

@@ -87,9 +87,24 @@ def _gather(rotations, k, pixels, pad, p, table, out, starts):  # pragma: no cov
 
 @njit(parallel=True, cache=True)
 def _scatter(
-    rotations, k, pixels, pad, p, slices, weights, has_weights, data, weight, bands, work, n_work
+    rotations,
+    k,
+    pixels,
+    pad,
+    p,
+    slices,
+    weights,
+    has_weights,
+    factors,
+    has_factors,
+    data,
+    weight,
+    bands,
+    work,
+    n_work,
 ):  # pragma: no cover (JIT)
-    n_classes = slices.shape[1]
+    n_classes = data.shape[1] // 2
+    last_source = slices.shape[1] - 1  # 0: one image for all the classes, else n_classes - 1
     n_channels = 2 * n_classes
     px, half = p // 2 + 1, p // 2
     sz = p * px
@@ -104,10 +119,13 @@ def _scatter(
                     for i in range(rotations.shape[0]):
                         x0, y0, z0, fx, fy, fz, sign = _grid_point(rotations[i], kx, ky, pad, half)
                         for c in range(n_classes):
-                            v[2 * c] = slices[i, c, pixel, 0]
-                            v[2 * c + 1] = sign * slices[i, c, pixel, 1]
+                            source = min(c, last_source)
+                            f = factors[i, c] if has_factors else 1.0
+                            v[2 * c] = f * slices[i, source, pixel, 0]
+                            v[2 * c + 1] = f * sign * slices[i, source, pixel, 1]
                             if has_weights:
-                                vw[c] = weights[i, c, pixel]
+                                g = factors[i, n_classes + c] if has_factors else 1.0
+                                vw[c] = g * weights[i, source, pixel]
                         if x0 + 1 < px and 0 <= y0 and y0 + 1 < p and 0 <= z0 and z0 + 1 < p:
                             base = z0 * sz + y0 * px + x0
                             for dz in range(2):
@@ -208,16 +226,28 @@ def scatter(
     pixels: np.ndarray,
     pad: int,
     p: int,
+    factors: np.ndarray | None = None,
 ) -> None:
     """Add ``slices (b, n_classes, n_pixels, 2)`` (re, im) into ``data (n_voxels, 2 n_classes)``
     and, if given, ``weights (b, n_classes, n_pixels)`` into ``weight (n_voxels, n_classes)``,
     with the trilinear weights of the adjoint of :func:`gather` (conjugated where read at
-    ``-q``; the weights unconjugated)."""
+    ``-q``; the weights unconjugated).
+
+    With ``factors (b, 2 n_classes)``, ``slices (b, 1, n_pixels, 2)`` and ``weights (b, 1,
+    n_pixels)`` hold one image per particle, and class ``c`` adds ``factors[:, c]`` times the
+    image and ``factors[:, n_classes + c]`` times its weights: each point's image value is read
+    once for all the classes."""
     n_threads = _threads()
     bands, work, n_work = _bands(_radii(k), pad, n_threads)
     has_weights = weights is not None
     if not has_weights:  # typed placeholders: numba compiles one version for both cases
         weights = np.zeros((1, 1, 1), dtype=slices.dtype)
         weight = np.zeros((1, 1), dtype=data.dtype)
+    has_factors = factors is not None
+    if not has_factors:
+        factors = np.zeros((1, 1), dtype=data.dtype)
     geometry = (rotations, k, pixels, pad, p)
-    _scatter(*geometry, slices, weights, has_weights, data, weight, bands, work, n_work)
+    _scatter(
+        *geometry, slices, weights, has_weights, factors, has_factors, data, weight,
+        bands, work, n_work,
+    )  # fmt: skip

@@ -198,6 +198,7 @@ def insert_central_slices(
     n_voxels: int,
     weights: torch.Tensor | None = None,
     out: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Adjoint of :func:`extract_central_slices`: add ``slices (b, k, d, d // 2 + 1)`` into volumes.
 
@@ -206,10 +207,30 @@ def insert_central_slices(
     same trilinear weights (Friedel mates add to the same voxel, unconjugated). With ``out``
     (data and weight sums of those shapes), the sums are added into it, in place, and it is
     returned: no new volumes are made (at d = 128 they are hundreds of MB).
+
+    With ``factors`` (``(b, k)`` for the data and ``(b, k)`` for the weights), ``slices`` and
+    ``weights`` are ``(b, 1, d, d // 2 + 1)``, one image per particle, and class ``c`` gets
+    ``factors[0][:, c]`` times the image and ``factors[1][:, c]`` times its weights: the sums of
+    the expanded slices, without making them (the M-step's images differ between the classes
+    only by the posterior, so the numba kernel reads each image value once for all K).
     """
     if out is not None and weights is not None and out[1] is None:
         raise ValueError("out has no weight sums to add the weights into")
-    return _KERNELS["insert"](slices, geometry, n_voxels, weights, out)
+    if factors is not None and (slices.shape[1] != 1 or len(factors) != 2):
+        raise ValueError("with factors, slices must be (b, 1, d, d // 2 + 1): one image each")
+    return _KERNELS["insert"](slices, geometry, n_voxels, weights, out, factors)
+
+
+def _expand_factors(
+    slices: torch.Tensor,
+    weights: torch.Tensor | None,
+    factors: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One image per particle and per-class ``factors`` -> the per-class slices and weights."""
+    if factors is None:
+        return slices, weights
+    data_factors, weight_factors = (f.to(slices.real.dtype)[:, :, None, None] for f in factors)
+    return slices * data_factors, (weights * weight_factors if weights is not None else None)
 
 
 def _add_into(
@@ -253,7 +274,9 @@ def _insert_central_slices(
     n_voxels: int,
     weights: torch.Tensor | None,
     out: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    slices, weights = _expand_factors(slices, weights, factors)
     values = _insertion_values(slices, geometry, weights)
     # One flat index_add per trilinear corner: on CPU a 1-D index_add is about twice as fast as
     # a 2-D one over the same numbers (scripts/bench_slices.py).
@@ -313,30 +336,36 @@ def _insert_central_slices_numba(
     n_voxels: int,
     weights: torch.Tensor | None,
     out: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    b, k = slices.shape[:2]
+    b, n_images = slices.shape[:2]
+    k = factors[0].shape[1] if factors is not None else n_images
     tensors = [slices, geometry.rotations] + ([weights] if weights is not None else [])
+    tensors += list(factors) if factors is not None else []
     in_place = out is None or (
         _writable_by_numba(out[0], (n_voxels, 2 * k))
         and (weights is None or _writable_by_numba(out[1], (n_voxels, k)))
     )
     if not (_numba_applies(*tensors) and in_place):
-        return _insert_central_slices(slices, geometry, n_voxels, weights, out)
+        return _insert_central_slices(slices, geometry, n_voxels, weights, out, factors)
     real = slices.real.dtype
     if out is None:
         data = torch.zeros(n_voxels, 2 * k, dtype=real)
         weight = torch.zeros(n_voxels, k, dtype=real) if weights is not None else None
     else:
         data, weight = out
-    values = torch.view_as_real(slices.detach().resolve_conj().reshape(b, k, -1).contiguous())
+    values = torch.view_as_real(slices.detach().resolve_conj().reshape(b, n_images, -1))
     numba_kernels.scatter(
         data.numpy(),
         weight.numpy() if weights is not None else None,
-        values.numpy(),
-        weights.detach().reshape(b, k, -1).to(real).contiguous().numpy()
+        values.contiguous().numpy(),
+        weights.detach().reshape(b, n_images, -1).to(real).contiguous().numpy()
         if weights is not None
         else None,
         *_numba_geometry(geometry, real),
+        factors=torch.cat(factors, dim=1).detach().to(real).contiguous().numpy()
+        if factors is not None
+        else None,
     )
     return data, (weight if weights is not None else None)
 
@@ -379,18 +408,19 @@ def insert_for_reconstruction(
     n_voxels: int,
     weights: torch.Tensor,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Insertion whose sums, after :func:`sum_friedel_mates_on_x0_plane`, equal full-spectrum sums.
 
     The rfft_2d column ``kx = 0`` holds both members of each Friedel pair, while every other
     column stands for its absent mate too; so that column is inserted at half weight, and the
     mates the half volume cannot hold are added on its ``x = 0`` plane afterwards (as RELION's
-    ``enforceHermitianSymmetry`` does). Same shapes and ``out`` as :func:`insert_central_slices`.
+    ``enforceHermitianSymmetry`` does). Same shapes, ``out`` and ``factors`` as
+    :func:`insert_central_slices`.
     """
     half = torch.ones(slices.shape[-1], dtype=weights.dtype, device=weights.device)
     half[0] = 0.5
-    data, weight = insert_central_slices(slices * half, geometry, n_voxels, weights * half, out)
-    return data, weight
+    return insert_central_slices(slices * half, geometry, n_voxels, weights * half, out, factors)
 
 
 def sum_friedel_mates_on_x0_plane(volumes_ft: torch.Tensor) -> torch.Tensor:
