@@ -516,3 +516,26 @@ def test_prefetching_the_next_batch_changes_nothing(tiny_star: Path, tmp_path: P
         np.testing.assert_array_equal(
             np.load(tmp_path / "prefetch" / name), np.load(tmp_path / "plain" / name)
         )
+
+
+def test_spectrum_cache_gives_the_same_batches_and_skips_the_reads(tiny_star: Path):
+    """Cached spectra equal freshly read ones; a cached batch reads no image; the cache never
+    holds more than its byte budget, and rows past it are read every pass."""
+    table = read_particles(tiny_star)  # 300 particles
+    each = 8 * 12 * 7  # complex64 at box 12
+    rows = [np.arange(0, 100), np.arange(100, 200), np.array([5, 150, 7])]
+    with ParticleImages(table) as images:
+        plain = BatchMaker(images, 12, torch.device("cpu"))
+        cached = BatchMaker(images, 12, torch.device("cpu"), cache_bytes=150 * each)
+        assert cached.cache_capacity == 150
+        reads = []
+        read = images.read
+        images.read = lambda r: reads.append(len(r)) or read(r)
+        for _ in range(2):
+            for r in rows:
+                torch.testing.assert_close(cached.load(r).spectra, plain.load(r).spectra)
+        assert cached._n_cached == 150
+    # Pass 1: every batch read by both makers (cached, then plain). Pass 2: the cached maker
+    # reads only the batches holding rows past its budget (150-199, and 150).
+    first, second = [100, 100, 100, 100, 3, 3], [100, 100, 100, 3, 3]
+    assert reads == [*first, *second]

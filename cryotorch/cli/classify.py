@@ -259,6 +259,8 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
         make_regulariser(settings.regulariser)  # and the regulariser's
     except ValueError as exc:
         raise InputError("configuration", None, str(exc)) from exc
+    if not float(cfg.data.cache_gb) >= 0:
+        raise InputError("configuration", "data.cache_gb", f"must be >= 0, not {cfg.data.cache_gb}")
     torch.manual_seed(settings.seed)
     star = _particles(cfg, output_dir) if group.is_main else None
     group.barrier()  # rank 0 has simulated the demo data, if asked to
@@ -317,6 +319,7 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
                     device,
                     pad=settings.pad,
                     use_ctf_scale=settings.contrast != "none",
+                    cache_bytes=int(float(cfg.data.cache_gb) * 2**30),
                 ),
                 settings,
                 monitor,
