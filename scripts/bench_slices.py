@@ -1,10 +1,10 @@
 """Throughput of central-slice extraction and insertion: cryotorch against torch-fourier-slice.
 
-    python scripts/bench_slices.py [--boxes 64 128] [--classes 1 4] [--batch 64] [--threads 2]
-                                   [--device cpu|cuda] [--no-compile]
+    python scripts/bench_slices.py [--boxes 64 128] [--classes 1 4] [--batch 512] [--threads 2]
+                                   [--device cpu|cuda] [--kernels numba torch compiled]
 
 The cryotorch kernels run three ways: numba (the CPU default), torch (the reference, the CUDA
-path) and compiled (that torch code through torch.compile; skip with --no-compile).
+path) and compiled (that torch code through torch.compile); ``--kernels`` chooses which.
 
 Both libraries work on the same 2x padded Fourier volumes (box p = 2d). cryotorch samples the
 box-d image grid (d x (d/2+1) frequencies, |k| <= d/2) at q = 2 Aᵀk; torch-fourier-slice's
@@ -34,6 +34,7 @@ import torch
 from cryotorch.physics.fourier import rfft_3d
 from cryotorch.physics.projector import pad_volume, prepare_volumes, project
 from cryotorch.physics.slices import (
+    KERNEL_CHOICES,
     extract_central_slices,
     insert_central_slices,
     slice_geometry,
@@ -57,7 +58,7 @@ def timed(fn, repeats: int, device: str) -> float:
 
 
 def bench(
-    d: int, k: int, batch: int, device: str, repeats: int, compile_too: bool
+    d: int, k: int, batch: int, device: str, repeats: int, kernels: list[str]
 ) -> list[tuple[str, float]]:
     import numpy as np
     import torch_fourier_slice as tfs
@@ -118,14 +119,13 @@ def bench(
         def tfs_project():
             tfs.project_3d_to_2d_multichannel(maps, rot_xyz, pad_factor=2.0)
 
-    kernels = ["numba", "torch"] + (["compiled"] if compile_too else [])
     cases = [
         *((f"extract  cryotorch {kind}", kind, ours_extract) for kind in kernels),
         ("extract  torch-fourier-slice", "numba", tfs_extract),
         *((f"insert   cryotorch {kind}", kind, ours_insert) for kind in kernels),
         *(
             [("insert   cryotorch numba, K factors", "numba", ours_insert_factored)]
-            if k > 1
+            if k > 1 and "numba" in kernels
             else []
         ),
         ("insert   torch-fourier-slice", "numba", tfs_insert),
@@ -153,7 +153,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument(
+        "--kernels", nargs="+", default=list(KERNEL_CHOICES), choices=KERNEL_CHOICES,
+        help="cryotorch's kernels to time (all three by default)",
+    )  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -162,9 +165,7 @@ def main() -> None:
     print(f"{'d':>4} {'K':>3}  {'operation':32s} {'class-slices/s':>15}")
     for d in args.boxes:
         for k in args.classes:
-            for name, rate in bench(
-                d, k, args.batch, args.device, args.repeats, not args.no_compile
-            ):
+            for name, rate in bench(d, k, args.batch, args.device, args.repeats, args.kernels):
                 print(f"{d:4d} {k:3d}  {name:32s} {rate:15.0f}")
 
 
