@@ -59,7 +59,7 @@ class BatchMaker:
     cache_bytes
         Keep the cropped spectra of up to this many bytes of particles (on ``device``), so that
         later passes over them skip reading and transforming the images (RELION's
-        ``--preread_images``, for the cropped images only: at box 48, 1 GB holds 100k). The
+        ``--preread_images``, for the cropped images only: at box 48, 1 GB holds 111,848). The
         first particles seen take the slots; the rest are read every pass, so memory stays
         bounded whatever the number of particles. 0: none.
     """
