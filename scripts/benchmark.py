@@ -199,6 +199,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--output", type=Path, default=None)
     args = ap.parse_args()
+    if args.iterations < 2:
+        ap.error("--iterations counts RELION's random-assignment iteration too: at least 2")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cryotorch-benchmark-"))
     rows = []
     header = (

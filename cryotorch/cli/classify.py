@@ -259,7 +259,7 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
         make_regulariser(settings.regulariser)  # and the regulariser's
     except ValueError as exc:
         raise InputError("configuration", None, str(exc)) from exc
-    if not float(cfg.data.cache_gb) >= 0:
+    if not isinstance(cfg.data.cache_gb, int | float) or not cfg.data.cache_gb >= 0:
         raise InputError("configuration", "data.cache_gb", f"must be >= 0, not {cfg.data.cache_gb}")
     torch.manual_seed(settings.seed)
     star = _particles(cfg, output_dir) if group.is_main else None

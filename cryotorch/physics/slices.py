@@ -354,11 +354,12 @@ def _insert_central_slices_numba(
         weight = torch.zeros(n_voxels, k, dtype=real) if weights is not None else None
     else:
         data, weight = out
-    values = torch.view_as_real(slices.detach().resolve_conj().reshape(b, n_images, -1))
+    images = slices.detach().resolve_conj().reshape(b, n_images, -1).contiguous()
+    values = torch.view_as_real(images)
     numba_kernels.scatter(
         data.numpy(),
         weight.numpy() if weights is not None else None,
-        values.contiguous().numpy(),
+        values.numpy(),
         weights.detach().reshape(b, n_images, -1).to(real).contiguous().numpy()
         if weights is not None
         else None,
