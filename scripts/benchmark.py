@@ -2,7 +2,8 @@
 
     python scripts/benchmark.py [--boxes 64 128] [--classes 2 4 8] [--particles 10000]
         [--iterations 5] [--resolution 8] [--threads 2] [--device cpu|cuda] [--no-relion]
-        [--kernels numba [torch compiled]] [--seeds 1] [--workdir DIR] [--output benchmark.md]
+        [--kernels numba [torch compiled]] [--variants "" "model.reseed=3"] [--seeds 1]
+        [--workdir DIR] [--output benchmark.md]
 
 For each box it simulates ``--particles`` particles (1.5 Å/px, SNR 0.05) of K classes: adenylate
 kinase from open to closed in K even steps (the built-in models, interpolated), equal shares.
@@ -19,7 +20,9 @@ other:
   both have scored the particles against their classes N - 1 times; seconds per iteration =
   the median of its EM iterations after the first (which also holds the initialisation); once
   per ``--kernels`` choice (numba, the CPU default; torch, the reference code; compiled,
-  torch.compile, whose compilation falls in the first iteration).
+  torch.compile, whose compilation falls in the first iteration); and once per ``--variants``
+  entry, Hydra overrides added to that command ("" is ``relion_like`` as it is; e.g.
+  ``model.reseed=3`` lets an emptied class be re-seeded, which RELION does not do).
 
 "wall" is each process's whole run, start-up, reading and initialisation included.
 
@@ -136,12 +139,16 @@ def relion_like_command(
     ]  # fmt: skip
 
 
-def run_cryotorch(star: Path, k: int, args, kernels: str = "numba", seed: int = 0) -> dict:
-    out = star.parent / (f"cryotorch_K{k}_{kernels}" + (f"_seed{seed}" if seed else ""))
+def run_cryotorch(
+    star: Path, k: int, args, kernels: str = "numba", seed: int = 0, variant: str = ""
+) -> dict:
+    overrides = variant.split()
+    tag = "".join(f"_{o.replace('=', '-').replace('.', '-')}" for o in overrides)
+    out = star.parent / (f"cryotorch_K{k}_{kernels}{tag}" + (f"_seed{seed}" if seed else ""))
     shutil.rmtree(out, ignore_errors=True)  # the benchmark's own folder from an earlier run
     # RELION's first iteration is the random assignment, cryotorch's initialisation.
     command = relion_like_command(star, out, k, args.iterations - 1, args.resolution, seed)
-    command += [f"device={args.device}", f"kernels={kernels}"]
+    command += [f"device={args.device}", f"kernels={kernels}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     wall, rss, _ = measured(command, star.parent, env)
     with open(out / "iterations.csv") as f:
@@ -195,6 +202,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-relion", action="store_true")
     ap.add_argument("--kernels", nargs="+", default=["numba"], choices=KERNEL_CHOICES)
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=[""],
+        help='cryotorch runs with these Hydra overrides added, one row each ("": none)',
+    )
     ap.add_argument("--seeds", type=int, default=1, help="runs per program, seeds 0..S-1")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--output", type=Path, default=None)
@@ -221,8 +234,11 @@ def main() -> None:
                 if not args.no_relion:
                     runs.setdefault("relion_refine", []).append(run_relion(star, k, args, seed))
                 for kernels in args.kernels:
-                    name = f"cryotorch ({args.device}, {kernels})"
-                    runs.setdefault(name, []).append(run_cryotorch(star, k, args, kernels, seed))
+                    for variant in args.variants:
+                        name = f"cryotorch ({args.device}, {kernels}"
+                        name += f"; {variant.strip()})" if variant.strip() else ")"
+                        run = run_cryotorch(star, k, args, kernels, seed, variant)
+                        runs.setdefault(name, []).append(run)
             results = {name: summary(r, truth, k) for name, r in runs.items()}
             relion = results.get("relion_refine")
             for name, r in results.items():
