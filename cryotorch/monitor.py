@@ -6,8 +6,10 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from cryotorch.evaluation import classification_accuracy
 from cryotorch.io.atomic import atomic_path
 
 __all__ = ["RunMonitor"]
@@ -18,6 +20,10 @@ class RunMonitor:
 
     TensorBoard gets every scalar of the row, the class sizes, the ESS histogram (through
     :meth:`log_ess`) and the central z, y and x sections of each class map as images.
+
+    With the true classes ``truth (n,)`` (0-based; simulated data), each row gets
+    ``accuracy_percent``: the particles' current classes against the truth, best matching of
+    labels, over the particles assigned so far (all of them after a full pass).
     """
 
     def __init__(
@@ -26,6 +32,8 @@ class RunMonitor:
         tensorboard: bool = True,
         quiet: bool = False,
         first_step: int = 0,
+        truth: np.ndarray | None = None,
+        num_classes: int = 0,
     ) -> None:
         """``first_step > 0`` for a resumed run: TensorBoard drops what an earlier attempt
         logged from that step on."""
@@ -34,6 +42,8 @@ class RunMonitor:
         self.quiet = quiet
         self.tensorboard = tensorboard
         self.first_step = first_step
+        self.truth = truth
+        self.num_classes = num_classes
         self._writer = None
 
     @property
@@ -50,6 +60,15 @@ class RunMonitor:
     def restore(self, rows: list[dict]) -> None:
         """The rows of the iterations a resumed run has already done."""
         self.rows = list(rows)
+
+    def annotate(self, entry: dict, assignment: np.ndarray) -> None:
+        """Add ``accuracy_percent`` to ``entry`` (in place, so the run's history and its
+        checkpoints keep it) if the true classes are known; ``assignment (n,)``: each
+        particle's class, -1 where not assigned yet."""
+        seen = assignment >= 0
+        if self.truth is not None and seen.any():
+            accuracy = classification_accuracy(assignment[seen], self.truth[seen], self.num_classes)
+            entry["accuracy_percent"] = 100 * accuracy
 
     def __call__(self, entry: dict, maps: torch.Tensor, assignment=None) -> None:
         self.rows.append(entry)
@@ -83,12 +102,14 @@ class RunMonitor:
         fsc = "/".join(f"{v:.1f}" for k, v in entry.items() if k.endswith("_fsc_resolution"))
         changed = entry["percent_changed"]
         changed = "   -  " if changed is None else f"{changed:6.2f}"
+        accuracy = entry.get("accuracy_percent")
         return (
             f"it {entry['iteration']:3d} {entry['phase']:6s} β {entry['beta']:.3f} "
             f"{'hard' if entry['hard'] else 'soft'} {entry['resolution']:5.1f} Å  "
             f"changed {changed}%  ESS {entry['mean_class_ess']:.3f}  sizes {fractions}  "
             f"{entry.get('seconds', float('nan')):.1f} s"
             + (f"  FSC {fsc} Å" if fsc else "")
+            + (f"  accuracy {accuracy:.2f} %" if accuracy is not None else "")
             + (f"  [{entry['notes']}]" if entry.get("notes") else "")
         )
 

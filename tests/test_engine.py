@@ -80,7 +80,13 @@ def test_tiny_run_writes_every_output_and_classifies(tiny_star: Path, tmp_path: 
     vol, voxel = read_map(tmp_path / "class_002.mrc")
     assert vol.shape == (12, 12, 12) and voxel == pytest.approx(6.0)
     assert np.load(tmp_path / "posteriors_estep.npy").shape == (300, 2)
-    assert len(read_iterations(tmp_path)) == summary["iterations"]
+    rows = read_iterations(tmp_path)
+    assert len(rows) == summary["iterations"]
+    # true_classes.txt is beside the particles: every row has the accuracy of that iteration's
+    # classes (online rows: over the particles seen so far), the last one the final accuracy.
+    accuracy = [float(row["accuracy_percent"]) for row in rows]
+    assert all(0 <= a <= 100 for a in accuracy)
+    assert accuracy[-1] == pytest.approx(100 * summary["accuracy"])
 
 
 def test_beta_one_throughout_gives_ess_k(tiny_star: Path, tmp_path: Path):

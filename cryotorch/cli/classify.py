@@ -215,6 +215,19 @@ def _prepare_output_dir(output_dir: Path, resume: bool) -> Path | None:
     return checkpoint if resume and checkpoint.is_file() else None
 
 
+def _truth(star: str | Path, n: int, say=print) -> np.ndarray | None:
+    """The true classes ``(n,)`` (0-based) of simulated particles: ``true_classes.txt`` beside
+    the particle file (written by ``cryotorch-simulate``), if there is one for all ``n``."""
+    path = Path(star).parent / "true_classes.txt"
+    if not path.is_file():
+        return None
+    truth = np.atleast_1d(np.loadtxt(path, dtype=np.int64)) - 1
+    if truth.shape != (n,):
+        say(f"{path} has {truth.shape[0]} lines for {n} particles: no accuracy reported")
+        return None
+    return truth
+
+
 def run(cfg: DictConfig) -> dict:
     """Classify as ``cfg`` says; write the outputs; return a summary (accuracy if known).
 
@@ -309,6 +322,8 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
             tensorboard=bool(cfg.logger.tensorboard) and group.is_main,
             quiet=bool(cfg.logger.quiet) or not group.is_main,
             first_step=0 if resume_state is None else int(resume_state["iteration"]),
+            truth=_truth(star, len(table), say),
+            num_classes=settings.num_classes,
         )
         try:
             t0 = time.perf_counter()
@@ -340,9 +355,8 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
         finally:
             monitor.close()
     summary = {"seconds": seconds, "iterations": len(result.history)}
-    truth_file = Path(star).parent / "true_classes.txt"
-    if truth_file.is_file():
-        truth = np.loadtxt(truth_file, dtype=np.int64) - 1
+    truth = _truth(star, len(table), lambda *args: None)  # said above
+    if truth is not None:
         summary["accuracy"] = classification_accuracy(
             result.posteriors.argmax(1), truth, settings.num_classes
         )

@@ -156,7 +156,9 @@ class ClassificationResult:
 
 
 # Called after every iteration with its table row, the class maps (k, d, d, d) and the latest
-# class (argmax) of every particle, -1 where a particle has not been seen yet.
+# class (argmax) of every particle, -1 where a particle has not been seen yet. A monitor with an
+# ``annotate(entry, assignment)`` method may first add columns to the row (RunMonitor: the
+# accuracy against known classes), which the history and the checkpoints then keep.
 Monitor = Callable[[dict, torch.Tensor, np.ndarray], None]
 
 
@@ -427,7 +429,10 @@ class _Engine:
         return entry
 
     def finish_iteration(self, state: _RunState, entry: dict, checkpoint) -> None:
-        """Record ``entry``, count the iteration, checkpoint, then tell the monitor."""
+        """Record ``entry`` (with the columns the monitor's ``annotate`` adds, if it has one),
+        count the iteration, checkpoint, then tell the monitor."""
+        if self.group.is_main and hasattr(self.monitor, "annotate"):
+            self.monitor.annotate(entry, self.assignment)
         self.history.append(entry)
         self.iteration += 1
         if not self.group.is_main:

@@ -1,0 +1,109 @@
+"""Accuracy after each scoring pass, RELION against cryotorch, from a benchmark's work folder.
+
+    python scripts/accuracy_per_pass.py WORKDIR [--output passes.md]
+
+Reads what ``scripts/benchmark.py --workdir WORKDIR`` left in ``box{B}_K{K}/data/``: RELION's
+``relion_K{K}[_seed{S}]/run_it{NNN}_data.star`` (iteration 1 is its random assignment, so
+iteration ``n + 1`` is its ``n``-th scoring pass) and cryotorch's
+``cryotorch_K{K}_{kernels}[_{overrides}][_seed{S}]/iterations.csv`` (the ``accuracy_percent`` of
+each full EM iteration ``n``, its ``n``-th pass). Prints, per case and program, the mean
+accuracy over the seeds after each pass, and how many seeds ended within 1 point of the best
+final accuracy of any run of that case. Accuracy: against ``true_classes.txt``, best matching
+of labels (:func:`cryotorch.classification_accuracy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import starfile
+
+from cryotorch.evaluation import classification_accuracy
+
+
+def relion_passes(run: Path, truth: np.ndarray, k: int) -> list[float]:
+    """Accuracy (%) after each of RELION's scoring passes (its iterations 2, 3, ...)."""
+    files = sorted(run.glob("run_it[0-9][0-9][0-9]_data.star"))
+    accuracy = []
+    for path in files[1:]:  # run_it001: the random assignment
+        table = starfile.read(path, always_dict=True)["particles"]
+        predicted = table["rlnClassNumber"].to_numpy() - 1
+        accuracy.append(100 * classification_accuracy(predicted, truth, k))
+    return accuracy
+
+
+def cryotorch_passes(run: Path) -> list[float]:
+    """``accuracy_percent`` of each full EM iteration in ``iterations.csv``."""
+    with open(run / "iterations.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row["phase"] == "full"]
+    if rows and "accuracy_percent" not in rows[0]:
+        raise SystemExit(f"{run}/iterations.csv has no accuracy_percent: a run before 2026-11-29")
+    return [float(row["accuracy_percent"]) for row in rows]
+
+
+def program_of(name: str) -> str | None:
+    """The table's program name of a run folder, without its seed; None if not a run."""
+    name = re.sub(r"_seed\d+$", "", name)
+    if re.fullmatch(r"relion_K\d+", name):
+        return "relion_refine"
+    match = re.fullmatch(r"cryotorch_K\d+_([a-z]+)(.*)", name)
+    if match is None:
+        return None
+    kernels, tag = match.groups()
+    return f"cryotorch ({kernels}{'; ' + tag.strip('_') if tag else ''})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workdir", type=Path)
+    ap.add_argument("--output", type=Path, default=None)
+    args = ap.parse_args()
+    cases = sorted(
+        args.workdir.glob("box*_K*/data"),
+        key=lambda p: tuple(int(x) for x in re.findall(r"\d+", p.parent.name)),
+    )
+    lines = []
+    for data in cases:
+        box, k = (int(x) for x in re.findall(r"\d+", data.parent.name))
+        truth = np.loadtxt(data / "true_classes.txt", dtype=np.int64) - 1
+        runs: dict[str, list[list[float]]] = {}
+        for run in sorted(p for p in data.iterdir() if p.is_dir()):
+            program = program_of(run.name)
+            if program is None:
+                continue
+            if program == "relion_refine":
+                passes = relion_passes(run, truth, k)
+            else:
+                passes = cryotorch_passes(run)
+            if passes:
+                runs.setdefault(program, []).append(passes)
+        if not runs:
+            continue
+        n = min(len(p) for seeds in runs.values() for p in seeds)
+        best = max(p[n - 1] for seeds in runs.values() for p in seeds)
+        lines += [
+            f"\nbox {box}, K = {k}: mean accuracy (%) over the seeds after each scoring pass",
+            "",
+            "| program | seeds | " + " | ".join(f"{i + 1}" for i in range(n)) + " | near best |",
+            "|---|---|" + "---|" * n + "---|",
+        ]
+        for program, seeds in runs.items():
+            mean = np.mean([p[:n] for p in seeds], axis=0)
+            near = sum(p[n - 1] >= best - 1 for p in seeds)
+            lines.append(
+                f"| {program} | {len(seeds)} | "
+                + " | ".join(f"{a:.1f}" for a in mean)
+                + f" | {near}/{len(seeds)} |"
+            )
+    text = "\n".join(lines).lstrip("\n")
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
