@@ -3,8 +3,8 @@
     python scripts/accuracy_per_pass.py WORKDIR [--output passes.md]
 
 Reads what ``scripts/benchmark.py --workdir WORKDIR`` left in ``box{B}_K{K}/data/``: RELION's
-``relion_K{K}[_seed{S}]/run_it{NNN}_data.star`` (iteration 1 is its random assignment, so
-iteration ``n + 1`` is its ``n``-th scoring pass) and cryotorch's
+``relion_K{K}[_seed{S}]/run_it{NNN}_data.star`` (iteration 0 is the input, 1 its random
+assignment, so iteration ``n + 1`` is its ``n``-th scoring pass) and cryotorch's
 ``cryotorch_K{K}_{kernels}[_{overrides}][_seed{S}]/iterations.csv`` (the ``accuracy_percent`` of
 each full EM iteration ``n``, its ``n``-th pass). Prints, per case and program, the mean
 accuracy over the seeds after each pass, and how many seeds ended within 1 point of the best
@@ -29,7 +29,8 @@ def relion_passes(run: Path, truth: np.ndarray, k: int) -> list[float]:
     """Accuracy (%) after each of RELION's scoring passes (its iterations 2, 3, ...)."""
     files = sorted(run.glob("run_it[0-9][0-9][0-9]_data.star"))
     accuracy = []
-    for path in files[1:]:  # run_it001: the random assignment
+    # run_it000: the input; run_it001: the random assignment
+    for path in (f for f in files if int(f.name[6:9]) >= 2):
         table = starfile.read(path, always_dict=True)["particles"]
         predicted = table["rlnClassNumber"].to_numpy() - 1
         accuracy.append(100 * classification_accuracy(predicted, truth, k))
