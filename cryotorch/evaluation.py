@@ -17,8 +17,7 @@ def classification_accuracy(predicted: np.ndarray, truth: np.ndarray, k: int) ->
     for up to 7 labels, greedy on the confusion matrix beyond.
     """
     k = max(k, int(truth.max()) + 1, int(predicted.max()) + 1)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (predicted, truth), 1)
+    confusion = np.bincount(predicted * k + truth, minlength=k * k).reshape(k, k)
     if k <= 7:
         best = max(
             sum(confusion[i, p] for i, p in enumerate(perm))

@@ -317,12 +317,13 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
         )
         if resume_state is not None:
             say(f"resuming {resume_from} after iteration {resume_state['iteration'] - 1}")
+        truth = _truth(star, len(table), say)
         monitor = RunMonitor(
             output_dir,
             tensorboard=bool(cfg.logger.tensorboard) and group.is_main,
             quiet=bool(cfg.logger.quiet) or not group.is_main,
             first_step=0 if resume_state is None else int(resume_state["iteration"]),
-            truth=_truth(star, len(table), say),
+            truth=truth,
             num_classes=settings.num_classes,
         )
         try:
@@ -355,7 +356,6 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
         finally:
             monitor.close()
     summary = {"seconds": seconds, "iterations": len(result.history)}
-    truth = _truth(star, len(table), lambda *args: None)  # said above
     if truth is not None:
         summary["accuracy"] = classification_accuracy(
             result.posteriors.argmax(1), truth, settings.num_classes
