@@ -14,8 +14,8 @@ other:
   (``--tau2_fudge 4 --ctf --pad 2``, from the consensus ``relion_reconstruct --ctf``); seconds
   per iteration = its wall time / N (its start-up included);
 - ``cryotorch-classify experiment=relion_like optim.max_iterations=N-1`` at the same resolution
-  R (images Fourier-cropped to it) and RELION's ``--particle_diameter`` (86.4 Å at both
-  boxes): RELION's first iteration assigns every particle to a random class (its
+  R (images Fourier-cropped to it) and RELION's solvent mask (``--particle_diameter``
+  86.4 Å at both boxes, and its soft edge of 5 pixels, 7.5 Å): RELION's first iteration assigns every particle to a random class (its
   ``do_generate_seeds``), which is cryotorch's initialisation, so after N - 1 EM iterations
   both have scored the particles against their classes N - 1 times; seconds per iteration =
   the median of its EM iterations after the first (which also holds the initialisation); once
@@ -64,8 +64,10 @@ from cryotorch.simulate.atomic import (
 from cryotorch.simulate.particles import SimulationSettings, simulate_particles
 
 PIXEL_SIZE = 1.5
-# The solvent mask of both programs, whatever the box (AdK is about 60 Å across).
+# The solvent mask of both programs, whatever the box (AdK is about 60 Å across), and its soft
+# edge: RELION's --maskedge, 5 pixels of the particle images.
 PARTICLE_DIAMETER = 0.9 * 64 * PIXEL_SIZE
+MASK_EDGE = 5 * PIXEL_SIZE
 SNR = 0.05
 
 # Runs a command as a child and prints its peak RSS (kB) as the last line.
@@ -135,7 +137,7 @@ def relion_like_command(
         f"optim.max_iterations={iterations}", f"model.num_classes={k}",
         f"model.target_resolution={resolution}",
         f"model.initial_resolution={resolution}", "model.resolution_reach_at=0", f"seed={seed}",
-        f"model.particle_diameter={PARTICLE_DIAMETER:.1f}",
+        f"model.particle_diameter={PARTICLE_DIAMETER:.1f}", f"mask.soft_edge_angstrom={MASK_EDGE}",
     ]  # fmt: skip
 
 

@@ -19,7 +19,13 @@ from cryotorch.physics.fourier import (
     rfft_3d,
 )
 from cryotorch.physics.fsc import fourier_shell_correlation
-from cryotorch.physics.masks import distance_to_mask, lowpass_3d, mask_from_map, soft_sphere
+from cryotorch.physics.masks import (
+    distance_to_mask,
+    lowpass_3d,
+    mask_from_map,
+    soft_sphere,
+    solvent_sphere,
+)
 from cryotorch.physics.shells import hermitian_weights, shell_index_2d, shell_index_3d, shell_sum
 from cryotorch.physics.shifts import phase_shift_2d
 from tests.physics_helpers import DEVICES, blob_volume
@@ -91,6 +97,19 @@ def test_mask_and_lowpass():
     torch.testing.assert_close(fourier_shell_correlation(low, v)[:4], torch.ones(4, dtype=v.dtype))
     power = shell_sum(rfft_3d(low).abs() ** 2, shell_index_3d(d), d)
     assert power[7:].max() < 1e-20 * power[0]
+
+
+@pytest.mark.parametrize(("d", "pixel_size"), [(64, 1.5), (24, 4.0), (46, 96 / 46)])
+def test_the_solvent_sphere_is_the_same_in_angstrom_at_any_crop(d, pixel_size):
+    # 86.4 Å across with an 8 Å edge, at the full box (1.5 Å) and two Fourier crops of it:
+    # 1 to 43.2 Å from the centre, ½ at 47.2 Å, 0 from 51.2 Å.
+    mask = solvent_sphere(d, pixel_size, 86.4, 8.0)
+    r = torch.arange(d - d // 2) * pixel_size  # Å along x from the centre
+    profile = mask[d // 2, d // 2, d // 2 :]
+    assert (profile[r <= 43.2] == 1).all() and (profile[r >= 51.2] == 0).all()
+    expected = 0.5 * (1 + torch.cos(math.pi * (r - 43.2) / 8.0))
+    between = (r > 43.2) & (r < 51.2)
+    torch.testing.assert_close(profile[between], expected[between], atol=1e-5, rtol=0)
 
 
 def test_crop_3d_samples_a_smooth_volume_on_the_coarser_grid():

@@ -55,6 +55,7 @@ def settings_from_config(cfg: DictConfig) -> ClassificationSettings:
         initial_resolution=float(m.initial_resolution),
         resolution_reach_at=int(m.resolution_reach_at),
         particle_diameter=None if m.particle_diameter is None else float(m.particle_diameter),
+        solvent_edge=float(cfg.mask.soft_edge_angstrom),
         tau2_fudge=float(m.tau2_fudge),
         regulariser=str(m.regulariser),
         contrast=str(m.contrast),

@@ -49,7 +49,7 @@ from cryotorch.engine.schedules import (
     SimilaritySchedule,
     online_learning_rate,
 )
-from cryotorch.physics.masks import lowpass_3d, soft_sphere
+from cryotorch.physics.masks import lowpass_3d, solvent_sphere
 from cryotorch.physics.projector import prepare_volumes
 
 __all__ = [
@@ -74,6 +74,7 @@ class ClassificationSettings:
     initial_resolution: float = 20.0  # initial maps low-passed to this; E-step starts here
     resolution_reach_at: int = 10
     particle_diameter: float | None = None  # solvent mask; None: 0.9 of the box
+    solvent_edge: float = 8.0  # the spherical solvent mask falls to 0 over this width
     tau2_fudge: float = 4.0
     regulariser: str = "tau2"  # tau2 (RELION's T·τ²) | fsc (cryoSPARC's half-set FSC) | denoise
     contrast: str = "from_input"  # per-particle scale: none | from_input | optimal
@@ -118,9 +119,10 @@ class ClassificationSettings:
 class Masks:
     """Masks at the working box, each ``(d, d, d)`` in [0, 1].
 
-    ``solvent`` S multiplies every map after each M-step (None: a soft sphere of
-    ``particle_diameter``). ``focus`` F restricts what the E-step compares: it scores each
-    particle against ``S · (F · V_k + (1 - F) · V̄)``, so outside F every class looks alike
+    ``solvent`` S multiplies every map after each M-step (None: a sphere of
+    ``particle_diameter`` whose raised-cosine edge falls to 0 over ``solvent_edge`` Å).
+    ``focus`` F restricts what the E-step compares: it scores each particle against
+    ``S · (F · V_k + (1 - F) · V̄)``, so outside F every class looks alike
     and only the region inside F decides the class. V̄ is ``consensus`` (any greyscale: fitted
     to the particles) or, if None, the reconstruction of all particles at each M-step.
     """
@@ -191,8 +193,8 @@ class _Engine:
         )
         if masks.solvent is None:
             diameter = settings.particle_diameter or 0.9 * self.d * self.pixel_size
-            radius = diameter / 2 / self.pixel_size
-            self.mask = soft_sphere(self.d, radius, 3.0, device=self.device).to(self.dtype)
+            sphere = solvent_sphere(self.d, self.pixel_size, diameter, settings.solvent_edge)
+            self.mask = sphere.to(device=self.device, dtype=self.dtype)
         else:
             self.mask = masks.solvent.to(device=self.device, dtype=self.dtype)
         self.focus = None if masks.focus is None else masks.focus.to(self.device, self.dtype)

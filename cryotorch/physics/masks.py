@@ -15,6 +15,7 @@ __all__ = [
     "mask_from_map",
     "raised_cosine",
     "soft_sphere",
+    "solvent_sphere",
 ]
 
 
@@ -38,6 +39,20 @@ def soft_sphere(
     grids = torch.meshgrid(*([c] * dim), indexing="ij")
     r = torch.sqrt(sum(g**2 for g in grids))
     return raised_cosine(r, radius_px, edge_px)
+
+
+def solvent_sphere(
+    d: int,
+    pixel_size: float,
+    diameter_angstrom: float,
+    edge_angstrom: float,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``(d, d, d)`` spherical solvent mask in physical units: 1 within ``diameter_angstrom / 2``
+    of the centre, 0 beyond a further ``edge_angstrom``, a raised cosine in between. The same
+    mask (in Å) whatever box the particles were Fourier-cropped to."""
+    radius = diameter_angstrom / 2 / pixel_size
+    return soft_sphere(d, radius, edge_angstrom / pixel_size, device=device)
 
 
 def lowpass_3d(
