@@ -13,7 +13,7 @@ import torch
 
 from cryotorch.physics.masks import lowpass_3d
 
-__all__ = ["duplicate_classes", "empty_classes", "split_posteriors"]
+__all__ = ["duplicate_classes", "empty_classes", "plan_reseed", "split_posteriors"]
 
 
 def empty_classes(prior: torch.Tensor, min_fraction: float) -> list[int]:
@@ -44,6 +44,26 @@ def duplicate_classes(
         (int(a), int(b), float(c))
         for a, b, c in zip(i[keep], j[keep], corr[i, j][keep], strict=True)
     ]
+
+
+def plan_reseed(
+    prior: torch.Tensor,
+    empty: list[int],
+    pairs: list[tuple[int, int, float]],
+    just_split: list[tuple[int, int]] = (),
+) -> tuple[int, int] | None:
+    """The split to make next, ``(source, target)``, or None: a random half of the largest
+    class ``source`` (``prior (k,)``) moves to ``target``, an ``empty`` class or one class of
+    a look-alike pair of ``pairs`` (the other than ``source``). The two halves of a class split
+    in this iteration (``just_split``) start alike: such a pair is left a pass to part."""
+    source = int(prior.argmax())
+    fresh = {frozenset(pair) for pair in just_split}
+    candidates = list(empty)
+    for i, j, _ in pairs:
+        if frozenset((i, j)) not in fresh:
+            candidates.append(i if j == source else j)
+    target = next((t for t in candidates if t != source), None)
+    return None if target is None else (source, target)
 
 
 def _coin(rows: np.ndarray, seed: int, number: int) -> np.ndarray:

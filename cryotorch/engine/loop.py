@@ -19,7 +19,12 @@ import torch
 from tqdm import tqdm
 
 from cryotorch.engine.batches import BatchMaker
-from cryotorch.engine.class_health import duplicate_classes, empty_classes, split_posteriors
+from cryotorch.engine.class_health import (
+    duplicate_classes,
+    empty_classes,
+    plan_reseed,
+    split_posteriors,
+)
 from cryotorch.engine.distributed import ProcessGroup
 from cryotorch.engine.estep import EStep, EStepResult, log_posterior
 from cryotorch.engine.gradient import (
@@ -359,18 +364,20 @@ class _Engine:
         pairs = duplicate_classes(
             state.maps, self.mask, resolution, self.pixel_size, self.s.duplicate_correlation
         )
+        just_split = {frozenset(pair) for pair in state.splits}  # made in this iteration
         notes, self.notes = self.notes, []
         notes += [f"class {k + 1} empty ({100 * float(state.prior[k]):.2f} %)" for k in empty]
-        notes += [f"classes {i + 1} and {j + 1} alike (correlation {c:.4f})" for i, j, c in pairs]
+        notes += [
+            f"classes {i + 1} and {j + 1} alike (correlation {c:.4f}"
+            + ("; just split)" if frozenset((i, j)) in just_split else ")")
+            for i, j, c in pairs
+        ]
+        plan = plan_reseed(state.prior, empty, pairs, state.splits)
         state.splits = []
-        targets = empty + [j for _, j, _ in pairs if j not in empty]
-        if targets and state.reseeds_done < self.s.reseed:
-            source = int(state.prior.argmax())
-            target = next((t for t in targets if t != source), None)
-            if target is not None:
-                state.splits = [(source, target)]
-                state.reseeds_done += 1
-                notes.append(f"re-seeding class {target + 1} from half of class {source + 1}")
+        if plan is not None and state.reseeds_done < self.s.reseed:
+            state.splits = [plan]
+            state.reseeds_done += 1
+            notes.append(f"re-seeding class {plan[1] + 1} from half of class {plan[0] + 1}")
         return {
             "empty_classes": len(empty),
             "duplicate_classes": len({j for _, j, _ in pairs}),
