@@ -26,7 +26,8 @@ other:
 
 "wall" is each process's whole run, start-up, reading and initialisation included.
 
-Each runs in its own process; peak RSS is that process's ``ru_maxrss``. Accuracy: against the
+Each runs in its own process; peak RSS is that process's ``ru_maxrss`` (with ``--device cuda``
+also cryotorch's peak GPU memory, ``torch.cuda.max_memory_allocated``, in brackets). Accuracy: against the
 true classes, best matching of labels. With ``--seeds S`` each program runs S times on the same
 particles, with random seeds 0..S-1 (the initial random assignment of both): the table gives
 the median seconds per iteration and wall time, the largest peak RSS, and the mean accuracy
@@ -43,6 +44,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -152,7 +154,8 @@ def run_cryotorch(
     command = relion_like_command(star, out, k, args.iterations - 1, args.resolution, seed)
     command += [f"device={args.device}", f"kernels={kernels}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    wall, rss, _ = measured(command, star.parent, env)
+    wall, rss, stdout = measured(command, star.parent, env)
+    gpu = re.search(r"peak GPU memory (\d+) MB", stdout)  # printed on CUDA only
     with open(out / "iterations.csv") as f:
         full = [float(row["seconds"]) for row in csv.DictReader(f) if row["phase"] == "full"]
     predicted = np.load(out / "posteriors.npy").argmax(1)
@@ -161,6 +164,7 @@ def run_cryotorch(
         "s_per_it": float(np.median(steady)),
         "wall": wall,
         "rss_mb": rss,
+        "gpu_mb": float(gpu.group(1)) if gpu else None,
         "predicted": predicted,
     }
 
@@ -176,6 +180,7 @@ def summary(runs: list[dict], truth: np.ndarray, k: int) -> dict:
         "s_per_it": float(np.median([r["s_per_it"] for r in runs])),
         "wall": float(np.median([r["wall"] for r in runs])),
         "rss_mb": max(r["rss_mb"] for r in runs),
+        "gpu_mb": max((r.get("gpu_mb") or 0 for r in runs), default=0) or None,
         "accuracy": text,
     }
 
@@ -249,9 +254,12 @@ def main() -> None:
                     if relion and name != "relion_refine"
                     else ""
                 )
+                memory = f"{r['rss_mb']:.0f}"
+                if r["gpu_mb"] is not None:
+                    memory += f" (GPU {r['gpu_mb']:.0f})"
                 line = (
                     f"| {box} | {k} | {args.particles} | {name} | {r['s_per_it']:.2f} | "
-                    f"{args.particles * k / r['s_per_it']:,.0f} | {r['wall']:.0f} | {r['rss_mb']:.0f} | "
+                    f"{args.particles * k / r['s_per_it']:,.0f} | {r['wall']:.0f} | {memory} | "
                     f"{r['accuracy']} | {speedup} |"
                 )
                 rows.append(line)

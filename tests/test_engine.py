@@ -549,3 +549,19 @@ def test_spectrum_cache_gives_the_same_batches_and_skips_the_reads(tiny_star: Pa
     # reads only the batches holding rows past its budget (150-199, and 150).
     first, second = [100, 100, 100, 100, 3, 3], [100, 100, 100, 3, 3]
     assert reads == [*first, *second]
+
+
+@pytest.mark.gpu
+def test_a_run_on_cuda_gives_the_classes_and_maps_of_the_same_run_on_cpu(
+    tiny_star: Path, tmp_path: Path
+):
+    # Same data, settings and seed; only the device (and its kernels) differ: float32 sums in
+    # another order, so the posteriors agree to rounding and the classes and maps match.
+    for device in ("cpu", "cuda"):
+        classify(tiny_star, tmp_path / device, f"device={device}", "optim.online_epochs=0")
+    on_cpu, on_cuda = (np.load(tmp_path / d / "posteriors.npy") for d in ("cpu", "cuda"))
+    assert (on_cpu.argmax(1) == on_cuda.argmax(1)).mean() > 0.99
+    np.testing.assert_allclose(on_cuda, on_cpu, atol=0.02)
+    for k in (1, 2):
+        a, b = (read_map(tmp_path / d / f"class_{k:03d}.mrc")[0] for d in ("cpu", "cuda"))
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999

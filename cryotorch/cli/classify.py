@@ -361,6 +361,8 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
         summary["accuracy"] = classification_accuracy(
             result.posteriors.argmax(1), truth, settings.num_classes
         )
+    if device.type == "cuda":  # this process's peak, what the benchmark reports
+        summary["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     say(
         f"done: {summary['iterations']} iterations in {seconds:.1f} s; outputs in {output_dir}"
         + (
@@ -368,6 +370,7 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
             if "accuracy" in summary
             else ""
         )
+        + (f"; peak GPU memory {summary['gpu_peak_mb']:.0f} MB" if "gpu_peak_mb" in summary else "")
     )
     return summary
 
