@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["classification_accuracy"]
+__all__ = ["classification_accuracy", "read_true_classes"]
+
+TRUE_CLASSES = "true_classes.txt"  # beside the particles, written by cryotorch-simulate
+
+
+def read_true_classes(folder: str | Path) -> np.ndarray:
+    """The true classes ``(n,)``, 0-based, of simulated particles: ``folder/true_classes.txt``
+    (one 1-based class per line, in the particle table's order)."""
+    return np.atleast_1d(np.loadtxt(Path(folder) / TRUE_CLASSES, dtype=np.int64)) - 1
 
 
 def classification_accuracy(predicted: np.ndarray, truth: np.ndarray, k: int) -> float:

@@ -28,7 +28,7 @@ import numpy as np
 import starfile
 from scipy.stats import mannwhitneyu
 
-from cryotorch.evaluation import classification_accuracy
+from cryotorch.evaluation import classification_accuracy, read_true_classes
 
 
 def relion_passes(run: Path, truth: np.ndarray, k: int) -> list[float]:
@@ -90,7 +90,7 @@ def main() -> None:
     lines = []
     for data in cases:
         box, k = (int(x) for x in re.findall(r"\d+", data.parent.name))
-        truth = np.loadtxt(data / "true_classes.txt", dtype=np.int64) - 1
+        truth = read_true_classes(data)
         runs: dict[str, list[list[float]]] = {}
         for run in sorted(p for p in data.iterdir() if p.is_dir()):
             program = program_of(run.name)

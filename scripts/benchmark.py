@@ -14,9 +14,9 @@ other:
   (``--tau2_fudge 4 --ctf --pad 2``, from the consensus ``relion_reconstruct --ctf``); seconds
   per iteration = its wall time / N (its start-up included);
 - ``cryotorch-classify experiment=relion_like optim.max_iterations=N-1`` at the same resolution
-  R (images Fourier-cropped to it) and RELION's solvent mask (``--particle_diameter``
-  86.4 Å at both boxes, and its soft edge of 5 pixels, 7.5 Å): RELION's first iteration assigns every particle to a random class (its
-  ``do_generate_seeds``), which is cryotorch's initialisation, so after N - 1 EM iterations
+  R (images Fourier-cropped to it) and RELION's solvent mask (``--particle_diameter`` 86.4 Å
+  at both boxes, and its soft edge of 5 pixels, 7.5 Å): RELION's first iteration assigns
+  every particle to a random class (its ``do_generate_seeds``), which is cryotorch's initialisation, so after N - 1 EM iterations
   both have scored the particles against their classes N - 1 times; seconds per iteration =
   the median of its EM iterations after the first (which also holds the initialisation); once
   per ``--kernels`` choice (numba, the CPU default; torch, the reference code; compiled,
@@ -27,8 +27,8 @@ other:
 "wall" is each process's whole run, start-up, reading and initialisation included.
 
 Each runs in its own process; peak RSS is that process's ``ru_maxrss`` (with ``--device cuda``
-also cryotorch's peak GPU memory, ``torch.cuda.max_memory_allocated``, in brackets). Accuracy: against the
-true classes, best matching of labels. With ``--seeds S`` each program runs S times on the same
+also cryotorch's peak GPU memory, ``torch.cuda.max_memory_allocated``, in brackets).
+Accuracy: against the true classes, best matching of labels. With ``--seeds S`` each program runs S times on the same
 particles, with random seeds 0..S-1 (the initial random assignment of both): the table gives
 the median seconds per iteration and wall time, the largest peak RSS, and the mean accuracy
 with its range, since after a few iterations the accuracy depends on the start. Prints a
@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import starfile
 
-from cryotorch.evaluation import classification_accuracy
+from cryotorch.evaluation import classification_accuracy, read_true_classes
 from cryotorch.physics.slices import KERNEL_CHOICES
 from cryotorch.simulate.atomic import (
     atomic_model_to_map,
@@ -180,7 +180,7 @@ def summary(runs: list[dict], truth: np.ndarray, k: int) -> dict:
         "s_per_it": float(np.median([r["s_per_it"] for r in runs])),
         "wall": float(np.median([r["wall"] for r in runs])),
         "rss_mb": max(r["rss_mb"] for r in runs),
-        "gpu_mb": max((r.get("gpu_mb") or 0 for r in runs), default=0) or None,
+        "gpu_mb": max((r["gpu_mb"] for r in runs if r.get("gpu_mb")), default=None),
         "accuracy": text,
     }
 
@@ -235,7 +235,7 @@ def main() -> None:
             star = case / "data" / "particles.star"
             if not star.is_file():
                 star = simulate(case, box, k, args.particles, args.seed)
-            truth = np.loadtxt(star.parent / "true_classes.txt", dtype=np.int64) - 1
+            truth = read_true_classes(star.parent)
             runs = {}
             for seed in range(args.seeds):
                 if not args.no_relion:

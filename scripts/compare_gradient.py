@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryotorch.evaluation import classification_accuracy
+from cryotorch.evaluation import classification_accuracy, read_true_classes
 from cryotorch.simulate.atomic import (
     atomic_model_to_map,
     builtin_structures,
@@ -69,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cryotorch-gradient-"))
     star = simulate(work, args.box, args.particles, args.snr, args.closed_fraction)
-    truth = np.loadtxt(star.parent / "true_classes.txt", dtype=np.int64) - 1
+    truth = read_true_classes(star.parent)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     print("| method | accuracy | iterations / epochs | wall (s) |\n|---|---|---|---|")
     for name, overrides in RUNS.items():

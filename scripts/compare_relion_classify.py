@@ -30,7 +30,7 @@ from cryotorch.cli.classify import settings_from_config
 from cryotorch.cli.configs import CONFIG_DIR
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.loop import classify
-from cryotorch.evaluation import classification_accuracy
+from cryotorch.evaluation import classification_accuracy, read_true_classes
 from cryotorch.io import ParticleImages, read_particles
 from cryotorch.physics.fourier import cropped_box_for_resolution
 from cryotorch.simulate.atomic import (
@@ -126,7 +126,7 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix=f"cryotorch-vs-relion-{args.setting}-"))
     work.mkdir(parents=True, exist_ok=True)
     star = simulate(work, args.setting, args.particles, args.box, args.pixel_size, args.seed)
-    truth = np.loadtxt(star.parent / "true_classes.txt", dtype=np.int64) - 1
+    truth = read_true_classes(star.parent)
     diameter = 0.9 * args.box * args.pixel_size
     relion_like = [
         "logger=none",

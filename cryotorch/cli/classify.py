@@ -35,7 +35,7 @@ from cryotorch.engine.posterior import ClassSimilarity
 from cryotorch.engine.regularisers import make_regulariser
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
 from cryotorch.errors import InputError
-from cryotorch.evaluation import classification_accuracy
+from cryotorch.evaluation import TRUE_CLASSES, classification_accuracy, read_true_classes
 from cryotorch.io import ParticleImages, read_map, read_particles
 from cryotorch.monitor import RunMonitor
 from cryotorch.physics.fourier import cropped_box_for_resolution, fourier_crop_3d
@@ -219,10 +219,10 @@ def _prepare_output_dir(output_dir: Path, resume: bool) -> Path | None:
 def _truth(star: str | Path, n: int, say=print) -> np.ndarray | None:
     """The true classes ``(n,)`` (0-based) of simulated particles: ``true_classes.txt`` beside
     the particle file (written by ``cryotorch-simulate``), if there is one for all ``n``."""
-    path = Path(star).parent / "true_classes.txt"
+    path = Path(star).parent / TRUE_CLASSES
     if not path.is_file():
         return None
-    truth = np.atleast_1d(np.loadtxt(path, dtype=np.int64)) - 1
+    truth = read_true_classes(path.parent)
     if truth.shape != (n,):
         say(f"{path} has {truth.shape[0]} lines for {n} particles: no accuracy reported")
         return None

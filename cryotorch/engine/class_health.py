@@ -8,6 +8,8 @@ half of the largest class's particles (a split of the largest class), up to that
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -50,7 +52,7 @@ def plan_reseed(
     prior: torch.Tensor,
     empty: list[int],
     pairs: list[tuple[int, int, float]],
-    just_split: list[tuple[int, int]] = (),
+    just_split: Sequence[tuple[int, int]] = (),
 ) -> tuple[int, int] | None:
     """The split to make next, ``(source, target)``, or None: a random half of the largest
     class ``source`` (``prior (k,)``) moves to ``target``, an ``empty`` class or one class of

@@ -28,6 +28,7 @@ import torch
 
 from cryotorch import conventions
 from cryotorch.errors import InputError
+from cryotorch.evaluation import TRUE_CLASSES
 from cryotorch.io.atomic import atomic_path
 from cryotorch.io.mrc import label_header, write_map
 from cryotorch.io.star import write_star
@@ -182,7 +183,7 @@ def simulate_particles(
                 f.write((images + np.float32(noise_sigma) * noise).astype("<f4").tobytes())
     for i, volume in enumerate(maps):
         write_map(output_dir / f"class_{i + 1:03d}.mrc", volume, pixel_size)
-    with atomic_path(output_dir / "true_classes.txt") as tmp:
+    with atomic_path(output_dir / TRUE_CLASSES) as tmp:
         np.savetxt(
             tmp,
             classes + 1,
