@@ -75,9 +75,9 @@ class ClassificationSettings:
 
     num_classes: int = 2
     seed: int = 0
-    target_resolution: float = 8.0
+    target_resolution: float = 5.0
     initial_resolution: float = 20.0  # initial maps low-passed to this; E-step starts here
-    resolution_reach_at: int = 10
+    resolution_reach_at: int = 20
     particle_diameter: float | None = None  # solvent mask; None: 0.9 of the box
     solvent_edge: float = 8.0  # the spherical solvent mask falls to 0 over this width
     tau2_fudge: float = 4.0
@@ -700,7 +700,8 @@ def classify(
         e.finish_iteration(state, entry, checkpoint)
 
     # Full-batch EM until fewer than convergence_percent of the particles change class (once β
-    # has reached 0 or force-hard is on, and a first_n hard phase is over), or max_iterations.
+    # has reached 0 or force-hard is on, a first_n hard phase is over and the resolution has
+    # reached its target), or max_iterations.
     while not state.finished and state.full_pass < settings.max_iterations:
         volumes = prepare_volumes(e.estep_maps(state), settings.pad)
         stats = e.zeros()
@@ -731,7 +732,12 @@ def classify(
         entry.update(e.check_classes(state))
         state.full_pass += 1
         beta_done = hard or beta == 0.0  # with force-hard on, β has no effect
-        schedules_done = beta_done and not (settings.hard.mode == "first_n" and hard)
+        # ... and not before the E-step has reached the target resolution: particles that
+        # stop changing class at 8 Å may well change at 5 Å (the hard set of "Measured").
+        resolution_done = e.iteration >= settings.resolution_reach_at
+        schedules_done = (
+            beta_done and resolution_done and not (settings.hard.mode == "first_n" and hard)
+        )
         converged = (
             state.full_pass >= 2
             and schedules_done
