@@ -131,6 +131,17 @@ def test_hard_after_anneal_and_first_n_schedules(tiny_star: Path, tmp_path: Path
     assert [r["hard"] for r in rows] == ["True", "True"] + ["False"] * (len(rows) - 2)
 
 
+def test_em_does_not_stop_before_the_resolution_reaches_its_target(tiny_star: Path, tmp_path: Path):
+    # SNR 1: no particle changes class from iteration 3 on (15.75 Å), but the E-step's limit
+    # grows to 12 Å only by iteration 8; EM used to stop at 15.75 Å.
+    classify(tiny_star, tmp_path, "optim.online_epochs=0", "posterior.similarity.start=0",
+             "posterior.similarity.anneal_end=0", "model.resolution_reach_at=8",
+             "optim.max_iterations=12")  # fmt: skip
+    rows = read_iterations(tmp_path)
+    assert float(rows[3]["percent_changed"]) < 2.0
+    assert len(rows) == 9 and float(rows[-1]["resolution"]) == 12.0
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_experiment_preset_composes_and_runs(tiny_star: Path, tmp_path: Path, preset: str):
     summary = classify(tiny_star, tmp_path, f"experiment={preset}", "optim.max_iterations=3")
