@@ -113,6 +113,11 @@ def run_cryotorch(star: Path, truth: np.ndarray, overrides: list[str], threads: 
     return {"accuracy": [*accuracy[:-1], final], "seconds_per_iteration": float(np.mean(seconds))}
 
 
+def first_above(accuracy: list[float], level: float) -> int | None:
+    """The first iteration (from 1) whose accuracy exceeds ``level``; None if none does."""
+    return next((i + 1 for i, a in enumerate(accuracy) if a > level), None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="easy")
@@ -165,15 +170,11 @@ def main() -> None:
         spread = f" ({final.min():.2f}-{final.max():.2f})" if len(runs) > 1 else ""
         seconds = float(np.median([r["seconds_per_iteration"] for r in runs]))
         iterations = float(np.mean([len(r["accuracy"]) for r in runs]))
-        firsts = [
-            next((i + 1 for i, a in enumerate(r["accuracy"]) if a > 0.95), None) for r in runs
-        ]
-        first = (
-            f"{float(np.median([f for f in firsts if f is not None])):g}"
-            + ("" if all(firsts) else f" ({sum(f is None for f in firsts)} never)")
-            if any(firsts)
-            else "never"
-        )
+        firsts = [f for r in runs if (f := first_above(r["accuracy"], 0.95)) is not None]
+        never = len(runs) - len(firsts)
+        first = "never" if not firsts else f"{float(np.median(firsts)):g}"
+        if firsts and never:
+            first += f" ({never} never)"
         print(
             f"| {name} | {final.mean():.2f} %{spread} | {seconds:.2f} | {iterations:.3g} | {first} |"
         )

@@ -734,9 +734,10 @@ def classify(
         beta_done = hard or beta == 0.0  # with force-hard on, β has no effect
         # ... and not before the E-step has reached the target resolution: particles that
         # stop changing class at 8 Å may well change at 5 Å (the hard set of "Measured").
-        resolution_done = e.iteration >= settings.resolution_reach_at
         schedules_done = (
-            beta_done and resolution_done and not (settings.hard.mode == "first_n" and hard)
+            beta_done
+            and e.resolution.reached(e.iteration)
+            and not (settings.hard.mode == "first_n" and hard)
         )
         converged = (
             state.full_pass >= 2

@@ -87,6 +87,10 @@ class ResolutionSchedule:
             return self.end
         return self.start + (self.end - self.start) * iteration / max(self.reach_at, 1)
 
+    def reached(self, iteration: int) -> bool:
+        """Whether the E-step's limit has reached ``end`` at ``iteration``."""
+        return iteration >= self.reach_at
+
     def max_shell(self, iteration: int, d: int, pixel_size: float) -> int:
         """Highest shell (Fourier pixels of box ``d``) within the resolution at ``iteration``."""
         return max(1, min(d // 2, int(d * pixel_size / self.resolution(iteration))))
