@@ -23,7 +23,7 @@ from cryotorch.engine.posterior import (
     effective_sample_size,
     tune_similarity,
 )
-from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
+from cryotorch.engine.schedules import HardSchedule, ResolutionSchedule, SimilaritySchedule
 from cryotorch.errors import InputError
 from cryotorch.evaluation import classification_accuracy
 from cryotorch.io import ParticleImages, read_map, read_particles, write_map, write_particles
@@ -142,6 +142,17 @@ def test_em_does_not_stop_before_the_resolution_reaches_its_target(tiny_star: Pa
     assert len(rows) == 9 and float(rows[-1]["resolution"]) == 12.0
 
 
+def test_em_with_a_fixed_resolution_may_stop_before_reach_at(tiny_star: Path, tmp_path: Path):
+    # The same run at 12 Å from the start: nothing is left to grow, so EM stops once < 2 %
+    # change (it used to wait for iteration 8 all the same).
+    classify(tiny_star, tmp_path, "optim.online_epochs=0", "posterior.similarity.start=0",
+             "posterior.similarity.anneal_end=0", "model.resolution_reach_at=8",
+             "model.initial_resolution=12", "optim.max_iterations=12")  # fmt: skip
+    rows = read_iterations(tmp_path)
+    assert 2 <= len(rows) < 9 and float(rows[-1]["percent_changed"]) < 2.0
+    assert {float(r["resolution"]) for r in rows} == {12.0}
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_experiment_preset_composes_and_runs(tiny_star: Path, tmp_path: Path, preset: str):
     summary = classify(tiny_star, tmp_path, f"experiment={preset}", "optim.max_iterations=3")
@@ -149,6 +160,13 @@ def test_every_experiment_preset_composes_and_runs(tiny_star: Path, tmp_path: Pa
 
 
 def test_schedules_by_hand():
+    r = ResolutionSchedule(20.0, 5.0, reach_at=4)  # 20, 16.25, 12.5, 8.75, 5 Å
+    assert [r.max_shell(i, 64, 1.5) for i in range(6)] == [4, 5, 7, 10, 19, 19]
+    assert [r.reached(i, 64, 1.5) for i in range(6)] == [False] * 4 + [True] * 2
+    assert all(ResolutionSchedule(8.0, 8.0, 4).reached(i, 64, 1.5) for i in range(6))
+    # In a box whose Nyquist is 12 Å, 8.75 Å at iteration 3 is already the end's shell.
+    assert [r.max_shell(i, 64, 6.0) for i in range(5)] == [19, 23, 30, 32, 32]
+    assert [r.reached(i, 64, 6.0) for i in range(5)] == [False] * 3 + [True] * 2
     s = SimilaritySchedule(0.5, 2, 6)
     assert [s.beta(i) for i in range(8)] == [0.5, 0.5, 0.5, 0.375, 0.25, 0.125, 0.0, 0.0]
     assert [HardSchedule("after_anneal").is_hard(i, s.beta(i)) for i in range(8)] == [False] * 6 + [

@@ -736,7 +736,7 @@ def classify(
         # stop changing class at 8 Å may well change at 5 Å (the hard set of "Measured").
         schedules_done = (
             beta_done
-            and e.resolution.reached(e.iteration)
+            and e.resolution.reached(e.iteration, e.d, e.pixel_size)
             and not (settings.hard.mode == "first_n" and hard)
         )
         converged = (

@@ -87,9 +87,12 @@ class ResolutionSchedule:
             return self.end
         return self.start + (self.end - self.start) * iteration / max(self.reach_at, 1)
 
-    def reached(self, iteration: int) -> bool:
-        """Whether the E-step's limit has reached ``end`` at ``iteration``."""
-        return iteration >= self.reach_at
+    def reached(self, iteration: int, d: int, pixel_size: float) -> bool:
+        """Whether the E-step uses, at ``iteration``, the shells it will use at ``end``: true from
+        ``reach_at`` on, and from the start when ``start`` and ``end`` give the same shell (equal
+        resolutions, or both past the Nyquist of box ``d``)."""
+        final = self.max_shell(self.reach_at, d, pixel_size)
+        return self.max_shell(iteration, d, pixel_size) == final
 
     def max_shell(self, iteration: int, d: int, pixel_size: float) -> int:
         """Highest shell (Fourier pixels of box ``d``) within the resolution at ``iteration``."""
