@@ -20,9 +20,8 @@ keeps the real and imaginary sums in scalars instead of looping over channels (a
 K = 1, 2026-11-30: extraction 5.1-5.6k -> 6.5-6.7k class-slices/s, insertion 2.0-3.1k ->
 3.7-3.9k). Both kernels spell these paths out rather than share a helper that fills 8 rows and
 weights: that helper cost a quarter to a third of the d = 128 extraction rate (measured
-2026-11-29). ``scripts/bench_slices.py`` measures
-the kernels against the torch code and torch-fourier-slice. All arrays are numpy views of CPU
-tensors (no copies).
+2026-11-29). ``scripts/bench_slices.py`` measures the kernels against the torch code and
+torch-fourier-slice. All arrays are numpy views of CPU tensors (no copies).
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ def _grid_point(rotation, kx, ky, pad, half):  # pragma: no cover (JIT)
 @njit(parallel=True, cache=True)
 def _gather(rotations, k, pixels, pad, p, table, out, starts):  # pragma: no cover (JIT)
     n_channels = table.shape[1]
+    n_classes = n_channels // 2
     px, half = p // 2 + 1, p // 2
     sz = p * px  # flat stride of z (that of y is px, of x 1)
     for t in prange(starts.shape[0] - 1):
@@ -64,7 +64,7 @@ def _gather(rotations, k, pixels, pad, p, table, out, starts):  # pragma: no cov
                 x0, y0, z0, fx, fy, fz, sign = _grid_point(rotations[i], kx, ky, pad, half)
                 acc[:] = 0
                 inside = x0 + 1 < px and 0 <= y0 and y0 + 1 < p and 0 <= z0 and z0 + 1 < p
-                if inside and n_channels == 2:  # one class: scalar sums, no channel loop
+                if inside and n_classes == 1:  # one class: scalar sums, no channel loop
                     base = z0 * sz + y0 * px + x0
                     re = 0.0
                     im = 0.0
@@ -76,10 +76,8 @@ def _gather(rotations, k, pixels, pad, p, table, out, starts):  # pragma: no cov
                             w0, w1 = wzy * (1 - fx), wzy * fx
                             re += w0 * table[row, 0] + w1 * table[row + 1, 0]
                             im += w0 * table[row, 1] + w1 * table[row + 1, 1]
-                    out[i, 0, pixel, 0] = re
-                    out[i, 0, pixel, 1] = sign * im
-                    continue
-                if inside:
+                    acc[0], acc[1] = re, im
+                elif inside:
                     base = z0 * sz + y0 * px + x0
                     for dz in range(2):
                         wz = fz if dz else 1 - fz
@@ -99,7 +97,7 @@ def _gather(rotations, k, pixels, pad, p, table, out, starts):  # pragma: no cov
                             row = z * sz + y * px + x
                             for c in range(n_channels):
                                 acc[c] += w * table[row, c]
-                for c in range(n_channels // 2):
+                for c in range(n_classes):
                     out[i, c, pixel, 0] = acc[2 * c]
                     out[i, c, pixel, 1] = sign * acc[2 * c + 1]
 
