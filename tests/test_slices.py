@@ -31,7 +31,7 @@ from tests.physics_helpers import DEVICES, blob_projection, blob_volume, random_
 
 def full_spectrum(maps: torch.Tensor, pad: int) -> torch.Tensor:
     d = maps.shape[-1]
-    v = pad_volume(maps / gridding_kernel(d, pad, dtype=maps.dtype), pad)
+    v = pad_volume(maps / gridding_kernel(d, pad, maps.device, maps.dtype), pad)
     dims = (-3, -2, -1)
     return torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(v, dim=dims), dim=dims), dim=dims)
 
