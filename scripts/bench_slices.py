@@ -129,7 +129,8 @@ def bench(
             else []
         ),
         ("insert   torch-fourier-slice", "numba", tfs_insert),
-        ("project  cryotorch numba", "numba", ours_project),
+        # the default kernels: numba on the CPU, the torch code on CUDA
+        (f"project  cryotorch {'torch' if device == 'cuda' else 'numba'}", "numba", ours_project),
         ("project  torch-fourier-slice", "numba", tfs_project),
     ]
     rows = []

@@ -1,7 +1,11 @@
-"""Shared fixtures and the skip rules for the ``relion`` and ``gpu`` markers."""
+"""Shared fixtures and the skip rules for the ``relion`` and ``gpu`` markers.
+
+``CRYOTORCH_FAKE_CUDA=1`` runs the ``gpu`` tests on an emulated CUDA device (tests/fake_cuda.py):
+their device handling, not CUDA's numerics."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +13,11 @@ import pytest
 import torch
 
 from cryotorch.io.example import write_example_star
+
+if os.environ.get("CRYOTORCH_FAKE_CUDA") == "1":
+    from tests import fake_cuda
+
+    fake_cuda.install()
 
 RELION_PROGRAMS = ("relion_project", "relion_reconstruct")
 
@@ -19,7 +28,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         reason=f"RELION not installed ({', '.join(missing)} not on PATH; "
         "`apt-get install -y relion` provides them)"
     )
-    skip_gpu = pytest.mark.skip(reason="no CUDA device (torch.cuda.is_available() is False)")
+    skip_gpu = pytest.mark.skip(
+        reason="no CUDA device (torch.cuda.is_available() is False); "
+        "tests/test_fake_cuda.py runs it on an emulated one"
+    )
     for item in items:
         if "relion" in item.keywords and missing:
             item.add_marker(skip_relion)

@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from cryotorch.engine.checkpoint import check_resumable, load_checkpoint
+from cryotorch.engine.batches import BatchMaker
+from cryotorch.engine.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from cryotorch.engine.loop import ClassificationSettings
+from cryotorch.engine.loop import classify as classify_particles
 from cryotorch.errors import InputError
+from cryotorch.io import ParticleImages, read_particles
 from cryotorch.simulate.particles import SimulationSettings, simulate_particles
 from tests.physics_helpers import blob_volume
 
@@ -154,3 +157,38 @@ def test_resume_with_other_settings_is_refused(reference: Path):
         check_resumable("checkpoint.pt", state, settings, state["n_particles"], state["box"])
     with pytest.raises(InputError, match="of 3000 particles at working box 24, this run has 10"):
         check_resumable("checkpoint.pt", state, settings, 10, 24)
+
+
+@pytest.mark.gpu
+def test_a_cuda_run_resumes_from_its_checkpoint_file(star: Path, tmp_path: Path):
+    """A run on CUDA stopped after its third checkpoint (online EM) and resumed from the file,
+    which loads on the CPU, ends as the run that was not stopped: the same classes, and maps
+    and posteriors to float32 tolerance (CUDA's sums need not be in the same order twice)."""
+    settings = ClassificationSettings(
+        num_classes=2, target_resolution=8, initial_resolution=18, resolution_reach_at=3,
+        online_epochs=1, batch_per_class=300, max_iterations=6, progress=False,
+    )  # fmt: skip
+
+    class Stopped(Exception):
+        pass
+
+    saved = []
+
+    def save_then_stop(state: dict) -> None:
+        save_checkpoint(tmp_path / "checkpoint.pt", state)
+        saved.append(state["iteration"])
+        if len(saved) == 3:
+            raise Stopped
+
+    with ParticleImages(read_particles(star)) as images:
+        batcher = BatchMaker(images, 24, torch.device("cuda"))
+        whole = classify_particles(batcher, settings)
+        with pytest.raises(Stopped):
+            classify_particles(batcher, settings, checkpoint=save_then_stop)
+        state = load_checkpoint(tmp_path / "checkpoint.pt")
+        assert state["maps"].device.type == "cpu" and state["iteration"] == saved[-1]
+        resumed = classify_particles(batcher, settings, resume=state)
+    assert (resumed.posteriors.argmax(1) == whole.posteriors.argmax(1)).mean() > 0.99
+    np.testing.assert_allclose(resumed.posteriors, whole.posteriors, atol=1e-3)
+    torch.testing.assert_close(resumed.maps.cpu(), whole.maps.cpu(), rtol=1e-3, atol=1e-4)
+    assert [h["iteration"] for h in resumed.history] == [h["iteration"] for h in whole.history]
