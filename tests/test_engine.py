@@ -630,9 +630,8 @@ def test_every_kind_of_run_goes_through_on_cuda(
     truth = tiny_star.parent / "class_002.mrc"  # the map with the extra blob
     write_map(tmp_path / "focus.mrc", (read_map(truth)[0] > 0.05).astype(np.float32), 3.0)
     files = {"MAP": str(truth), "FOCUS": str(tmp_path / "focus.mrc")}
-    overrides = [
-        f"{o.split('=')[0]}={files.get(o.split('=')[1], o.split('=')[1])}" for o in overrides
-    ]
+    pairs = [o.split("=", 1) for o in overrides]
+    overrides = [f"{key}={files.get(value, value)}" for key, value in pairs]
     summary = classify(tiny_star, tmp_path / "run", "device=cuda", *overrides)
     posteriors = np.load(tmp_path / "run" / "posteriors.npy")
     assert np.isfinite(posteriors).all()
