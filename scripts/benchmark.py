@@ -16,24 +16,25 @@ other:
 - ``cryotorch-classify experiment=relion_like optim.max_iterations=N-1`` at the same resolution
   R (images Fourier-cropped to it) and RELION's solvent mask (``--particle_diameter`` 86.4 Å
   at both boxes, and its soft edge of 5 pixels, 7.5 Å): RELION's first iteration assigns
-  every particle to a random class (its ``do_generate_seeds``), which is cryotorch's initialisation, so after N - 1 EM iterations
-  both have scored the particles against their classes N - 1 times; seconds per iteration =
-  the median of its EM iterations after the first (which also holds the initialisation); once
-  per ``--kernels`` choice (numba, the CPU default; torch, the reference code; compiled,
-  torch.compile, whose compilation falls in the first iteration); and once per ``--variants``
-  entry, Hydra overrides added to that command ("" is ``relion_like`` as it is; e.g.
-  ``model.reseed=3`` lets an emptied class be re-seeded, which RELION does not do).
+  every particle to a random class (its ``do_generate_seeds``), which is cryotorch's
+  initialisation, so after N - 1 EM iterations both have scored the particles against their
+  classes N - 1 times; seconds per iteration = the median of its EM iterations after the first
+  (which also holds the initialisation); once per ``--kernels`` choice (numba, the CPU
+  default; torch, the reference code; compiled, torch.compile, whose compilation falls in the
+  first iteration); and once per ``--variants`` entry, Hydra overrides added to that command
+  ("" is ``relion_like`` as it is; e.g. ``model.reseed=3`` lets an emptied class be
+  re-seeded, which RELION does not do).
 
 "wall" is each process's whole run, start-up, reading and initialisation included.
 
 Each runs in its own process; peak RSS is that process's ``ru_maxrss`` (with ``--device cuda``
 also cryotorch's peak GPU memory, ``torch.cuda.max_memory_allocated``, in brackets).
-Accuracy: against the true classes, best matching of labels. With ``--seeds S`` each program runs S times on the same
-particles, with random seeds 0..S-1 (the initial random assignment of both): the table gives
-the median seconds per iteration and wall time, the largest peak RSS, and the mean accuracy
-with its range, since after a few iterations the accuracy depends on the start. Prints a
-Markdown table (and writes it with ``--output``); "speed-up" is RELION's seconds per iteration
-over cryotorch's.
+Accuracy: against the true classes, best matching of labels. With ``--seeds S`` each program
+runs S times on the same particles, with random seeds 0..S-1 (the initial random assignment of
+both): the table gives the median seconds per iteration and wall time, the largest peak RSS,
+and the mean accuracy with its range, since after a few iterations the accuracy depends on the
+start. Prints a Markdown table (and writes it with ``--output``); "speed-up" is RELION's
+seconds per iteration over cryotorch's.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ first in a process. It cannot be uninstalled.
 from __future__ import annotations
 
 import threading
-import weakref
 
 import numpy as np
 import torch
@@ -46,12 +45,9 @@ class EmulatedCuda(torch.Tensor):
     __torch_function__ = torch._C._disabled_torch_function_impl  # the mode does it all
 
 
-_ON_CUDA: dict[int, bool] = {}  # ids of parameters on the emulated device (not EmulatedCuda)
-
-
 def on_cuda(t: object) -> bool:
     """Whether ``t`` is a tensor on the emulated device."""
-    return isinstance(t, EmulatedCuda) or (isinstance(t, torch.Tensor) and id(t) in _ON_CUDA)
+    return isinstance(t, EmulatedCuda)
 
 
 def _to_cuda(x: object) -> object:
@@ -112,7 +108,6 @@ class EmulatedCudaMode(TorchFunctionMode):
         if name in MOVES:
             target = _move_target(name, args, kwargs)
             target = cuda_in if target is None else target
-            kwargs.pop("non_blocking", None)
             kwargs = {
                 k: ("cpu" if _is_cuda_device(v) is not None else v) for k, v in kwargs.items()
             }
@@ -130,11 +125,6 @@ class EmulatedCudaMode(TorchFunctionMode):
         out = func(*args, **kwargs)
         if name in MOVES and isinstance(out, torch.Tensor) and target != cuda_in:
             out = out.clone()  # a move between devices copies
-        if isinstance(out, torch.nn.Parameter):
-            if target:
-                _ON_CUDA[id(out)] = True
-                weakref.finalize(out, _ON_CUDA.pop, id(out), None)
-            return out
         return tree_map(_to_cuda if target else _to_cpu, out)
 
 
