@@ -7,6 +7,7 @@ exit non-zero instead of showing a traceback from deep inside a library.
 
 from __future__ import annotations
 
+import warnings
 from os import PathLike
 
 
@@ -29,3 +30,17 @@ class InputError(ValueError):
         self.problem = problem
         where = f"{self.file}: {field}" if field else self.file
         super().__init__(f"{where}: {problem}")
+
+
+class InputWarning(UserWarning):
+    """A user's input is usable but unusual: read with an assumption the user should know of.
+
+    Raised through :func:`warn_input`; the command-line tools print it as one line,
+    ``program: warning: file: field: problem``.
+    """
+
+
+def warn_input(file: str | PathLike[str], field: str | None, problem: str) -> None:
+    """Warn (:class:`InputWarning`) about ``file``'s ``field``, worded like :class:`InputError`."""
+    where = f"{file}: {field}" if field else str(file)
+    warnings.warn(f"{where}: {problem}", InputWarning, stacklevel=3)

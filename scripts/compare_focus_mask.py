@@ -18,15 +18,14 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
 from cryotorch.cli.classify import run
-from cryotorch.cli.configs import CONFIG_DIR
 from cryotorch.simulate.examples import small_ligand_set
 
 
 def classify(star: Path, out: Path, *overrides: str) -> dict:
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_module("cryotorch.configs", version_base="1.3"):
         cfg = compose(
             "classify",
             [

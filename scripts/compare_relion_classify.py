@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 import starfile
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
 from cryotorch.cli.classify import settings_from_config
-from cryotorch.cli.configs import CONFIG_DIR
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.loop import classify
 from cryotorch.evaluation import classification_accuracy, read_true_classes
@@ -87,7 +86,7 @@ def run_relion(
 
 def run_cryotorch(star: Path, truth: np.ndarray, overrides: list[str], threads: int) -> dict:
     torch.set_num_threads(threads)
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_module("cryotorch.configs", version_base="1.3"):
         cfg = compose("classify", [f"data.particles={star}", *overrides])
     settings = settings_from_config(cfg)
     table = read_particles(star)

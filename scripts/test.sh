@@ -7,10 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -c "import torch" 2>/dev/null || python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e ".[dev]"
-# The built-in structures (adenylate kinase open/closed) come from MDAnalysisTests; its own
-# dependency, MDAnalysis, is not needed to read them.
-python3 -c "import importlib.util as u; exit(u.find_spec('MDAnalysisTests') is None)" \
-    || python3 -m pip install -q --no-deps MDAnalysisTests
 if ! command -v relion_project >/dev/null && [ "${CRYOTORCH_NO_RELION:-0}" != 1 ] \
     && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq relion >/dev/null) \

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
 from cryotorch.cli.classify import run
-from cryotorch.cli.configs import CONFIG_DIR
 from cryotorch.simulate.particles import SimulationSettings, simulate_particles
 from tests.physics_helpers import blob_volume
 
@@ -26,6 +25,6 @@ def simulate_two_blob_classes(folder: Path, n: int, snr: float, seed: int) -> Pa
 
 def run_classify(star: Path, out: Path, *overrides: str) -> dict:
     """``cryotorch-classify data.particles=star output_dir=out *overrides``, in process."""
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_module("cryotorch.configs", version_base="1.3"):
         cfg = compose("classify", [f"data.particles={star}", f"output_dir={out}", *overrides])
     return run(cfg)

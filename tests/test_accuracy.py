@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
 from cryotorch.cli.classify import run
-from cryotorch.cli.configs import CONFIG_DIR
 from cryotorch.simulate.examples import small_ligand_set
 
 
@@ -21,7 +20,7 @@ def test_adenylate_kinase_open_closed_10k_snr_005(tmp_path: Path):
         "logger=none",
         "seed=3",
     ]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_module("cryotorch.configs", version_base="1.3"):
         summary = run(compose("classify", overrides))
     assert summary["accuracy"] >= 0.99, summary
 
@@ -44,7 +43,7 @@ def test_focus_mask_separates_a_small_ligand_better_than_the_solvent_mask(tmp_pa
     ]
     accuracy = {}
     for name, extra in (("solvent", []), ("focus", [f"mask.focus={focus}"])):
-        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        with initialize_config_module("cryotorch.configs", version_base="1.3"):
             cfg = compose("classify", [*common, f"output_dir={tmp_path / name}", *extra])
         accuracy[name] = run(cfg)["accuracy"]
     assert accuracy["focus"] >= accuracy["solvent"] + 0.015, accuracy

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,6 @@ import pytest
 import starfile
 import torch
 
-from cryotorch.cli.configs import CONFIG_DIR
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.initialisation import cluster_maps, kmeans
 from cryotorch.engine.loop import ClassificationSettings, Masks
@@ -30,7 +30,11 @@ from cryotorch.io import ParticleImages, read_map, read_particles, write_map, wr
 from cryotorch.physics.fourier import fourier_crop_3d
 from tests.run_helpers import run_classify, simulate_two_blob_classes
 
-PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+PRESETS = sorted(
+    p.name.removesuffix(".yaml")
+    for p in files("cryotorch.configs").joinpath("experiment").iterdir()
+    if p.name.endswith(".yaml")
+)
 FAST = [
     "logger=none",
     "logger.quiet=true",

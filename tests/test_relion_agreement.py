@@ -168,10 +168,9 @@ def test_cryotorch_reconstruction_of_relion_particles_matches_relion_reconstruct
 
 
 def test_relion_reads_the_classification_star(tmp_path: Path):
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
     from cryotorch.cli.classify import run
-    from cryotorch.cli.configs import CONFIG_DIR
 
     d = 24
     a = blobs(d, [(3, 0, -2), (-3, 2, 1)])
@@ -188,7 +187,7 @@ def test_relion_reads_the_classification_star(tmp_path: Path):
         "optim.max_iterations=4",
         "posterior.similarity.anneal_end=2",
     ]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_module("cryotorch.configs", version_base="1.3"):
         run(compose("classify", overrides))
     out = tmp_path / "run"
     for k in (1, 2):

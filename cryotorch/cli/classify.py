@@ -19,7 +19,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cryotorch.cli.configs import CONFIG_DIR, job_output_dir, run_reporting_input_errors
+from cryotorch.cli.configs import (
+    CONFIG_PATH,
+    job_output_dir,
+    load_config,
+    run_reporting_input_errors,
+)
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.checkpoint import (
     CHECKPOINT_NAME,
@@ -99,7 +104,7 @@ def _particles(cfg: DictConfig, output_dir: Path, simulate: bool = True) -> Path
     from cryotorch.cli.simulate import run as run_simulation
 
     sim = cfg.data.simulate
-    sim_cfg = OmegaConf.load(CONFIG_DIR / "simulate.yaml")
+    sim_cfg = load_config("simulate")
     sim_cfg.pop("hydra")
     sim_cfg = OmegaConf.merge(sim_cfg, dict(sim), {"seed": cfg.seed})
     return run_simulation(sim_cfg, output_dir / "simulated")
@@ -375,7 +380,7 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
     return summary
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="classify", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="classify", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     run_reporting_input_errors("cryotorch-classify", run, cfg)
 

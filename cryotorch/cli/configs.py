@@ -1,21 +1,30 @@
-"""Where the Hydra configs are: the repository's top-level ``configs/`` folder.
+"""Where the Hydra configs are, and how the command-line tools report bad input.
 
-cryotorch is installed from its source tree (``pip install -e .``, as scripts/run.sh and
-scripts/test.sh do), so the package sits beside ``configs/``.
+The configs are the repository's top-level ``configs/`` folder, installed as the package
+``cryotorch.configs`` (pyproject.toml maps the folder into the package), so that an installed
+cryotorch finds them wherever it lives: Hydra reads them through ``pkg://cryotorch.configs``.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
+from importlib.resources import files
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from cryotorch.errors import InputError
+from cryotorch.errors import InputError, InputWarning
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_PATH = "pkg://cryotorch.configs"  # for @hydra.main(config_path=...)
+
+
+def load_config(name: str) -> DictConfig:
+    """The packaged config ``name`` (e.g. ``"simulate"``) as loaded from its YAML file."""
+    text = files("cryotorch.configs").joinpath(f"{name}.yaml").read_text()
+    return OmegaConf.create(text)
 
 
 def job_output_dir(cfg: DictConfig) -> Path:
@@ -26,9 +35,25 @@ def job_output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.output_dir)
 
 
+def print_input_warnings(program: str) -> None:
+    """Print every :class:`~cryotorch.errors.InputWarning` as one line,
+    ``program: warning: message``, on standard error (no source line, no category)."""
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            print(f"{program}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
+
+
 def run_reporting_input_errors(program: str, run: Callable[[DictConfig], object], cfg) -> None:
     """``run(cfg)`` inside a ``@hydra.main`` function: Hydra would report an exception with a
-    traceback, so bad input is printed as one line and the process exits with status 2."""
+    traceback, so bad input is printed as one line and the process exits with status 2.
+    Input warnings are printed as one line each."""
+    print_input_warnings(program)
     try:
         run(cfg)
     except InputError as exc:

@@ -16,7 +16,11 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from cryotorch.cli.configs import CONFIG_DIR, job_output_dir, run_reporting_input_errors
+from cryotorch.cli.configs import (
+    CONFIG_PATH,
+    job_output_dir,
+    run_reporting_input_errors,
+)
 from cryotorch.errors import InputError
 from cryotorch.io import read_map
 from cryotorch.simulate.atomic import (
@@ -31,10 +35,16 @@ __all__ = ["load_class_maps", "main", "run"]
 ATOMIC_SUFFIXES = {".pdb", ".ent", ".cif", ".mmcif"}
 
 
+def _is_atomic_model(path: Path) -> bool:
+    """Whether ``path`` names an atomic model (gzipped or not) rather than a map."""
+    name = path.name.lower().removesuffix(".gz")
+    return Path(name).suffix in ATOMIC_SUFFIXES
+
+
 def load_class_maps(cfg: DictConfig) -> tuple[np.ndarray, float]:
     """The class maps ``(k, d, d, d)`` and their voxel size (Å) that ``cfg.maps`` names."""
     paths = [Path(p) for p in cfg.maps] if cfg.maps else builtin_structures()
-    if all(p.suffix.lower() in ATOMIC_SUFFIXES for p in paths):
+    if all(_is_atomic_model(p) for p in paths):
         first = read_model_coordinates(paths[0])
         reference = read_model_coordinates(paths[0], ca_only=True) if cfg.superpose else None
         maps = [
@@ -92,7 +102,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> Path:
     return star
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="simulate", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="simulate", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     run_reporting_input_errors("cryotorch-simulate", run, cfg)
 

@@ -1,14 +1,15 @@
 """Atomic models (PDB/mmCIF, through gemmi) to maps, and the built-in pair of structures.
 
-The built-in pair is adenylate kinase, open (PDB 4AKE) and closed (PDB 1AKE), as shipped by
-the registry package ``MDAnalysisTests`` (``adk_open.pdb``, ``adk_closed.pdb``): two real
-conformations of one protein (214 residues), the LID and NMP domains closing over the core.
+The built-in pair is adenylate kinase, open (PDB 4AKE) and closed (PDB 1AKE), shipped with
+cryotorch in ``simulate/data/`` (from the registry package MDAnalysisTests; see the README
+there): two real conformations of one protein (214 residues), the LID and NMP domains closing
+over the core.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
+from importlib.resources import files
 from pathlib import Path
 
 import gemmi
@@ -25,19 +26,10 @@ __all__ = [
 
 
 def builtin_structures() -> list[Path]:
-    """Paths of the built-in open and closed adenylate kinase models (from MDAnalysisTests)."""
-    spec = importlib.util.find_spec(
-        "MDAnalysisTests"
-    )  # located, not imported (it needs MDAnalysis)
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError(
-            "MDAnalysisTests",
-            None,
-            "the built-in structures come from the package MDAnalysisTests: "
-            "`pip install --no-deps MDAnalysisTests` (scripts/run.sh and scripts/test.sh do this)",
-        )
-    data = Path(next(iter(spec.submodule_search_locations))) / "data"
-    return [data / "adk_open.pdb", data / "adk_closed.pdb"]
+    """Paths of the built-in open and closed adenylate kinase models (gzipped PDB files shipped
+    with cryotorch; their source and licence are in ``cryotorch/simulate/data/README.md``)."""
+    data = files("cryotorch.simulate") / "data"
+    return [Path(str(data / "adk_open.pdb.gz")), Path(str(data / "adk_closed.pdb.gz"))]
 
 
 def _read(path: Path) -> gemmi.Structure:
