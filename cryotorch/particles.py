@@ -23,7 +23,11 @@ class OpticsGroups:
     """Per optics group values, shape ``(g,)`` each (RELION's ``data_optics`` block).
 
     ``image_size`` is the box edge in pixels (0 where the file does not say; the stack header
-    then gives it). ``name`` is RELION's ``rlnOpticsGroupName``.
+    then gives it). ``name`` is RELION's ``rlnOpticsGroupName``. ``number`` ``(g,)`` int64 is
+    the file's own number of each group, distinct: RELION 3.1's ``rlnOpticsGroup``, cryoSPARC's
+    ``ctf/exp_group_id`` (may be 0), ``1..g`` for groups made up by the reader (RELION 3.0, a
+    ``.cs`` without exposure groups) and by default. Particles refer to groups by row
+    (``ParticleTable.optics_group``), never by number.
     """
 
     name: np.ndarray
@@ -32,6 +36,20 @@ class OpticsGroups:
     voltage_kv: np.ndarray
     spherical_aberration_mm: np.ndarray
     amplitude_contrast: np.ndarray
+    number: np.ndarray | None = None  # always an array after construction
+
+    def __post_init__(self) -> None:
+        g = len(self.pixel_size_angstrom)
+        number = (
+            np.arange(1, g + 1, dtype=np.int64)
+            if self.number is None
+            else np.asarray(self.number, dtype=np.int64)
+        )
+        if number.shape != (g,):
+            raise ValueError(f"OpticsGroups.number has shape {number.shape}, expected ({g},)")
+        if len(np.unique(number)) != g:
+            raise ValueError(f"OpticsGroups.number has repeated values: {number.tolist()}")
+        object.__setattr__(self, "number", number)
 
     def __len__(self) -> int:
         return len(self.pixel_size_angstrom)

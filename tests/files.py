@@ -150,3 +150,46 @@ def write_star31(folder: Path, text: str = STAR31, name: str = "particles.star")
     path = folder / name
     path.write_text(text)
     return path
+
+
+def star31_text(
+    optics: list[tuple[int, float, float, float, float]],
+    particles: list[tuple[str, int, int]],
+    subsets: list[int] | None = None,
+) -> str:
+    """A RELION 3.1 particle STAR file written out by hand.
+
+    ``optics``: ``(rlnOpticsGroup, rlnImagePixelSize, rlnVoltage, rlnSphericalAberration,
+    rlnAmplitudeContrast)`` per group (box 16); ``particles``: ``(stack, 1-based index,
+    rlnOpticsGroup)`` per particle; ``subsets``: ``rlnRandomSubset`` per particle, or no column.
+    """
+    head = [
+        "# version 30001",
+        "",
+        "data_optics",
+        "",
+        "loop_",
+        *(
+            f"_rln{c} #{i + 1}"
+            for i, c in enumerate(
+                "OpticsGroupName OpticsGroup ImagePixelSize ImageSize ImageDimensionality Voltage "
+                "SphericalAberration AmplitudeContrast".split()
+            )
+        ),
+        *(f"opticsGroup{g} {g} {ps} 16 2 {kv} {cs} {ac}" for g, ps, kv, cs, ac in optics),
+        "",
+        "# version 30001",
+        "",
+        "data_particles",
+        "",
+        "loop_",
+    ]
+    columns = "ImageName AngleRot AngleTilt AnglePsi DefocusU DefocusV DefocusAngle OpticsGroup"
+    columns = columns.split() + (["RandomSubset"] if subsets is not None else [])
+    head += [f"_rln{c} #{i + 1}" for i, c in enumerate(columns)]
+    rows = []
+    for k, (stack, index, group) in enumerate(particles):
+        row = f"{index:06d}@{stack} {10.0 * k} {5.0 + 10 * k} {-7.0 * k} {12000 + 500 * k} "
+        row += f"{11800 + 500 * k} {15.0 * k} {group}"
+        rows.append(row + (f" {subsets[k]}" if subsets is not None else ""))
+    return "\n".join([*head, *rows, ""])

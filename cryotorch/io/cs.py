@@ -10,24 +10,31 @@ outside reader and writer of the format.
 Fields used (see :mod:`cryotorch.conventions` for the conversions): ``blob/path`` (a leading
 ``>`` is dropped), ``blob/idx`` (0-based), ``blob/psize_A``, ``blob/shape``, ``ctf/*``,
 ``alignments3D/pose`` (rotation vector, radians), ``alignments3D/shift`` (pixels),
-``alignments3D/split``. A passthrough file (``J*_passthrough_particles.cs``) is merged by
-``uid``: its fields are added where the main file lacks them.
+``alignments3D/split``, ``ctf/exp_group_id`` (exposure group = optics group). A passthrough
+file (``J*_passthrough_particles.cs``) is merged by ``uid``: its fields are added where the
+main file lacks them.
+
+numpy refuses headers over 10000 characters unless told otherwise; cryoSPARC's 3D
+classification and heterogeneous refinement outputs exceed that (a dozen fields per class), so
+headers up to :data:`MAX_HEADER_CHARS` are read. numpy parses the header with
+``ast.literal_eval`` (no code runs) and still refuses object fields with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 
 from cryotorch import conventions
-from cryotorch.errors import InputError
+from cryotorch.errors import InputError, warn_input
 from cryotorch.io.atomic import atomic_path
 from cryotorch.io.paths import resolve_stack_paths, stack_path_for_output
 from cryotorch.particles import OpticsGroups, ParticleTable, SourceRecord
 
-__all__ = ["add_fields", "read_cs", "write_cs"]
+__all__ = ["add_fields", "particle_uids", "read_cs", "write_cs"]
 
 REQUIRED_FIELDS = (
     "blob/path",
@@ -41,6 +48,9 @@ REQUIRED_FIELDS = (
     "ctf/df_angle_rad",
     "alignments3D/pose",
 )
+# Longest numpy header read (characters); numpy's own default is 10000. A field takes about 50
+# characters of header, so this allows tens of thousands of fields.
+MAX_HEADER_CHARS = 2**21
 
 
 def _load(path: Path) -> np.ndarray:
@@ -56,17 +66,28 @@ def _load(path: Path) -> np.ndarray:
             "(cryosparc-tools: `Dataset.load(p).save(q)` writes the numpy layout)",
         )
     try:
-        data = np.load(path, allow_pickle=False)
+        data = np.load(path, allow_pickle=False, max_header_size=MAX_HEADER_CHARS)
     except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+        if "Object arrays" in str(exc):
             raise InputError(
                 path, None, "has an object (pickled) field; cryotorch never unpickles user files"
+            ) from exc
+        if "max_header_size" in str(exc):
+            raise InputError(
+                path,
+                None,
+                f"numpy header is longer than the {MAX_HEADER_CHARS} characters cryotorch reads; "
+                "is this a cryoSPARC .cs file?",
             ) from exc
         raise InputError(path, None, f"not a cryoSPARC .cs (numpy) file ({exc})") from exc
     except Exception as exc:
         raise InputError(path, None, f"not a cryoSPARC .cs (numpy) file ({exc})") from exc
     if not isinstance(data, np.ndarray) or data.dtype.names is None or data.ndim != 1:
         raise InputError(path, None, "not a cryoSPARC .cs file: expected a 1-D structured array")
+    if data.dtype.hasobject:  # np.load refuses these already; never let one through
+        raise InputError(
+            path, None, "has an object (pickled) field; cryotorch never unpickles user files"
+        )
     return data
 
 
@@ -117,6 +138,85 @@ def _field(data: np.ndarray, name: str, path: Path, default: float | None = None
     return values
 
 
+def _optics(
+    data: np.ndarray, path: Path, psize: np.ndarray, image_size: np.ndarray
+) -> tuple[OpticsGroups, np.ndarray]:
+    """The optics groups ``(g,)`` and each particle's group row ``(n,)`` int64.
+
+    With ``ctf/exp_group_id``: one group per exposure group, numbered by its id and in the
+    order of the ids. An exposure group whose particles differ in optics values (pixel size,
+    box, voltage, Cs, amplitude contrast) is split, with a warning: its first set of values
+    keeps the id, the others are numbered after the largest id. Without the field: one group
+    per distinct set of values, numbered 1..g.
+    """
+    values = np.stack(
+        [
+            psize,
+            image_size.astype(np.float64),
+            _field(data, "ctf/accel_kv", path),
+            _field(data, "ctf/cs_mm", path),
+            _field(data, "ctf/amp_contrast", path),
+        ],
+        axis=1,
+    )
+    has_exp = "ctf/exp_group_id" in data.dtype.names
+    if has_exp and data["ctf/exp_group_id"].dtype.kind not in "iu":
+        raise InputError(
+            path, "ctf/exp_group_id", f"expected integers, got {data['ctf/exp_group_id'].dtype}"
+        )
+    exp = data["ctf/exp_group_id"].astype(np.int64) if has_exp else np.zeros(len(data), np.int64)
+    # Sorted by exposure group first, so the parts of one exposure group are adjacent.
+    keys = np.column_stack([exp.astype(np.float64), values])
+    unique, group = np.unique(keys, axis=0, return_inverse=True)
+    ids = unique[:, 0].astype(np.int64)
+    if has_exp:
+        number = ids.copy()
+        extra = np.flatnonzero(np.r_[False, ids[1:] == ids[:-1]])
+        if extra.size:
+            number[extra] = ids.max() + 1 + np.arange(extra.size)
+            split = ", ".join(
+                f"{i} -> {number[ids == i].tolist()}" for i in np.unique(ids[extra]).tolist()
+            )
+            warn_input(
+                path,
+                "ctf/exp_group_id",
+                "particles of one exposure group differ in pixel size, box size, voltage, Cs or "
+                f"amplitude contrast; each is split into one optics group per set of values "
+                f"(exposure group -> optics group numbers: {split})",
+            )
+    else:
+        number = np.arange(1, len(unique) + 1, dtype=np.int64)
+    optics = OpticsGroups(
+        name=np.array([f"opticsGroup{k}" for k in number]),
+        pixel_size_angstrom=unique[:, 1],
+        image_size=unique[:, 2].astype(np.int64),
+        voltage_kv=unique[:, 3],
+        spherical_aberration_mm=unique[:, 4],
+        amplitude_contrast=unique[:, 5],
+        number=number,
+    )
+    return optics, group.reshape(-1).astype(np.int64)
+
+
+def _half_sets(data: np.ndarray, path: Path) -> np.ndarray:
+    """``(n,)`` RELION half-sets (1, 2) from ``alignments3D/split`` (0, 1); all 0 ("not given")
+    when the field is missing, or when it gives every particle the same half-set (the other
+    half would be empty; the engine then makes its own random halves), with a warning."""
+    if "alignments3D/split" not in data.dtype.names:
+        return np.zeros(len(data), dtype=np.int64)
+    split = data["alignments3D/split"]
+    values = np.unique(split)
+    if len(values) == 1:
+        warn_input(
+            path,
+            "alignments3D/split",
+            f"gives every particle the same half-set ({values[0]}), which leaves the other "
+            "half empty; ignored: cryotorch makes its own random halves",
+        )
+        return np.zeros(len(data), dtype=np.int64)
+    return conventions.split_to_random_subset(split)
+
+
 def read_cs(
     path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
@@ -155,36 +255,14 @@ def read_cs(
         if "blob/shape" in data.dtype.names
         else np.zeros(len(data), np.int64)
     )
-    optics_values = np.stack(
-        [
-            psize,
-            image_size.astype(np.float64),
-            _field(data, "ctf/accel_kv", path),
-            _field(data, "ctf/cs_mm", path),
-            _field(data, "ctf/amp_contrast", path),
-        ],
-        axis=1,
-    )
-    unique, group = np.unique(optics_values, axis=0, return_inverse=True)
-    optics = OpticsGroups(
-        name=np.array([f"opticsGroup{g + 1}" for g in range(len(unique))]),
-        pixel_size_angstrom=unique[:, 0],
-        image_size=unique[:, 1].astype(np.int64),
-        voltage_kv=unique[:, 2],
-        spherical_aberration_mm=unique[:, 3],
-        amplitude_contrast=unique[:, 4],
-    )
+    optics, group = _optics(data, path, psize, image_size)
     has_align_psize = "alignments3D/psize_A" in data.dtype.names
     shift = (
         _field(data, "alignments3D/shift", path)
         if "alignments3D/shift" in data.dtype.names
         else np.zeros((len(data), 2))
     )
-    split = (
-        conventions.split_to_random_subset(data["alignments3D/split"])
-        if "alignments3D/split" in data.dtype.names
-        else np.zeros(len(data), dtype=np.int64)
-    )
+    split = _half_sets(data, path)
     return ParticleTable(
         image_path=stacks,
         image_index=data["blob/idx"].astype(np.int64),
@@ -201,24 +279,84 @@ def read_cs(
         phase_shift_deg=np.rad2deg(_field(data, "ctf/phase_shift_rad", path, default=0.0)),
         ctf_bfactor=_field(data, "ctf/bfactor", path, default=0.0),
         ctf_scale=_field(data, "ctf/scale", path, default=1.0),
-        optics_group=group.reshape(-1).astype(np.int64),
+        optics_group=group,
         random_subset=split,
         optics=optics,
         source=SourceRecord("cs", path, data, root),
     )
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd: x -> x + k * _GOLDEN is 1:1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array: a bijection that spreads every bit."""
+    x = x.astype(np.uint64, copy=True)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)  # uint64 arrays wrap modulo 2^64
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def particle_uids(image_path: np.ndarray, image_index: np.ndarray) -> np.ndarray:
+    """``(n,)`` uint64 cryoSPARC uids, derived from each particle's identity.
+
+    cryoSPARC draws uids at random; joining two files (``Dataset.union``, passthroughs) relies
+    on different particles having different uids. A uid here is a 64-bit hash of the particle:
+    blake2b (8 bytes) of the resolved absolute stack path, plus the 0-based ``image_index``
+    times an odd constant, through splitmix64. So different particles get different uids in
+    any conversion (within one stack always, across stacks but for a ~2^-64 chance), and the
+    same particle gets the same uid every time (output is reproducible). A row that repeats an
+    earlier row's image (symmetry expansion) is re-mixed with its repeat count. The uids are
+    checked nonzero and unique; a clash (vanishingly rare) is re-mixed, deterministically.
+    """
+    image_index = np.asarray(image_index, dtype=np.int64)
+    n = len(image_index)
+    paths, code = np.unique(np.asarray(image_path, dtype=str), return_inverse=True)
+    code = code.reshape(-1)
+    path_hash = np.array(
+        [
+            int.from_bytes(
+                hashlib.blake2b(os.path.realpath(p).encode("utf-8"), digest_size=8).digest(),
+                "little",
+            )
+            for p in paths
+        ],
+        dtype=np.uint64,
+    )
+    uid = _splitmix64(path_hash[code] + _GOLDEN * image_index.astype(np.uint64))
+    # How many earlier rows show the same image: 0 for the first (usually only) one.
+    order = np.lexsort((np.arange(n), image_index, code))  # by image, then by row
+    c, i = code[order], image_index[order]
+    same = np.r_[False, (c[1:] == c[:-1]) & (i[1:] == i[:-1])]
+    run_start = np.maximum.accumulate(np.where(same, 0, np.arange(n)))
+    repeat = np.empty(n, dtype=np.uint64)
+    repeat[order] = (np.arange(n) - run_start).astype(np.uint64)
+    again = repeat > 0
+    uid[again] = _splitmix64(uid[again] ^ _splitmix64(repeat[again] * _GOLDEN))
+    for _ in range(64):
+        clash = np.ones(n, dtype=bool)
+        clash[np.unique(uid, return_index=True)[1]] = False  # the first row of each uid is kept
+        clash |= uid == 0
+        if not clash.any():
+            return uid
+        uid[clash] = _splitmix64(uid[clash] + _GOLDEN)
+    raise RuntimeError("could not make unique particle uids")  # unreachable in practice
+
+
 def _table_fields(
     table: ParticleTable, output: Path, absolute_paths: bool
 ) -> dict[str, np.ndarray]:
     """The cryoSPARC fields that describe ``table``."""
-    n = len(table)
     psize = table.pixel_size_angstrom
     stacks = stack_path_for_output(table.image_path, output.parent, absolute_paths)
     size = table.optics.image_size[table.optics_group].astype(np.uint32)
+    exp_group = table.optics.number - min(0, int(table.optics.number.min()))  # uint32: >= 0
     fields = {
-        # cryoSPARC uids are random 64-bit integers; these are seeded so output is reproducible.
-        "uid": np.random.default_rng(0).integers(1, 2**63, size=n, dtype=np.uint64),
+        # cryoSPARC draws uids at random; ours hash the particle (see particle_uids).
+        "uid": particle_uids(table.image_path, table.image_index),
         "blob/path": np.char.encode(stacks, "utf-8"),
         "blob/idx": table.image_index.astype(np.uint32),
         "blob/shape": np.stack([size, size], axis=1),
@@ -232,7 +370,7 @@ def _table_fields(
         "ctf/phase_shift_rad": np.deg2rad(table.phase_shift_deg).astype(np.float32),
         "ctf/scale": table.ctf_scale.astype(np.float32),
         "ctf/bfactor": table.ctf_bfactor.astype(np.float32),
-        "ctf/exp_group_id": table.optics_group.astype(np.uint32),
+        "ctf/exp_group_id": exp_group[table.optics_group].astype(np.uint32),
         "alignments3D/split": conventions.random_subset_to_split(table.random_subset).astype(
             np.uint32
         ),
@@ -244,6 +382,9 @@ def _table_fields(
         ),
         "alignments3D/psize_A": psize.astype(np.float32),
     }
+    if not np.isin((1, 2), table.random_subset).all():
+        # Not both half-sets: a constant split would tell cryoSPARC that one half is empty.
+        del fields["alignments3D/split"]
     return fields
 
 
@@ -256,7 +397,9 @@ def write_cs(
     """Write ``table`` as a cryoSPARC ``.cs`` file, atomically.
 
     When the table was read from a ``.cs`` file, every input field is written back verbatim;
-    otherwise the fields are made from the table. ``new_fields`` (name -> ``(n, ...)`` array,
+    otherwise the fields are made from the table: ``uid`` from :func:`particle_uids`,
+    ``ctf/exp_group_id`` the optics group's ``number``, and no ``alignments3D/split`` when
+    the table does not have both half-sets. ``new_fields`` (name -> ``(n, ...)`` array,
     e.g. ``alignments3D/class``) are added or replace existing ones.
     """
     path = Path(path)

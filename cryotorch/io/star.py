@@ -22,7 +22,7 @@ import pandas as pd
 import starfile
 
 from cryotorch import conventions
-from cryotorch.errors import InputError
+from cryotorch.errors import InputError, warn_input
 from cryotorch.io.atomic import atomic_path
 from cryotorch.io.paths import resolve_stack_paths, stack_path_for_output
 from cryotorch.particles import OpticsGroups, ParticleTable, SourceRecord
@@ -117,6 +117,22 @@ def _parse_image_names(
     return stacks, conventions.one_based_to_zero_based(index), root
 
 
+def _half_sets(subset: np.ndarray, path: Path) -> np.ndarray:
+    """``rlnRandomSubset`` as int64, or all 0 ("not given") when every particle has the same
+    half-set 1 or 2: the other half would be empty, so the engine's own split is used."""
+    subset = subset.astype(np.int64)
+    values = np.unique(subset)
+    if len(values) == 1 and values[0] in (1, 2):
+        warn_input(
+            path,
+            "rlnRandomSubset",
+            f"gives every particle the same half-set ({values[0]}), which leaves the other "
+            "half empty; ignored: cryotorch makes its own random halves",
+        )
+        return np.zeros_like(subset)
+    return subset
+
+
 def _optics_from_31(optics: pd.DataFrame, particles: pd.DataFrame, path: Path):
     _require(optics, REQUIRED_OPTICS_COLUMNS, path, "optics")
     if "rlnImagePixelSize" in optics.columns:
@@ -125,7 +141,23 @@ def _optics_from_31(optics: pd.DataFrame, particles: pd.DataFrame, path: Path):
         pixel_size = _numeric(optics, "rlnPixelSize", path)
     else:
         raise InputError(path, "data_optics", "missing required column rlnImagePixelSize")
-    group_ids = _numeric(optics, "rlnOpticsGroup", path).astype(np.int64)
+    numbers = _numeric(optics, "rlnOpticsGroup", path)
+    group_ids = numbers.astype(np.int64)
+    bad = np.flatnonzero(group_ids != numbers)
+    if bad.size:
+        raise InputError(
+            path,
+            "data_optics: rlnOpticsGroup",
+            f"row {bad[0] + 1}: expected an integer group number, got {numbers[bad[0]]}",
+        )
+    ids, counts = np.unique(group_ids, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(
+            path,
+            "data_optics: rlnOpticsGroup",
+            f"optics group {ids[counts > 1][0]} appears {counts[counts > 1][0]} times; "
+            "expected each group once",
+        )
     names = (
         optics["rlnOpticsGroupName"].astype(str).to_numpy()
         if "rlnOpticsGroupName" in optics.columns
@@ -138,6 +170,7 @@ def _optics_from_31(optics: pd.DataFrame, particles: pd.DataFrame, path: Path):
         voltage_kv=_numeric(optics, "rlnVoltage", path),
         spherical_aberration_mm=_numeric(optics, "rlnSphericalAberration", path),
         amplitude_contrast=_numeric(optics, "rlnAmplitudeContrast", path),
+        number=group_ids,
     )
     if "rlnOpticsGroup" not in particles.columns:
         if len(groups) != 1:
@@ -194,6 +227,7 @@ def _optics_from_30(particles: pd.DataFrame, path: Path, pixel_size: float | Non
         voltage_kv=unique[:, 1],
         spherical_aberration_mm=unique[:, 2],
         amplitude_contrast=unique[:, 3],
+        number=np.arange(1, len(unique) + 1),
     )
     return groups, group.reshape(-1).astype(np.int64)
 
@@ -256,7 +290,7 @@ def read_star(
         _numeric(particles, "rlnAngleTilt", path),
         _numeric(particles, "rlnAnglePsi", path),
     )
-    subset = _numeric(particles, "rlnRandomSubset", path, default=0).astype(np.int64)
+    subset = _half_sets(_numeric(particles, "rlnRandomSubset", path, default=0), path)
     return ParticleTable(
         image_path=stacks,
         image_index=index,
@@ -312,20 +346,36 @@ def _table_columns(
         "rlnPhaseShift": table.phase_shift_deg,
         "rlnCtfBfactor": table.ctf_bfactor,
         "rlnCtfScalefactor": table.ctf_scale,
-        "rlnOpticsGroup": table.optics_group + 1,
+        "rlnOpticsGroup": _relion_group_numbers(table.optics)[table.optics_group],
     }
     if (table.random_subset > 0).any():
         columns["rlnRandomSubset"] = table.random_subset
     return columns
 
 
-def _optics_block(table: ParticleTable) -> pd.DataFrame:
+def _relion_group_numbers(optics: OpticsGroups, output: Path | None = None) -> np.ndarray:
+    """``(g,)`` the ``rlnOpticsGroup`` of each group: its own number, or, when some number is
+    below 1 (cryoSPARC's exposure groups start at 0, RELION's optics groups at 1), every number
+    shifted by the same amount so that the smallest is 1. With ``output``, a shift is warned of.
+    """
+    shift = max(0, 1 - int(optics.number.min()))
+    if shift and output is not None:
+        warn_input(
+            output,
+            "rlnOpticsGroup",
+            f"optics group numbers {sorted(optics.number.tolist())} include numbers below 1, "
+            f"which RELION does not accept; every group is written as its number + {shift}",
+        )
+    return optics.number + shift
+
+
+def _optics_block(table: ParticleTable, output: Path) -> pd.DataFrame:
     o = table.optics
     image_size = o.image_size.copy()
     return pd.DataFrame(
         {
             "rlnOpticsGroupName": o.name,
-            "rlnOpticsGroup": np.arange(1, len(o) + 1),
+            "rlnOpticsGroup": _relion_group_numbers(o, output),
             "rlnImagePixelSize": o.pixel_size_angstrom,
             "rlnImageSize": image_size,
             "rlnImageDimensionality": np.full(len(o), 2),
@@ -370,7 +420,10 @@ def write_star(
             particles[name] = values
     if source is not None and source.format.startswith("star") and not source.keeps_paths(path):
         particles["rlnImageName"] = columns["rlnImageName"]  # relative paths would break
-    optics = source.optics if same_version and version == "3.1" else _optics_block(table)
+    if version == "3.0":
+        optics = None  # no optics block; rlnOpticsGroup is dropped below
+    else:
+        optics = source.optics if same_version else _optics_block(table, path)
 
     if version == "3.0":
         px = table.pixel_size_angstrom
