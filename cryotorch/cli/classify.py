@@ -39,9 +39,10 @@ from cryotorch.engine.outputs import write_outputs
 from cryotorch.engine.posterior import ClassSimilarity
 from cryotorch.engine.regularisers import make_regulariser
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
-from cryotorch.errors import InputError
+from cryotorch.errors import InputError, warn_input
 from cryotorch.evaluation import TRUE_CLASSES, classification_accuracy, read_true_classes
 from cryotorch.io import ParticleImages, read_map, read_particles
+from cryotorch.io.mrc import PIXEL_SIZE_RTOL, UNSET_PIXEL_SIZES
 from cryotorch.monitor import RunMonitor
 from cryotorch.physics.fourier import cropped_box_for_resolution, fourier_crop_3d
 from cryotorch.physics.masks import mask_from_map
@@ -117,10 +118,17 @@ def _read_matching_map(path: str, images: ParticleImages) -> np.ndarray:
     psize = float(images.table.pixel_size_angstrom[0])
     if ref.shape != (d, d, d):
         raise InputError(path, "header.nx/ny/nz", f"map is {ref.shape}, the particles are {d}x{d}")
-    if voxel > 0 and abs(voxel - psize) > 0.01 * psize:
-        raise InputError(
-            path, "header.voxel_size", f"{voxel:.4f} Å, the particles have {psize:.4f} Å"
-        )
+    if abs(voxel - psize) > PIXEL_SIZE_RTOL * psize:
+        if voxel not in UNSET_PIXEL_SIZES:
+            raise InputError(
+                path, "header.voxel_size", f"{voxel:.4f} Å, the particles have {psize:.4f} Å"
+            )
+        if voxel:
+            warn_input(
+                path,
+                "header.voxel_size",
+                f"1.0 Å, the usual value for 'not set'; taken as the particles' {psize:.4f} Å",
+            )
     return ref
 
 
@@ -302,7 +310,9 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
         )
     resume_state = None if resume_from is None else load_checkpoint(resume_from)
     # Everything the run reads is checked before anything is written.
-    with ParticleImages(table) as images:
+    check = not bool(cfg.data.ignore_stack_pixel_size)
+    with ParticleImages(table, check_pixel_size=check) as images:
+        table = images.table  # with the box of every optics group, from the stacks if need be
         if len(set(table.pixel_size_angstrom.round(4))) > 1:
             raise InputError(
                 star,

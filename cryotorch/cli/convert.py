@@ -12,18 +12,22 @@ file and field.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from cryotorch.cli.configs import print_input_warnings
 from cryotorch.errors import InputError
 from cryotorch.io import ParticleImages, read_particles, write_particles
 from cryotorch.io.example import write_example_star
+from cryotorch.io.mrc import with_image_sizes
+from cryotorch.io.star import TABLE_COLUMNS, star_columns_not_written
 from cryotorch.particles import ParticleTable
 
-__all__ = ["convert", "main"]
+__all__ = ["convert", "main", "not_carried"]
 
 
 def convert(
@@ -35,13 +39,22 @@ def convert(
     star_version: str = "3.1",
     relative_paths: bool = False,
     check_stacks: bool = True,
+    check_pixel_size: bool = True,
 ) -> ParticleTable:
-    """Read ``source``, check its stacks, write ``target``; return the table that was read."""
+    """Read ``source``, check its stacks, write ``target``; return the table that was written.
+
+    Optics groups whose box the file does not give (RELION 3.0, 3.1 without ``rlnImageSize``)
+    get it from their stacks' headers, so that no zero box is written. ``check_pixel_size``
+    false trusts the particle file's pixel size whatever the stack headers say.
+    """
     table = read_particles(
         source, data_dir=data_dir, passthrough=passthrough, pixel_size=pixel_size
     )
-    if check_stacks:
-        ParticleImages(table).close()  # opening checks every stack header against the table
+    if check_stacks:  # opening checks every stack header against the table
+        with ParticleImages(table, check_pixel_size=check_pixel_size) as images:
+            table = images.table
+    else:
+        table = with_image_sizes(table)
     write_particles(table, target, star_version=star_version, absolute_paths=not relative_paths)
     return table
 
@@ -66,6 +79,105 @@ def max_differences(a: ParticleTable, b: ParticleTable) -> dict[str, float]:
             and np.array_equal(a.image_index, b.image_index)
         ),
     }
+
+
+# The .cs fields a ParticleTable holds, and so a STAR output carries (RELION 3.0: but the last two).
+CS_TABLE_FIELDS = (
+    "blob/path",
+    "blob/idx",
+    "blob/psize_A",
+    "ctf/accel_kv",
+    "ctf/cs_mm",
+    "ctf/amp_contrast",
+    "ctf/df1_A",
+    "ctf/df2_A",
+    "ctf/df_angle_rad",
+    "ctf/phase_shift_rad",
+    "ctf/bfactor",
+    "ctf/scale",
+    "alignments3D/pose",
+    "alignments3D/shift",
+    "alignments3D/psize_A",
+    "alignments3D/split",
+    "blob/shape",  # rlnImageSize, in data_optics
+    "ctf/exp_group_id",  # rlnOpticsGroup
+)
+
+
+def not_carried(table: ParticleTable, target: Path, star_version: str = "3.1") -> list[str]:
+    """The input columns or fields of ``table``'s file that writing it to ``target`` drops.
+
+    In the input's own names and order (optics block first): those the output format has
+    nothing for, i.e. that the table does not hold (a .cs output carries the table; a STAR
+    output carries the table and, from a STAR input, its other columns but for
+    :func:`~cryotorch.io.star.star_columns_not_written`). ``rlnOpticsGroupName`` counts as
+    carried into a .cs when every name is ``opticsGroup<number>``, as a .cs read back gives.
+    .cs fields are shortened by :func:`_shorten_fields`.
+    """
+    source = table.source
+    to_star = Path(target).suffix.lower() == ".star"
+    if source is None or (source.format == "cs" and not to_star):
+        return []
+    if source.format.startswith("star"):
+        if to_star:
+            return star_columns_not_written(source, star_version)
+        names = [*(source.optics.columns if source.optics is not None else ()), *source.particles]
+        carried = set(TABLE_COLUMNS)
+        if table.optics.name.tolist() == [f"opticsGroup{g}" for g in table.optics.number]:
+            carried.add("rlnOpticsGroupName")
+        return [c for c in dict.fromkeys(names) if c not in carried]
+    fields = list(source.particles.dtype.names)
+    carried = set(CS_TABLE_FIELDS[:-2] if star_version == "3.0" else CS_TABLE_FIELDS)
+    return _shorten_fields([f for f in fields if f not in carried], fields)
+
+
+def _shorten_fields(dropped: list[str], fields: list[str]) -> list[str]:
+    """Dropped .cs field names, shortened for one line: when every field under them is
+    dropped, numbered prefixes as one entry (``alignments_class_0..11/*``) and a prefix of
+    three or more fields as ``location/*``."""
+    prefix = {f: f.split("/")[0] for f in fields if "/" in f}
+    numbered = {p: re.fullmatch(r"(.*\D)(\d+)", p) for p in set(prefix.values())}
+
+    def all_dropped(prefixes: set[str]) -> bool:
+        return all(f in dropped for f in fields if prefix.get(f) in prefixes)
+
+    short = []
+    for f in dropped:
+        p = prefix.get(f)
+        match = numbered.get(p)
+        if match:
+            same = {
+                int(m.group(2)): q
+                for q, m in numbered.items()
+                if m is not None and m.group(1) == match.group(1)
+            }
+            if len(same) > 1 and all_dropped(set(same.values())):
+                lo, hi = min(same), max(same)
+                numbers = f"{lo}..{hi}" if len(same) == hi - lo + 1 else "*"
+                short.append(f"{match.group(1)}{numbers}/*")
+                continue
+        if p is not None and sum(prefix.get(g) == p for g in fields) >= 3 and all_dropped({p}):
+            short.append(f"{p}/*")
+        else:
+            short.append(f)
+    return list(dict.fromkeys(short))
+
+
+def _print_not_carried(table: ParticleTable, target: Path, star_version: str) -> None:
+    """Print :func:`not_carried`'s list as one line on standard error, if it is not empty."""
+    dropped = not_carried(table, target, star_version)
+    if not dropped:
+        return
+    if target.suffix.lower() == ".cs":
+        why = "cryotorch has no .cs field for these STAR columns"
+    elif table.source.format == "cs":
+        why = "cryotorch has no STAR column for these .cs fields"
+    else:  # the one STAR -> STAR conversion that drops anything: 3.1 -> 3.0
+        why = "a RELION 3.0 file has no optics block"
+    print(
+        f"cryotorch-convert: note: not carried into {target} ({why}): {', '.join(dropped)}",
+        file=sys.stderr,
+    )
 
 
 def demo(output_dir: Path) -> int:
@@ -107,7 +219,18 @@ def _parser() -> argparse.ArgumentParser:
         help="write stack paths relative to the output's folder (default: absolute) where the "
         "input's own paths cannot be kept",
     )
-    p.add_argument("--no-check-stacks", action="store_true", help="do not open the stack headers")
+    p.add_argument(
+        "--no-check-stacks",
+        action="store_true",
+        help="do not check the stacks against the table (a stack header is still read where "
+        "the file gives no box size)",
+    )
+    p.add_argument(
+        "--ignore-stack-pixel-size",
+        action="store_true",
+        help="use the particle file's pixel size whatever the stack headers say (as RELION "
+        "does); by default a header that disagrees is an error (0 and 1.0 count as not set)",
+    )
     p.add_argument(
         "--demo-dir", type=Path, help="where the demo writes (default: a temporary folder)"
     )
@@ -115,6 +238,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    print_input_warnings("cryotorch-convert")
     args = _parser().parse_args(argv)
     try:
         if args.input is None:
@@ -133,11 +257,13 @@ def main(argv: list[str] | None = None) -> int:
             star_version=args.star_version,
             relative_paths=args.relative_paths,
             check_stacks=not args.no_check_stacks,
+            check_pixel_size=not args.ignore_stack_pixel_size,
         )
     except InputError as exc:
         print(f"cryotorch-convert: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.output} ({len(table)} particles, {len(table.optics)} optics groups)")
+    _print_not_carried(table, args.output, args.star_version)
     return 0
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import mmap
 import os
+import warnings
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import mrcfile
@@ -19,19 +21,34 @@ import mrcfile.utils
 import numpy as np
 import pandas as pd
 
-from cryotorch.errors import InputError
+from cryotorch.errors import InputError, warn_input
 from cryotorch.io.atomic import atomic_path
 from cryotorch.particles import ParticleTable
 
-__all__ = ["ParticleImages", "StackMap", "label_header", "read_map", "write_map", "write_stack"]
+__all__ = [
+    "ParticleImages",
+    "StackMap",
+    "label_header",
+    "read_map",
+    "with_image_sizes",
+    "write_map",
+    "write_stack",
+]
 
 # MRC modes cryotorch reads: int8, int16, float32, uint16, float16.
 SUPPORTED_MODES = {0, 1, 2, 6, 12}
 PIXEL_SIZE_RTOL = 0.01
+# What mrcfile's strict mode refuses in files that RELION and cryoDRGN read (older writers).
+LENIENT_PROBLEMS = ("map id string not found", "machine stamp")  # lower case
+# Header pixel sizes that mean "not set": 0, and 1.0 (many writers' default).
+UNSET_PIXEL_SIZES = (0.0, 1.0)
 
 
-def _check_mode(path: Path, mode: int) -> None:
+def _check_mode(path: Path, mode: int, mrc: mrcfile.mrcfile.MrcFile | None = None) -> None:
+    """An InputError (closing ``mrc`` first) unless ``mode`` is one cryotorch reads."""
     if mode not in SUPPORTED_MODES:
+        if mrc is not None:
+            mrc.close()
         raise InputError(
             path,
             "header.mode",
@@ -39,15 +56,60 @@ def _check_mode(path: Path, mode: int) -> None:
         )
 
 
-def _open(path: Path, header_only: bool = False):
+def _open(path: Path, header_only: bool = False) -> mrcfile.mrcfile.MrcFile:
+    """Open an MRC file for reading (the caller closes it).
+
+    Files without the ``MAP `` id string or with a zero (or unknown) machine stamp, as older
+    writers (cryoDRGN before 1.0, some EMAN and IMOD versions) make them, are read as RELION
+    and cryoDRGN read them: through mrcfile's permissive mode, little-endian unless the mode
+    only makes sense in the other byte order, with one warning. Anything else that mrcfile's
+    strict mode refuses (a short file, a bad mode, bad dimensions) is an InputError.
+    """
     if not path.is_file():
         raise InputError(path, None, "file does not exist")
     try:
-        return mrcfile.open(path, mode="r", header_only=header_only, permissive=False)
+        mrc = mrcfile.open(path, mode="r", header_only=header_only, permissive=False)
     except ValueError as exc:
         if "mode" in str(exc).lower():
             raise InputError(path, "header.mode", f"unsupported MRC mode ({exc})") from exc
-        raise InputError(path, None, f"not a readable MRC file ({exc})") from exc
+        if not any(k in str(exc).lower() for k in LENIENT_PROBLEMS):
+            raise InputError(path, None, f"not a readable MRC file ({exc})") from exc
+    else:
+        _check_mode(path, int(mrc.header.mode), mrc)
+        return mrc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            mrc = mrcfile.open(path, mode="r", header_only=header_only, permissive=True)
+        except (ValueError, OSError) as exc:
+            raise InputError(path, None, f"not a readable MRC file ({exc})") from exc
+    problems = [str(w.message) for w in caught]
+    serious = [m for m in problems if not any(k in m.lower() for k in LENIENT_PROBLEMS)]
+    h = mrc.header
+    if serious or min(int(h.nx), int(h.ny), int(h.nz)) < 1:
+        mrc.close()
+        why = "; ".join(serious) or f"dimensions {int(h.nx)} x {int(h.ny)} x {int(h.nz)}"
+        raise InputError(path, None, f"not a readable MRC file ({why})")
+    _check_mode(path, int(h.mode), mrc)
+    size = 1024 + int(h.nsymbt) + int(h.nx) * int(h.ny) * int(h.nz) * _itemsize(int(h.mode))
+    if path.stat().st_size < size:
+        mrc.close()
+        raise InputError(path, "data", "file is shorter than its header says")
+    said = "no 'MAP ' id string" if any("Map ID" in m for m in problems) else ""
+    if any("machine stamp" in m.lower() for m in problems):
+        said += (" and " if said else "") + f"machine stamp {bytes(h.machst)!r}"
+    order = "big" if h.mode.dtype.byteorder == ">" else "little"
+    warn_input(
+        path,
+        "header",
+        f"{said} (an older MRC writer); read as {order}-endian MRC, as RELION and cryoDRGN do",
+    )
+    return mrc
+
+
+def _itemsize(mode: int) -> int:
+    """Bytes per pixel of MRC ``mode`` (one of :data:`SUPPORTED_MODES`)."""
+    return {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}[mode]
 
 
 def read_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
@@ -123,12 +185,67 @@ class StackMap:
         self._map.close()
 
 
+def _table_file(table: ParticleTable) -> str:
+    """The particle file a table came from, for messages."""
+    return str(table.source.path) if table.source is not None else "particle table"
+
+
+def _image_fields(table: ParticleTable) -> tuple[str, str]:
+    """The file's own names for a particle's stack and its index in the stack."""
+    if table.source is not None and table.source.format == "cs":
+        return "blob/path", "blob/idx"
+    return "rlnImageName", "rlnImageName"
+
+
+def _image_number(table: ParticleTable, row: int) -> str:
+    """Row ``row``'s image as the file numbers it: 0-based ``blob/idx``, 1-based in STAR."""
+    if table.source is not None and table.source.format == "cs":
+        return f"blob/idx {table.image_index[row]}"
+    return f"image {table.image_index[row] + 1}"
+
+
+def with_image_sizes(table: ParticleTable, box: int | None = None) -> ParticleTable:
+    """``table`` with every optics group's box (``image_size`` 0: not given by the file) set:
+    to ``box`` when given (the stacks' common size), else from the header of the group's
+    first stack. A stack that must be opened and does not exist is an InputError."""
+    sizes = table.optics.image_size.copy()
+    missing = np.flatnonzero(sizes == 0)
+    if missing.size == 0:
+        return table
+    for group in missing:
+        rows = np.flatnonzero(table.optics_group == group)
+        if rows.size == 0:
+            continue
+        if box is None:
+            stack = Path(table.image_path[rows[0]])
+            if not stack.is_file():
+                raise InputError(
+                    _table_file(table),
+                    _image_fields(table)[0],
+                    f"row {rows[0] + 1}: stack file {stack} does not exist, and the file gives "
+                    f"no box size for optics group {table.optics.number[group]}",
+                )
+            with _open(stack, header_only=True) as mrc:
+                sizes[group] = int(mrc.header.nx)
+        else:
+            sizes[group] = box
+    return replace(table, optics=replace(table.optics, image_size=sizes))
+
+
 class ParticleImages:
     """Lazy reader of a table's particle images.
 
     Opening checks every stack header once: the file exists, the MRC mode is supported, every
     index is inside the stack, the image size matches the optics group, and the header's pixel
-    size (when set) agrees with the table's within 1 %. Reading checks each batch for NaN/Inf.
+    size agrees with the table's within 1 %. Reading checks each batch for NaN/Inf.
+
+    A header pixel size of 0 or 1.0 Å is taken as "not set" (1.0 is many writers' default; RELION
+    ignores the header pixel size of particle stacks altogether): the table's is used, with a
+    warning when the header said 1.0. ``check_pixel_size=False`` trusts the table's pixel size
+    whatever the headers say.
+
+    :attr:`table` is the table given, with the box of every optics group that did not give one
+    (RELION 3.0, 3.1 without ``rlnImageSize``) taken from its stacks' headers.
 
     Parameters
     ----------
@@ -148,28 +265,30 @@ class ParticleImages:
         self._stacks = [Path(u) for u in uniques]
         self._open_maps: OrderedDict[int, StackMap] = OrderedDict()
         self.image_shape = self._check_headers(check_pixel_size)
+        self.table = with_image_sizes(table, self.image_shape[-1])
 
     @property
     def _table_file(self) -> str:
-        return str(self.table.source.path) if self.table.source is not None else "particle table"
+        return _table_file(self.table)
 
     def _check_headers(self, check_pixel_size: bool) -> tuple[int, int]:
+        path_field, index_field = _image_fields(self.table)
         max_index = np.zeros(len(self._stacks), dtype=np.int64)
         np.maximum.at(max_index, self._codes, self.table.image_index)
         first_row = np.full(len(self._stacks), len(self.table), dtype=np.int64)
         np.minimum.at(first_row, self._codes, np.arange(len(self.table)))
         shapes = set()
+        unset = []  # stacks whose header pixel size 1.0 was taken as "not set"
         for code, stack in enumerate(self._stacks):
             row = int(first_row[code])
             if not stack.is_file():
                 raise InputError(
                     self._table_file,
-                    "rlnImageName",
+                    path_field,
                     f"row {row + 1}: stack file {stack} does not exist",
                 )
             with _open(stack, header_only=True) as mrc:
                 h = mrc.header
-                _check_mode(stack, int(h.mode))
                 n_images, ny, nx = int(h.nz), int(h.ny), int(h.nx)
                 header_psize = float(mrc.voxel_size.x)
             if max_index[code] >= n_images:
@@ -178,8 +297,8 @@ class ParticleImages:
                 ]
                 raise InputError(
                     self._table_file,
-                    "rlnImageName",
-                    f"row {bad + 1}: image {self.table.image_index[bad] + 1} is past the end of "
+                    index_field,
+                    f"row {bad + 1}: {_image_number(self.table, bad)} is past the end of "
                     f"{stack}, which holds {n_images} images",
                 )
             group = self.table.optics_group[row]
@@ -191,22 +310,31 @@ class ParticleImages:
                     f"images are {nx}x{ny}, the table's optics group says {expected_size}",
                 )
             psize = float(self.table.optics.pixel_size_angstrom[group])
-            if (
-                check_pixel_size
-                and header_psize > 0
-                and abs(header_psize - psize) > PIXEL_SIZE_RTOL * psize
-            ):
+            agrees = abs(header_psize - psize) <= PIXEL_SIZE_RTOL * psize
+            if check_pixel_size and not agrees and header_psize in UNSET_PIXEL_SIZES:
+                if header_psize:
+                    unset.append(stack)
+            elif check_pixel_size and not agrees:
                 raise InputError(
                     stack,
                     "header.voxel_size",
                     f"pixel size {header_psize:.4f} Å disagrees with {psize:.4f} Å in "
-                    f"{self._table_file} "
-                    "(check the file, or disable the check with check_pixel_size=False)",
+                    f"{self._table_file} (check the files; to use the particle file's pixel "
+                    "size, as RELION does: cryotorch-convert --ignore-stack-pixel-size, "
+                    "cryotorch-classify data.ignore_stack_pixel_size=true)",
                 )
             shapes.add((ny, nx))
+        if unset:
+            more = f" and {len(unset) - 1} other stack(s)" if len(unset) > 1 else ""
+            warn_input(
+                unset[0],
+                "header.voxel_size",
+                f"pixel size 1.0 Å{more}, the usual value for 'not set'; using "
+                f"{self._table_file}'s pixel size",
+            )
         if len(shapes) != 1:
             raise InputError(
-                self._table_file, "rlnImageName", f"stacks have different image sizes {shapes}"
+                self._table_file, path_field, f"stacks have different image sizes {shapes}"
             )
         return shapes.pop()
 
@@ -244,8 +372,8 @@ class ParticleImages:
             bad = int(rows[np.flatnonzero(~finite)[0]])
             raise InputError(
                 self.table.image_path[bad],
-                f"image {self.table.image_index[bad] + 1}",
-                f"contains NaN or Inf (table row {bad + 1})",
+                _image_number(self.table, bad),
+                f"contains NaN or Inf ({self._table_file} row {bad + 1})",
             )
         return out
 

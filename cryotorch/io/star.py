@@ -9,6 +9,10 @@
 ``rlnImageName`` is ``index@stack`` with a 1-based index; a relative stack path resolves against
 the STAR file's folder, or against ``data_dir`` when given. Writing keeps every input column,
 every optics field and the row order, and adds new columns.
+
+Refused: CTF-premultiplied images (``rlnCtfDataAreCtfPremultiplied 1``) and 3D images
+(``rlnImageDimensionality 3``, subtomograms). Messages name blocks as the file names them
+(a RELION 3.0 ``data_images`` block is ``data_images``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from cryotorch.io.atomic import atomic_path
 from cryotorch.io.paths import resolve_stack_paths, stack_path_for_output
 from cryotorch.particles import OpticsGroups, ParticleTable, SourceRecord
 
-__all__ = ["read_star", "write_star", "write_star_blocks"]
+__all__ = ["read_star", "star_columns_not_written", "write_star", "write_star_blocks"]
 
 StarVersion = Literal["3.0", "3.1"]
 
@@ -56,19 +60,60 @@ OPTICS_COLUMNS_30 = (
 )
 ORIGIN_COLUMNS_30 = ("rlnOriginX", "rlnOriginY")
 ORIGIN_COLUMNS_31 = ("rlnOriginXAngst", "rlnOriginYAngst")
+# Columns whose values a ParticleTable holds, so that every output format carries them (3.0
+# and 3.1 names, particle and optics columns). rlnOpticsGroupName is held but has no .cs field.
+TABLE_COLUMNS = frozenset(
+    REQUIRED_PARTICLE_COLUMNS
+    + REQUIRED_OPTICS_COLUMNS
+    + OPTICS_COLUMNS_30
+    + ORIGIN_COLUMNS_30
+    + ORIGIN_COLUMNS_31
+    + (
+        "rlnPhaseShift",
+        "rlnCtfBfactor",
+        "rlnCtfScalefactor",
+        "rlnRandomSubset",
+        "rlnImagePixelSize",
+        "rlnPixelSize",
+        "rlnImageSize",
+        "rlnImageDimensionality",  # only 2 is read
+        "rlnCtfDataAreCtfPremultiplied",  # only 0 is read
+    )
+)
 
 
-def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
+def _block_names(blocks: list[str]) -> str:
+    """Blocks (names without ``data_``) as the file names them: ``data_optics, data_particles``."""
+    return ", ".join(f"data_{k}" for k in blocks)
+
+
+def _read_blocks(path: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """The file's loop tables by block name (``data_`` prefix removed), and the names of all
+    its blocks, key/value ones included, in file order.
+
+    A key/value ``data_optics`` block (one group written without ``loop_``) is a one-row table.
+    """
     if not path.is_file():
         raise InputError(path, None, "file does not exist")
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile/pandas raise many types on garbage
         raise InputError(path, None, f"not a readable STAR file ({exc})") from exc
-    blocks = {k: v for k, v in (blocks or {}).items() if isinstance(v, pd.DataFrame)}
+    blocks = dict(blocks or {})
     if not blocks:
-        raise InputError(path, None, "not a STAR file: no data_ block with a loop_ table found")
-    return blocks
+        raise InputError(path, None, "not a STAR file: no data_ block found")
+    if isinstance(blocks.get("optics"), dict):
+        blocks["optics"] = pd.DataFrame([blocks["optics"]])
+    tables = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+    if not tables:
+        raise InputError(
+            path,
+            None,
+            f"a STAR file with no particle table (its blocks: {_block_names(list(blocks))}, with "
+            "key/value pairs only); expected a RELION particle file, whose particles are a "
+            "loop_ table with rlnImageName",
+        )
+    return tables, list(blocks)
 
 
 def _require(df: pd.DataFrame, columns: tuple[str, ...], path: Path, block: str) -> None:
@@ -193,8 +238,12 @@ def _optics_from_31(optics: pd.DataFrame, particles: pd.DataFrame, path: Path):
     return groups, row
 
 
-def _optics_from_30(particles: pd.DataFrame, path: Path, pixel_size: float | None):
-    _require(particles, REQUIRED_OPTICS_COLUMNS[1:], path, "particles")
+def _optics_from_30(
+    particles: pd.DataFrame, path: Path, pixel_size: float | None, block: str
+) -> tuple[OpticsGroups, np.ndarray]:
+    """Optics groups (one per distinct set of values) and each particle's group row, from the
+    per-particle optics columns of RELION 3.0 block ``data_<block>``."""
+    _require(particles, REQUIRED_OPTICS_COLUMNS[1:], path, block)
     if pixel_size is not None:
         psize = np.full(len(particles), float(pixel_size))
     elif {"rlnDetectorPixelSize", "rlnMagnification"} <= set(particles.columns):
@@ -232,6 +281,119 @@ def _optics_from_30(particles: pd.DataFrame, path: Path, pixel_size: float | Non
     return groups, group.reshape(-1).astype(np.int64)
 
 
+def _particle_block(
+    blocks: dict[str, pd.DataFrame], names: list[str], path: Path
+) -> tuple[str, StarVersion]:
+    """The particle block's name (without ``data_``) and the file's RELION version, from its
+    loop tables ``blocks`` and the names of all its blocks ``names``.
+
+    3.1+: ``data_optics`` and ``data_particles``. 3.0: the one block with ``rlnImageName``,
+    whatever its name (``data_``, ``data_images``, ``data_particles`` without ``data_optics``:
+    RELION converts such a file as 3.0 too).
+    """
+    if "particles" in blocks and "optics" in blocks:
+        return "particles", "3.1"
+    if "particles" in blocks and "rlnVoltage" not in blocks["particles"].columns:
+        raise InputError(
+            path,
+            "data_optics",
+            "missing: a data_particles block without per-particle optics columns "
+            "(rlnVoltage, as RELION 3.0 has) needs a data_optics block (RELION 3.1)",
+        )
+    candidates = [k for k, v in blocks.items() if "rlnImageName" in v.columns]
+    if not candidates:
+        raise InputError(
+            path,
+            None,
+            f"a STAR file with no particle table (its blocks: {_block_names(names)}); none "
+            "has an rlnImageName column, as a RELION particle file's particle block has",
+        )
+    if len(candidates) > 1:
+        raise InputError(
+            path,
+            _block_names(candidates),
+            "several blocks have rlnImageName; expected one particle block (RELION 3.0) or "
+            "data_optics and data_particles (RELION 3.1+)",
+        )
+    return candidates[0], "3.0"
+
+
+def _refuse_unsupported(df: pd.DataFrame, path: Path, block: str) -> None:
+    """Refuse 3D and CTF-premultiplied images (``rlnImageDimensionality`` other than 2,
+    ``rlnCtfDataAreCtfPremultiplied`` other than 0), naming the optics group or particle row."""
+    for column, accepted in (("rlnImageDimensionality", 2), ("rlnCtfDataAreCtfPremultiplied", 0)):
+        if column not in df.columns:
+            continue
+        values = _numeric(df, column, path)
+        bad = np.flatnonzero(values != accepted)
+        if not bad.size:
+            continue
+        row, value = bad[0], values[bad[0]]
+        if column == "rlnCtfDataAreCtfPremultiplied":
+            problem = (
+                "the images are CTF-premultiplied (as RELION's subtomogram / --ctf_premultiplied "
+                "data); cryotorch classifies images that are not (it applies each particle's CTF "
+                "itself, so these would be CTF-weighted twice)"
+            )
+        elif value == 3:
+            problem = "3D images (subtomograms); cryotorch classifies 2D particle images"
+        else:
+            problem = f"{value:g}-dimensional images; cryotorch classifies 2D particle images"
+        where = (
+            f"optics group {df['rlnOpticsGroup'].iloc[row]}"
+            if block == "optics" and "rlnOpticsGroup" in df.columns
+            else f"row {row + 1}"
+        )
+        raise InputError(path, f"data_{block}: {column}", f"{where}: {problem}")
+
+
+def _origin_31(
+    particles: pd.DataFrame, path: Path, block: str, pixel_size: np.ndarray
+) -> np.ndarray:
+    """``(n, 2)`` origins in Å from a RELION 3.1+ particle block; ``pixel_size`` ``(n,)`` Å.
+
+    ``rlnOriginXAngst``/``rlnOriginYAngst`` give them; an axis without a column is 0. The
+    RELION 3.0 pixel columns ``rlnOriginX``/``rlnOriginY`` in such a file are warned of, and
+
+    * ignored where the Å column of the same axis is present;
+    * otherwise converted to Å with each particle's optics-group pixel size
+      (``rlnImagePixelSize``), as RELION's own 3.0 -> 3.1 conversion does
+      (``StarConverter::translateOffsets``: offset in pixels times the group's pixel size).
+
+    RELION 3.1+ applies that conversion only to files without ``data_optics``; reading a file
+    with ``data_optics`` it ignores the pixel columns and takes missing Å origins as 0
+    (``Experiment::read``), which would silently discard the shifts; converting keeps them.
+    """
+    origin = np.zeros((len(particles), 2))
+    ignored, converted = [], []
+    for axis in range(2):
+        pixels, angstrom = ORIGIN_COLUMNS_30[axis], ORIGIN_COLUMNS_31[axis]
+        if angstrom in particles.columns:
+            origin[:, axis] = _numeric(particles, angstrom, path)
+            if pixels in particles.columns:
+                ignored.append((pixels, angstrom))
+        elif pixels in particles.columns:
+            origin[:, axis] = _numeric(particles, pixels, path) * pixel_size
+            converted.append(pixels)
+    legacy = "RELION 3.0 origin column(s), in pixels, in a RELION 3.1 file (it has data_optics)"
+    if ignored:
+        warn_input(
+            path,
+            f"data_{block}: {', '.join(p for p, _ in ignored)}",
+            f"{legacy}; ignored: the Å column(s) {', '.join(a for _, a in ignored)} give the "
+            "origins",
+        )
+    if converted:
+        warn_input(
+            path,
+            f"data_{block}: {', '.join(converted)}",
+            f"{legacy} without rlnOriginXAngst/rlnOriginYAngst; converted to Å with each "
+            "particle's optics-group pixel size (rlnImagePixelSize), as RELION's 3.0 -> 3.1 "
+            "conversion does (RELION 3.1+ itself would read these origins as 0)",
+        )
+    return origin
+
+
 def read_star(
     path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
@@ -250,35 +412,25 @@ def read_star(
         Pixel size in Å for RELION 3.0 files that do not give one (ignored for 3.1+).
     """
     path = Path(path)
-    blocks = _read_blocks(path)
+    blocks, names = _read_blocks(path)
     data_dir = Path(data_dir) if data_dir is not None else None
-    if "particles" in blocks:
-        version = "3.1"
-        particles = blocks["particles"]
-        if "optics" not in blocks:
-            raise InputError(
-                path, "data_optics", "a data_particles block needs a data_optics block"
-            )
-        optics_df = blocks["optics"]
-    else:
-        candidates = [k for k, v in blocks.items() if "rlnImageName" in v.columns]
-        if len(candidates) != 1:
-            raise InputError(
-                path, "data_particles", "expected a data_particles block (3.1) or one 3.0 block"
-            )
-        version, particles, optics_df = "3.0", blocks[candidates[0]], None
-    particles = particles.reset_index(drop=True)
+    block, version = _particle_block(blocks, names, path)
+    particles = blocks[block].reset_index(drop=True)
+    optics_df = blocks["optics"] if version == "3.1" else None
+    if optics_df is not None:
+        _refuse_unsupported(optics_df, path, "optics")
+    _refuse_unsupported(particles, path, block)
     if len(particles) == 0:
         raise InputError(
-            path, "data_particles", "the table is empty: expected at least one particle"
+            path, f"data_{block}", "the table is empty: expected at least one particle"
         )
-    _require(particles, REQUIRED_PARTICLE_COLUMNS, path, "particles")
+    _require(particles, REQUIRED_PARTICLE_COLUMNS, path, block)
 
     if version == "3.1":
         optics, group = _optics_from_31(optics_df, particles, path)
-        origin = np.stack([_numeric(particles, c, path, default=0.0) for c in ORIGIN_COLUMNS_31], 1)
+        origin = _origin_31(particles, path, block, optics.pixel_size_angstrom[group])
     else:
-        optics, group = _optics_from_30(particles, path, pixel_size)
+        optics, group = _optics_from_30(particles, path, pixel_size, block)
         origin_px = np.stack(
             [_numeric(particles, c, path, default=0.0) for c in ORIGIN_COLUMNS_30], 1
         )
@@ -386,6 +538,51 @@ def _optics_block(table: ParticleTable, output: Path) -> pd.DataFrame:
     )
 
 
+def star_columns_not_written(source: SourceRecord, version: StarVersion) -> list[str]:
+    """The columns of a STAR ``source`` that :func:`write_star` at ``version`` does not carry,
+    in the file's order.
+
+    None for the same version, or for 3.0 -> 3.1 (the optics columns move to ``data_optics``,
+    pixel origins become Å). For 3.1 -> 3.0, which has no optics block: ``rlnOpticsGroup``
+    and the optics columns other than voltage, Cs, amplitude contrast and pixel size (written
+    per particle); ``rlnImageDimensionality`` 2 and ``rlnCtfDataAreCtfPremultiplied`` 0 are
+    implied, and so are names ``opticsGroup<rlnOpticsGroup>`` (as a 3.0 file read back gives).
+    """
+    if source.format != "star3.1" or version != "3.0":
+        return []
+    optics = source.optics
+    default_names = (
+        "rlnOpticsGroupName" in optics
+        and (
+            optics["rlnOpticsGroupName"].astype(str)
+            == "opticsGroup" + optics["rlnOpticsGroup"].astype(str)
+        ).all()
+    )
+    carried = {"rlnOpticsGroupName"} if default_names else set()
+    carried |= {
+        "rlnVoltage",
+        "rlnSphericalAberration",
+        "rlnAmplitudeContrast",
+        "rlnImagePixelSize",
+        "rlnPixelSize",
+        "rlnImageDimensionality",
+        "rlnCtfDataAreCtfPremultiplied",
+    }
+    return [c for c in optics.columns if c not in carried]
+
+
+def _angstrom_origins(particles: pd.DataFrame, columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A 3.1 particle block whose origin on an axis is only a RELION 3.0 pixel column
+    (``rlnOriginX``), with that column replaced in place by the table's Å column
+    (``rlnOriginXAngst``, from ``columns``): RELION 3.1+ reads only the Å columns."""
+    for pixels, angstrom in zip(ORIGIN_COLUMNS_30, ORIGIN_COLUMNS_31, strict=True):
+        if pixels in particles.columns and angstrom not in particles.columns:
+            at = particles.columns.get_loc(pixels)
+            particles = particles.drop(columns=pixels)
+            particles.insert(at, angstrom, columns[angstrom])
+    return particles
+
+
 def write_star(
     table: ParticleTable,
     path: str | os.PathLike[str],
@@ -397,8 +594,10 @@ def write_star(
 
     When the table was read from a STAR file of the same version, every input column and
     optics field is written back verbatim in the same row order, and no other column is
-    added (stack paths are rewritten only if the output is in another folder); otherwise the
-    columns are made from the table, keeping the input's non-geometry columns.
+    added (stack paths are rewritten only if the output is in another folder; a 3.1 file's
+    RELION 3.0 pixel origin column without its Å column is replaced by the Å column);
+    otherwise the columns are made from the table, keeping the input's non-geometry columns
+    (what a 3.0 output cannot carry: :func:`star_columns_not_written`).
     ``new_columns`` (name -> ``(n,)`` array) are added or replace existing ones. Stack paths
     that cannot be copied are written absolute (``absolute_paths``) or relative to the output
     folder.
@@ -414,6 +613,8 @@ def write_star(
         particles = source.particles[keep].copy()
 
     columns = _table_columns(table, path, absolute_paths)
+    if same_version and version == "3.1":
+        particles = _angstrom_origins(particles, columns)
     for name, values in columns.items():
         # A same-version source keeps its own columns; it gains none it did not have.
         if name not in particles.columns and not same_version:
@@ -424,6 +625,12 @@ def write_star(
         optics = None  # no optics block; rlnOpticsGroup is dropped below
     else:
         optics = source.optics if same_version else _optics_block(table, path)
+        if same_version and table.optics.image_size.all():
+            # The box the file did not give (taken from the stacks since): never write none.
+            sizes = optics.get("rlnImageSize", pd.Series(0, index=optics.index))
+            if (pd.to_numeric(sizes, errors="coerce").fillna(0) <= 0).any():
+                optics = optics.copy()
+                optics["rlnImageSize"] = table.optics.image_size
 
     if version == "3.0":
         px = table.pixel_size_angstrom
