@@ -219,3 +219,38 @@ def test_classify_trusts_the_particle_files_pixel_size_when_told(tmp_path: Path)
     assert summary["iterations"] >= 1
     optics = starfile.read(tmp_path / "run" / "particles.star")["optics"]
     assert optics["rlnImagePixelSize"].tolist() == [3.0]
+
+
+def test_relion_project_relative_stack_paths_are_found_from_a_job_folder(tmp_path: Path):
+    """RELION writes rlnImageName relative to its project folder; the STAR file of a job sits
+    two levels below it (Class3D/job012/). Found from any working directory."""
+    project = tmp_path / "project"
+    files.write_stacks(project / "Extract" / "job005")
+    text = files.STAR31.replace("@Stacks/", "@Extract/job005/Stacks/")
+    star = files.write_star31(project / "Class3D" / "job012", text, "run_it025_data.star")
+    table = read_particles(star)
+    assert table.image_path[0] == str(project / "Extract" / "job005" / "Stacks" / "a.mrcs")
+    ParticleImages(table).close()
+
+
+def test_a_missing_stack_names_the_data_dir_switch(tmp_path: Path):
+    star = files.write_star31(tmp_path)  # no stacks
+    with pytest.raises(InputError, match=r"a\.mrcs does not exist .*--data-dir.*data\.data_dir"):
+        ParticleImages(read_particles(star))
+
+
+def test_a_file_that_is_not_numpy_is_not_called_pickled(tmp_path: Path):
+    path = tmp_path / "J5_particles.cs"
+    path.write_bytes(files.cs_for_star31().tobytes())  # records without numpy's header
+    with pytest.raises(InputError, match=r"not a cryoSPARC \.cs file: it starts with b'"):
+        read_particles(path)
+
+
+def test_particles_without_3d_alignment_are_told_what_is_needed(tmp_path: Path):
+    d = files.cs_for_star31()
+    keep = [n for n in d.dtype.names if not n.startswith("alignments3D/")]
+    path = tmp_path / "J3_extracted_particles.cs"
+    with open(path, "wb") as f:
+        np.save(f, d[keep].copy())
+    with pytest.raises(InputError, match=r"alignments3D/pose: .*no 3D alignment.*consensus"):
+        read_particles(path)

@@ -65,6 +65,13 @@ def _load(path: Path) -> np.ndarray:
             "is in cryoSPARC's compressed CSDAT layout; save it as a numpy .cs first "
             "(cryosparc-tools: `Dataset.load(p).save(q)` writes the numpy layout)",
         )
+    if magic != b"\x93NUMPY":
+        raise InputError(
+            path,
+            None,
+            f"not a cryoSPARC .cs file: it starts with {magic!r}, not numpy's b'\\x93NUMPY' "
+            "(a .cs is a numpy array file; is this a partial download or another format?)",
+        )
     try:
         data = np.load(path, allow_pickle=False, max_header_size=MAX_HEADER_CHARS)
     except ValueError as exc:
@@ -236,6 +243,14 @@ def read_cs(
     missing = [f for f in REQUIRED_FIELDS if f not in data.dtype.names]
     if missing:
         hint = " (is a passthrough file needed?)" if passthrough is None else ""
+        if "alignments3D/pose" in missing and not any(
+            n.startswith("alignments3D/") for n in data.dtype.names
+        ):
+            hint = (
+                ": these particles have no 3D alignment; cryotorch classifies particles with "
+                "the poses of a consensus refinement (its particles .cs"
+                + (", or its passthrough file)" if passthrough is None else ")")
+            )
         raise InputError(path, ", ".join(missing), f"required field(s) missing{hint}")
 
     raw_paths = (

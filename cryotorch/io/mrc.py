@@ -285,7 +285,9 @@ class ParticleImages:
                 raise InputError(
                     self._table_file,
                     path_field,
-                    f"row {row + 1}: stack file {stack} does not exist",
+                    f"row {row + 1}: stack file {stack} does not exist (for stack paths "
+                    "relative to another folder, give it: cryotorch-convert --data-dir, "
+                    "cryotorch-classify data.data_dir)",
                 )
             with _open(stack, header_only=True) as mrc:
                 h = mrc.header

@@ -7,7 +7,9 @@
   or given by the caller.
 
 ``rlnImageName`` is ``index@stack`` with a 1-based index; a relative stack path resolves against
-the STAR file's folder, or against ``data_dir`` when given. Writing keeps every input column,
+``data_dir`` when given, else against the STAR file's folder, then the working directory and
+the two folders above the STAR file's (RELION writes paths relative to its project folder, and
+a job's STAR file sits two levels below it). Writing keeps every input column,
 every optics field and the row order, and adds new columns.
 
 Refused: CTF-premultiplied images (``rlnCtfDataAreCtfPremultiplied 1``) and 3D images
@@ -158,7 +160,12 @@ def _parse_image_names(
             f"row {bad[0] + 1}: expected a 1-based integer index before '@', "
             f"got {names.iloc[bad[0]]!r}",
         )
-    stacks, root = resolve_stack_paths(parts[1].to_numpy(dtype=str), path.parent, data_dir)
+    # RELION writes stack paths relative to its project folder, the one it runs in; a STAR
+    # file sits in a job folder (Class3D/job012/) two levels below it.
+    fallback = (Path.cwd(), path.parent.parent, path.parent.parent.parent)
+    stacks, root = resolve_stack_paths(
+        parts[1].to_numpy(dtype=str), path.parent, data_dir, fallback
+    )
     return stacks, conventions.one_based_to_zero_based(index), root
 
 
