@@ -1,4 +1,4 @@
-"""The README's research API: its one-EM-iteration-by-hand block runs as written and works."""
+"""The research API guide's one-EM-iteration-by-hand block runs as written and works."""
 
 from __future__ import annotations
 
@@ -12,24 +12,24 @@ import torch
 import cryotorch as ct
 from tests.run_helpers import simulate_two_blob_classes
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "research-api.md"
 
 
-def readme_block() -> str:
-    text = README.read_text()
+def guide_block() -> str:
+    text = GUIDE.read_text()
     match = re.search(r"<!-- research-api[^>]*-->\s*```python\n(.*?)```", text, re.S)
-    assert match, "README.md has no research-api block"
+    assert match, f"{GUIDE} has no research-api block"
     return match.group(1)
 
 
-def test_the_readme_em_iteration_runs_and_classifies(tmp_path: Path):
+def test_the_guides_em_iteration_runs_and_classifies(tmp_path: Path):
     star = simulate_two_blob_classes(tmp_path, 600, 0.1, seed=3)
     assert star == tmp_path / "particles.star"  # the block reads the files by these names
     here = os.getcwd()
     os.chdir(tmp_path)
     try:
         scope: dict = {}
-        exec(compile(readme_block(), "README.md", "exec"), scope)
+        exec(compile(guide_block(), str(GUIDE), "exec"), scope)
     finally:
         os.chdir(here)
     truth = np.loadtxt(tmp_path / "true_classes.txt", dtype=np.int64) - 1
