@@ -31,6 +31,7 @@ import numpy as np
 from cryotorch import conventions
 from cryotorch.errors import InputError, warn_input
 from cryotorch.io.atomic import atomic_path
+from cryotorch.io.checks import CS_NAMES, check_physical_ranges
 from cryotorch.io.paths import resolve_stack_paths, stack_path_for_output
 from cryotorch.particles import OpticsGroups, ParticleTable, SourceRecord
 
@@ -224,6 +225,40 @@ def _half_sets(data: np.ndarray, path: Path) -> np.ndarray:
     return conventions.split_to_random_subset(split)
 
 
+# Numbers per particle of the fields whose shape matters, as cryoSPARC writes them.
+FIELD_SHAPES = {
+    "blob/idx": (),
+    "blob/shape": (2,),
+    "alignments3D/pose": (3,),
+    "alignments3D/shift": (2,),
+}
+
+
+def _check_shapes(data: np.ndarray, path: Path) -> None:
+    """Refuse fields of the wrong shape or kind, and negative ``blob/idx`` (numpy would read
+    the stack's last images through negative indexing)."""
+    for name, shape in FIELD_SHAPES.items():
+        if name not in data.dtype.names:
+            continue
+        got = data.dtype.fields[name][0].shape
+        if got != shape:
+            count = int(np.prod(shape)) if shape else 1
+            raise InputError(
+                path,
+                name,
+                f"has {int(np.prod(got)) if got else 1} number(s) per particle {got}, "
+                f"expected {count}",
+            )
+    idx = data["blob/idx"]
+    if idx.dtype.kind not in "iu":
+        raise InputError(path, "blob/idx", f"expected integers, got {idx.dtype}")
+    bad = np.flatnonzero(idx < 0)
+    if bad.size:
+        raise InputError(
+            path, "blob/idx", f"row {bad[0] + 1}: {idx[bad[0]]} is negative (0-based indices)"
+        )
+
+
 def read_cs(
     path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
@@ -252,6 +287,7 @@ def read_cs(
                 + (", or its passthrough file)" if passthrough is None else ")")
             )
         raise InputError(path, ", ".join(missing), f"required field(s) missing{hint}")
+    _check_shapes(data, path)
 
     raw_paths = (
         np.char.decode(data["blob/path"], "utf-8")
@@ -278,7 +314,7 @@ def read_cs(
         else np.zeros((len(data), 2))
     )
     split = _half_sets(data, path)
-    return ParticleTable(
+    table = ParticleTable(
         image_path=stacks,
         image_index=data["blob/idx"].astype(np.int64),
         rotation=conventions.cryosparc_pose_to_rotation(_field(data, "alignments3D/pose", path)),
@@ -299,6 +335,8 @@ def read_cs(
         optics=optics,
         source=SourceRecord("cs", path, data, root),
     )
+    check_physical_ranges(table, path, CS_NAMES)
+    return table
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd: x -> x + k * _GOLDEN is 1:1

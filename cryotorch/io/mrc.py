@@ -40,6 +40,9 @@ SUPPORTED_MODES = {0, 1, 2, 6, 12}
 PIXEL_SIZE_RTOL = 0.01
 # What mrcfile's strict mode refuses in files that RELION and cryoDRGN read (older writers).
 LENIENT_PROBLEMS = ("map id string not found", "machine stamp")  # lower case
+# Largest pixel magnitude read: raw counts and normalised images lie far below; squares of
+# values past it overflow float32 in the likelihood.
+MAX_PIXEL_VALUE = 1e10
 # Header pixel sizes that mean "not set": 0, and 1.0 (many writers' default).
 UNSET_PIXEL_SIZES = (0.0, 1.0)
 
@@ -338,7 +341,27 @@ class ParticleImages:
             raise InputError(
                 self._table_file, path_field, f"stacks have different image sizes {shapes}"
             )
-        return shapes.pop()
+        shape = shapes.pop()
+        self._check_origins(shape[-1])
+        return shape
+
+    def _check_origins(self, box: int) -> None:
+        """Refuse an origin (shift) longer than the box: its particle would lie outside."""
+        extent = box * self.table.pixel_size_angstrom
+        bad = np.flatnonzero((np.abs(self.table.origin_angstrom) > extent[:, None]).any(axis=1))
+        if bad.size:
+            row = int(bad[0])
+            fmt = self.table.source.format if self.table.source is not None else ""
+            field = {"cs": "alignments3D/shift", "star3.0": "rlnOriginX/Y"}.get(
+                fmt, "rlnOriginXAngst/YAngst"
+            )
+            raise InputError(
+                self._table_file,
+                field,
+                f"row {row + 1}: origin {self.table.origin_angstrom[row].round(2).tolist()} Å "
+                f"lies outside the {box}-pixel box ({extent[row]:g} Å): expected a shift "
+                "within the box",
+            )
 
     def _data(self, code: int) -> np.ndarray:
         """The memory-mapped data ``(n_images, ny, nx)`` of stack ``code``."""
@@ -369,13 +392,25 @@ class ParticleImages:
             code = int(codes[group[0]])
             out[group[sort]] = self._data(code)[index[sort]]
             self._open_maps[code].release()
-        finite = np.isfinite(out).reshape(len(rows), -1).all(axis=1)
+        flat = out.reshape(len(rows), -1)
+        finite = np.isfinite(flat).all(axis=1)
         if not finite.all():
             bad = int(rows[np.flatnonzero(~finite)[0]])
             raise InputError(
                 self.table.image_path[bad],
                 _image_number(self.table, bad),
                 f"contains NaN or Inf ({self._table_file} row {bad + 1})",
+            )
+        peak = np.abs(flat).max(axis=1)
+        if (peak > MAX_PIXEL_VALUE).any():
+            i = int(np.flatnonzero(peak > MAX_PIXEL_VALUE)[0])
+            bad = int(rows[i])
+            raise InputError(
+                self.table.image_path[bad],
+                _image_number(self.table, bad),
+                f"holds a pixel value of {peak[i]:.3g}; expected at most {MAX_PIXEL_VALUE:.0e} "
+                f"in magnitude (squares of larger values overflow; {self._table_file} row "
+                f"{bad + 1})",
             )
         return out
 

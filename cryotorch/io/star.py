@@ -30,6 +30,7 @@ import starfile
 from cryotorch import conventions
 from cryotorch.errors import InputError, warn_input
 from cryotorch.io.atomic import atomic_path
+from cryotorch.io.checks import STAR_NAMES, check_physical_ranges
 from cryotorch.io.paths import resolve_stack_paths, stack_path_for_output
 from cryotorch.particles import OpticsGroups, ParticleTable, SourceRecord
 
@@ -107,6 +108,12 @@ def _read_blocks(path: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
     if isinstance(blocks.get("optics"), dict):
         blocks["optics"] = pd.DataFrame([blocks["optics"]])
     tables = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+    for name, table in tables.items():
+        twice = table.columns[table.columns.duplicated()]
+        if len(twice):
+            raise InputError(
+                path, f"data_{name}", f"column {twice[0]} appears twice; expected each once"
+            )
     if not tables:
         raise InputError(
             path,
@@ -300,6 +307,14 @@ def _particle_block(
     """
     if "particles" in blocks and "optics" in blocks:
         return "particles", "3.1"
+    named = [k for k, v in blocks.items() if k != "optics" and "rlnImageName" in v.columns]
+    if "optics" in blocks and len(named) == 1 and "rlnVoltage" not in blocks[named[0]].columns:
+        raise InputError(
+            path,
+            f"data_{named[0]}",
+            "a RELION 3.1 file (it has data_optics) whose particle block is named "
+            f"data_{named[0]}; expected data_particles",
+        )
     if "particles" in blocks and "rlnVoltage" not in blocks["particles"].columns:
         raise InputError(
             path,
@@ -450,7 +465,7 @@ def read_star(
         _numeric(particles, "rlnAnglePsi", path),
     )
     subset = _half_sets(_numeric(particles, "rlnRandomSubset", path, default=0), path)
-    return ParticleTable(
+    table = ParticleTable(
         image_path=stacks,
         image_index=index,
         rotation=rotation,
@@ -466,6 +481,8 @@ def read_star(
         optics=optics,
         source=SourceRecord(f"star{version}", path, particles, root, optics_df),
     )
+    check_physical_ranges(table, path, STAR_NAMES)
+    return table
 
 
 # --- writing -----------------------------------------------------------------------------------

@@ -1,0 +1,189 @@
+"""Values no real data set has are refused when the file is read, naming the file, the field
+in the file's own vocabulary and the row (or optics group), before one bad particle can turn a
+run's posteriors into NaN. The files are tests/files.py's hand-written STAR and .cs, mutated."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cryotorch.errors import InputError
+from cryotorch.io import ParticleImages, read_particles
+from cryotorch.io.checks import RANGES
+from tests import files
+
+# (column as in STAR31's header, 0-based data column, row to spoil (optics rows are 0/1),
+#  block, bad value, the message's field and place)
+OPTICS_COLUMNS = {"rlnVoltage": 3, "rlnSphericalAberration": 4, "rlnAmplitudeContrast": 5,
+                  "rlnImagePixelSize": 6}  # fmt: skip
+PARTICLE_COLUMNS = {"rlnDefocusU": 6, "rlnDefocusV": 7, "rlnCtfBfactor": None,
+                    "rlnCtfScalefactor": None}  # fmt: skip
+
+
+def star_with(column: str, value: str, row: int = 1) -> str:
+    """STAR31 with ``column`` of (optics or particle) row ``row`` set to ``value``. The B-factor
+    and scale factor, which STAR31 lacks, are added as columns (0 and 1 in the other rows)."""
+    lines = files.STAR31.strip("\n").splitlines()
+    optics_rows = [i for i, line in enumerate(lines) if line.startswith("opticsGroup")]
+    particle_rows = [i for i, line in enumerate(lines) if "@Stacks/" in line]
+    if column in OPTICS_COLUMNS:
+        i = optics_rows[row - 1]
+        fields = lines[i].split()
+        fields[OPTICS_COLUMNS[column]] = value
+        lines[i] = " ".join(fields)
+    elif PARTICLE_COLUMNS[column] is not None:
+        i = particle_rows[row - 1]
+        fields = lines[i].split()
+        fields[PARTICLE_COLUMNS[column]] = value
+        lines[i] = " ".join(fields)
+    else:
+        header = lines.index("_rlnMicrographName #13")
+        lines.insert(header + 1, f"_{column} #14")
+        default = "0.0" if column == "rlnCtfBfactor" else "1.0"
+        for k, i in enumerate(particle_rows, start=1):
+            lines[i + 1] += f" {value if k == row else default}"
+    return "\n".join(lines) + "\n"
+
+
+CASES = [
+    ("rlnVoltage", "0", 2, r"data_optics: rlnVoltage: optics group 2: 0 kV is not a plausible"),
+    ("rlnVoltage", "-300", 1, r"data_optics: rlnVoltage: optics group 1: -300 kV"),
+    ("rlnAmplitudeContrast", "1.5", 1, r"rlnAmplitudeContrast: optics group 1: 1.5 is not"),
+    ("rlnSphericalAberration", "-2.7", 2, r"rlnSphericalAberration: optics group 2: -2.7 mm"),
+    ("rlnImagePixelSize", "0", 1, r"rlnImagePixelSize: optics group 1: 0 Å .*expected \(0, 100\]"),
+    ("rlnImagePixelSize", "-1.6", 1, r"rlnImagePixelSize: optics group 1: -1.6 Å"),
+    ("rlnDefocusU", "1e9", 3, r"particles\.star: rlnDefocusU: row 3: 1e\+09 Å"),
+    ("rlnDefocusV", "-5e6", 2, r"rlnDefocusV: row 2: -5e\+06 Å"),
+    ("rlnCtfBfactor", "-1e6", 2, r"rlnCtfBfactor: row 2: -1e\+06 Å² is not a plausible CTF B"),
+    ("rlnCtfScalefactor", "1e30", 1, r"rlnCtfScalefactor: row 1: 1e\+30 is not a plausible"),
+    ("rlnCtfScalefactor", "0", 3, r"rlnCtfScalefactor: row 3: 0 is not a plausible"),
+]
+
+
+@pytest.mark.parametrize(("column", "value", "row", "message"), CASES)
+def test_implausible_star_values_are_refused(
+    tmp_path: Path, column: str, value: str, row: int, message: str
+):
+    star = files.write_star31(tmp_path, star_with(column, value, row))
+    with pytest.raises(InputError, match=message):
+        read_particles(star)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("ctf/accel_kv", 0.0, r"p\.cs: ctf/accel_kv: row 1: 0 kV"),
+        ("ctf/amp_contrast", 2.0, r"ctf/amp_contrast: row 1: 2 is not"),
+        ("blob/psize_A", -1.0, r"blob/psize_A: row 1: -1 Å"),
+        ("ctf/df1_A", 3e6, r"ctf/df1_A: row 1: 3e\+06 Å"),
+    ],
+)
+def test_implausible_cs_values_are_refused(tmp_path: Path, field: str, value, message: str):
+    data = files.cs_for_star31()
+    data[field][0] = value
+    with open(tmp_path / "p.cs", "wb") as f:
+        np.save(f, data)
+    with pytest.raises(InputError, match=message):
+        read_particles(tmp_path / "p.cs")
+
+
+def _save_cs(path: Path, data: np.ndarray) -> Path:
+    with open(path, "wb") as f:
+        np.save(f, data)
+    return path
+
+
+def _with_field(data: np.ndarray, name: str, dtype, values) -> np.ndarray:
+    """``data`` with field ``name`` replaced by one of another dtype/shape."""
+    descr = [f if f[0] != name else (name, dtype) for f in data.dtype.descr]
+    out = np.zeros(len(data), dtype=descr)
+    for n in data.dtype.names:
+        if n != name:
+            out[n] = data[n]
+    out[name] = values
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "values", "message"),
+    [
+        ("blob/idx", "<i4", [0, -1, 1], r"blob/idx: row 2: -1 is negative"),
+        ("blob/shape", "<u4", [16, 16, 16], r"blob/shape: has 1 number\(s\) per particle"),
+        ("alignments3D/pose", "<f4", [0.1, 0.2, 0.3], r"alignments3D/pose: has 1 number"),
+        ("blob/idx", "<f4", [0.0, 2.0, 1.0], r"blob/idx: expected integers"),
+    ],
+)
+def test_malformed_cs_fields_are_refused(tmp_path: Path, name, dtype, values, message):
+    data = _with_field(files.cs_for_star31(), name, dtype, values)
+    with pytest.raises(InputError, match=message):
+        read_particles(_save_cs(tmp_path / "p.cs", data))
+
+
+def test_a_duplicate_star_column_is_refused(tmp_path: Path):
+    text = files.STAR31.replace(
+        "_rlnMicrographName #13", "_rlnMicrographName #13\n_rlnDefocusU #14"
+    )
+    text = re.sub(r"(mic[12]\.mrc)\n", r"\1 13000.0\n", text)
+    with pytest.raises(InputError, match="data_particles: column rlnDefocusU appears twice"):
+        read_particles(files.write_star31(tmp_path, text))
+
+
+def test_a_misnamed_particle_block_of_a_31_file_is_named(tmp_path: Path):
+    text = files.STAR31.replace("data_particles", "data_parts")
+    with pytest.raises(InputError, match=r"data_parts: a RELION 3\.1 file .*data_particles"):
+        read_particles(files.write_star31(tmp_path, text))
+
+
+def test_an_origin_outside_the_box_is_refused(tmp_path: Path):
+    files.write_stacks(tmp_path)  # box 16 at 1.6 Å: 25.6 Å
+    text = files.STAR31.replace(" 1.6 -3.2 12000.0", " 30.0 -3.2 12000.0")
+    table = read_particles(files.write_star31(tmp_path, text))
+    with pytest.raises(InputError, match=r"rlnOriginXAngst/YAngst: row 1: origin \[30.0, -3.2\]"):
+        ParticleImages(table)
+
+
+def test_an_image_scaled_past_float_range_is_refused_when_read(tmp_path: Path):
+    import mrcfile
+
+    files.write_stacks(tmp_path)
+    with mrcfile.open(tmp_path / "Stacks" / "a.mrcs", "r+") as mrc:
+        mrc.data[2] *= 1e37
+    with ParticleImages(read_particles(files.write_star31(tmp_path))) as images:
+        images.read(np.array([0]))  # image 1 is fine
+        with pytest.raises(InputError, match=r"a\.mrcs: image 3: holds a pixel value of"):
+            images.read(np.array([0, 1]))
+
+
+# Any value of any checked field: read and within range, or refused with a one-line message
+# that names the file and the field; never another exception.
+FIELDS = [*OPTICS_COLUMNS, *PARTICLE_COLUMNS]
+numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.sampled_from([0.0, -0.0, 1e-300, -1e300, 1e308]),
+    st.integers(-(10**12), 10**12).map(float),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(column=st.sampled_from(FIELDS), value=numbers, row=st.integers(1, 2))
+def test_any_value_is_read_in_range_or_refused_naming_the_field(
+    tmp_path: Path, column: str, value: float, row: int
+):
+    star = files.write_star31(tmp_path, star_with(column, repr(value), row))
+    try:
+        table = read_particles(star)
+    except InputError as exc:
+        text = str(exc)
+        assert "\n" not in text and text.startswith(str(star)) and column in text
+        return
+    for quantity, (low, high, inclusive, _, _) in RANGES.items():
+        values = getattr(table, quantity)
+        assert np.all(values >= low if inclusive else values > low), quantity
+        assert np.all(values <= high), quantity
