@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 
@@ -38,7 +39,6 @@ from cryotorch.physics.slices import (
     extract_central_slices,
     insert_central_slices,
     slice_geometry,
-    use_kernels,
 )
 from cryotorch.simulate.particles import sample_uniform_rotations
 
@@ -79,20 +79,20 @@ def bench(
         device
     )
 
-    def ours_extract():
-        extract_central_slices(table, slice_geometry(rot, d, 2))
+    def ours_extract(kernels: str):
+        extract_central_slices(table, slice_geometry(rot, d, 2, kernels))
 
     sums = (torch.zeros(n_vox, 2 * k, device=device), torch.zeros(n_vox, k, device=device))
 
-    def ours_insert():  # into running sums, as the M-step accumulates its statistics
-        insert_central_slices(slices, slice_geometry(rot, d, 2), n_vox, weights, out=sums)
+    def ours_insert(kernels: str):  # into running sums, as the M-step accumulates its statistics
+        insert_central_slices(slices, slice_geometry(rot, d, 2, kernels), n_vox, weights, out=sums)
 
     image, image_weights = slices[:, :1], weights[:, :1]
     factors = (torch.rand(batch, k, generator=gen), torch.rand(batch, k, generator=gen))
     factors = tuple(f.to(device) for f in factors)
 
     def ours_insert_factored():  # the M-step's form: one image per particle, K posteriors
-        geometry = slice_geometry(rot, d, 2)
+        geometry = slice_geometry(rot, d, 2, "numba")
         insert_central_slices(image, geometry, n_vox, image_weights, out=sums, factors=factors)
 
     def ours_project():
@@ -120,29 +120,27 @@ def bench(
             tfs.project_3d_to_2d_multichannel(maps, rot_xyz, pad_factor=2.0)
 
     cases = [
-        *((f"extract  cryotorch {kind}", kind, ours_extract) for kind in kernels),
-        ("extract  torch-fourier-slice", "numba", tfs_extract),
-        *((f"insert   cryotorch {kind}", kind, ours_insert) for kind in kernels),
+        *((f"extract  cryotorch {kind}", partial(ours_extract, kind)) for kind in kernels),
+        ("extract  torch-fourier-slice", tfs_extract),
+        *((f"insert   cryotorch {kind}", partial(ours_insert, kind)) for kind in kernels),
         *(
-            [("insert   cryotorch numba, K factors", "numba", ours_insert_factored)]
+            [("insert   cryotorch numba, K factors", ours_insert_factored)]
             if k > 1 and "numba" in kernels
             else []
         ),
-        ("insert   torch-fourier-slice", "numba", tfs_insert),
+        ("insert   torch-fourier-slice", tfs_insert),
         # the default kernels: numba on the CPU, the torch code on CUDA
-        (f"project  cryotorch {'torch' if device == 'cuda' else 'numba'}", "numba", ours_project),
-        ("project  torch-fourier-slice", "numba", tfs_project),
+        (f"project  cryotorch {'torch' if device == 'cuda' else 'numba'}", ours_project),
+        ("project  torch-fourier-slice", tfs_project),
     ]
     rows = []
-    for name, kind, fn in cases:
-        use_kernels(kind)  # numba's JIT / torch.compile run in timed()'s warm-up call
-        try:
+    for name, fn in cases:
+        try:  # numba's JIT / torch.compile run in timed()'s warm-up call
             seconds = timed(fn, repeats, device)
             rows.append((name, batch * k / seconds))
         except Exception as exc:  # report, do not hide, a failing baseline
             print(f"{name}: failed ({type(exc).__name__}: {exc})")
             rows.append((name, float("nan")))
-    use_kernels()
     return rows
 
 

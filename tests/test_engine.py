@@ -553,6 +553,23 @@ def test_every_kernel_choice_gives_the_same_run(tiny_star: Path, tmp_path: Path,
     np.testing.assert_allclose(ours, ref, atol=1e-3)
 
 
+def test_the_kernel_choice_is_the_batch_makers_not_the_process(tiny_star: Path, tmp_path: Path):
+    """BatchMaker's ``kernels`` make its batches' geometries; two makers with different kernels
+    coexist; an unknown name is refused (by the CLI as an input error, nothing written)."""
+    with ParticleImages(read_particles(tiny_star)) as images:
+        rows = np.arange(20)
+        by_torch = BatchMaker(images, 12, torch.device("cpu"), kernels="torch")(rows)
+        by_default = BatchMaker(images, 12, torch.device("cpu"))(rows)
+        assert by_torch.geometry.kernels.name == "torch"
+        assert by_default.geometry.kernels.name == "numba"
+        with pytest.raises(ValueError, match="kernels must be one of"):
+            BatchMaker(images, 12, torch.device("cpu"), kernels="fast")
+    out = tmp_path / "bad"
+    with pytest.raises(InputError, match="kernels must be one of numba, torch, compiled"):
+        classify(tiny_star, out, "kernels=fast")
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_prefetching_the_next_batch_changes_nothing(tiny_star: Path, tmp_path: Path):
     one_at_a_time = ["optim.prefetch=false", "optim.batch_size=64"]
     classify(tiny_star, tmp_path / "plain", "optim.max_iterations=3", *one_at_a_time)

@@ -15,8 +15,10 @@ from cryotorch.engine.regularisers import (
     TauSquaredPrior,
     make_regulariser,
 )
+from cryotorch.physics.fourier import rfft_3d
 from cryotorch.physics.masks import soft_sphere
 from cryotorch.physics.projector import reconstruct_from_sums
+from cryotorch.physics.shells import mean_per_shell_3d, shell_index_3d
 from cryotorch.physics.slices import interleave_classes
 from tests.run_helpers import run_classify, simulate_two_blob_classes
 
@@ -87,3 +89,33 @@ def test_fsc_regularised_run_classifies_and_reports_fsc_resolution(tmp_path: Pat
         for k in (1, 2):
             resolution = float(row[f"class_{k:03d}_fsc_resolution"])
             assert 9.0 <= resolution <= 72.0  # between the working Nyquist and the box
+
+
+@pytest.mark.parametrize("d", [12, 13])
+def test_mean_power_per_shell_weighs_as_its_docstring_says(d: int):
+    """``hermitian=True`` (the M-step's τ²) is the mean over the full spectrum; ``False`` (the
+    gradient penalty's) the mean over the stored half, corners in the Nyquist shell if asked."""
+    g = torch.Generator().manual_seed(d)
+    maps = torch.randn(2, d, d, d, dtype=torch.float64, generator=g)
+    full = torch.fft.fftn(maps, dim=(-3, -2, -1)).abs() ** 2  # (k, d, d, d), every frequency
+    full_shells = shell_index_3d_full(d)
+    n = d // 2 + 1
+    keep = full_shells < n
+    expected = torch.stack(
+        [torch.bincount(full_shells[keep], f[keep], n) for f in full]
+    ) / torch.bincount(full_shells[keep], minlength=n)
+    half = rfft_3d(maps).abs() ** 2  # the project's centred layout
+    torch.testing.assert_close(mean_per_shell_3d(half, hermitian=True), expected)
+    shells = shell_index_3d(d).clamp_max(d // 2).flatten()
+    unweighted = torch.stack([torch.bincount(shells, h.flatten(), n) for h in half])
+    torch.testing.assert_close(
+        mean_per_shell_3d(half, hermitian=False, corners_in_nyquist=True),
+        unweighted / torch.bincount(shells, minlength=n),
+    )
+
+
+def shell_index_3d_full(d: int) -> torch.Tensor:
+    """Shell of every entry of a full ``(d, d, d)`` fftn (fft order)."""
+    f = torch.fft.fftfreq(d, 1 / d, dtype=torch.float64)
+    kz, ky, kx = torch.meshgrid(f, f, f, indexing="ij")
+    return torch.sqrt(kx**2 + ky**2 + kz**2).round().long()

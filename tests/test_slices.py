@@ -18,13 +18,14 @@ from cryotorch.physics.projector import (
     reconstruct_from_sums,
 )
 from cryotorch.physics.slices import (
+    KERNEL_CHOICES,
+    as_kernels,
     extract_central_slices,
     extract_central_slices_reference,
     insert_central_slices,
     insert_for_reconstruction,
     interleave_classes,
     slice_geometry,
-    use_kernels,
 )
 from tests.physics_helpers import DEVICES, blob_projection, blob_volume, random_rotations
 
@@ -155,12 +156,6 @@ def test_relion_matrix_convention_in_projection():
     assert (ix - d // 2, iy - d // 2) == (0, -8)
 
 
-@pytest.fixture
-def kernels_in_test():
-    yield use_kernels
-    use_kernels()  # back to the default
-
-
 @pytest.mark.parametrize(
     ("kernels", "dtype", "k"),  # torch.compile costs ~20 s per dtype: one is enough to check it
     [
@@ -171,7 +166,7 @@ def kernels_in_test():
         ("compiled", torch.float32, 3),
     ],
 )
-def test_every_kernel_choice_agrees_with_the_torch_reference(kernels, dtype, k, kernels_in_test):
+def test_every_kernel_choice_agrees_with_the_torch_reference(kernels, dtype, k):
     d, pad = 12, 2
     p = pad * d
     n_vox = p * p * (p // 2 + 1)
@@ -182,25 +177,22 @@ def test_every_kernel_choice_agrees_with_the_torch_reference(kernels, dtype, k, 
     weights = torch.rand(9, k, d, d // 2 + 1, generator=g, dtype=dtype)
     rot = random_rotations(9, seed=2, dtype=dtype)
 
-    def run_all():
-        geometry = slice_geometry(rot, d, pad)
+    def run_all(kernels: str):
+        geometry = slice_geometry(rot, d, pad, kernels)
         inserted = insert_central_slices(slices, geometry, n_vox, weights)
         data_only, _ = insert_central_slices(slices, geometry, n_vox)
         return extract_central_slices(table, geometry), *inserted, data_only
 
-    kernels_in_test(kernels)
-    out = run_all()
-    kernels_in_test("torch")
-    ref = run_all()
+    out = run_all(kernels)
+    ref = run_all("torch")
     for a, b in zip(out, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))
 
 
 @pytest.mark.parametrize("kernels", ["numba", "torch"])
-def test_insertion_adds_into_given_sums(kernels, kernels_in_test):
+def test_insertion_adds_into_given_sums(kernels):
     """``out=`` accumulates in place (float64 sums of float32 slices too) what separate
     insertions would have returned."""
-    kernels_in_test(kernels)
     d, pad, k = 16, 2, 2
     p = pad * d
     n_vox = p * p * (p // 2 + 1)
@@ -209,7 +201,7 @@ def test_insertion_adds_into_given_sums(kernels, kernels_in_test):
         (
             torch.randn(5, k, d, d // 2 + 1, dtype=torch.complex64, generator=g),
             torch.rand(5, k, d, d // 2 + 1, generator=g),
-            slice_geometry(random_rotations(5, seed=s), d, pad),
+            slice_geometry(random_rotations(5, seed=s), d, pad, kernels),
         )
         for s in range(2)
     ]
@@ -226,10 +218,9 @@ def test_insertion_adds_into_given_sums(kernels, kernels_in_test):
 
 
 @pytest.mark.parametrize(("kernels", "k"), [("numba", 3), ("numba", 1), ("torch", 3)])
-def test_insertion_with_class_factors_equals_the_expanded_slices(kernels, k, kernels_in_test):
+def test_insertion_with_class_factors_equals_the_expanded_slices(kernels, k):
     """One image per particle with per-class factors (the M-step's form) adds what the
     per-class slices ``f_ik X_i`` and weights ``g_ik W_i`` would, into float64 sums too."""
-    kernels_in_test(kernels)
     d, pad, b = 16, 2, 7
     p = pad * d
     n_vox = p * p * (p // 2 + 1)
@@ -237,7 +228,7 @@ def test_insertion_with_class_factors_equals_the_expanded_slices(kernels, k, ker
     images = torch.randn(b, 1, d, d // 2 + 1, dtype=torch.complex64, generator=g)
     image_weights = torch.rand(b, 1, d, d // 2 + 1, generator=g)
     factors = (torch.rand(b, k, generator=g), torch.rand(b, k, generator=g))
-    geometry = slice_geometry(random_rotations(b, seed=6), d, pad)
+    geometry = slice_geometry(random_rotations(b, seed=6), d, pad, kernels)
     expanded = insert_central_slices(
         images * factors[0][:, :, None, None],
         geometry,
@@ -276,12 +267,32 @@ def test_numba_insertion_does_not_depend_on_the_number_of_threads():
         assert torch.equal(a, b)
 
 
-def test_numba_kernels_leave_autograd_to_torch(kernels_in_test):
+def test_numba_kernels_leave_autograd_to_torch():
     """Inputs that need a gradient take the torch code, so gradients flow (numba's do not)."""
-    kernels_in_test("numba")
     d, pad = 8, 2
     p = pad * d
     table = torch.randn(p * p * (p // 2 + 1), 2, dtype=torch.float64, requires_grad=True)
-    geometry = slice_geometry(random_rotations(3, seed=4), d, pad)
+    geometry = slice_geometry(random_rotations(3, seed=4), d, pad, kernels="numba")
     extract_central_slices(table, geometry).abs().sum().backward()
     assert table.grad is not None and table.grad.abs().sum() > 0
+
+
+def test_the_kernels_are_chosen_per_geometry_not_process_wide():
+    """Geometries made with different kernels side by side each run their own; the default is
+    numba; an unknown name is refused."""
+    d, pad = 8, 2
+    p = pad * d
+    table = torch.randn(p * p * (p // 2 + 1), 4, dtype=torch.float64)
+    rot = random_rotations(3, seed=7)
+    by_torch = slice_geometry(rot, d, pad, "torch")
+    by_numba = slice_geometry(rot, d, pad)
+    assert by_torch.kernels.name == "torch" and by_numba.kernels is as_kernels("numba")
+    assert by_torch.kernels is as_kernels(by_torch.kernels)
+    # numba computes its neighbours on the fly: none made in advance for it on the CPU.
+    assert "_neighbours" in vars(by_torch) and "_neighbours" not in vars(by_numba)
+    torch.testing.assert_close(
+        extract_central_slices(table, by_numba), extract_central_slices(table, by_torch)
+    )
+    assert set(KERNEL_CHOICES) == {"numba", "torch", "compiled"}
+    with pytest.raises(ValueError, match="kernels must be one of numba, torch, compiled"):
+        slice_geometry(rot, d, pad, "cuda")

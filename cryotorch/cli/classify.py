@@ -36,7 +36,7 @@ from cryotorch.engine.distributed import ProcessGroup, init_from_environment
 from cryotorch.engine.gradient import GradientSettings
 from cryotorch.engine.loop import ClassificationSettings, Masks, classify
 from cryotorch.engine.outputs import write_outputs
-from cryotorch.engine.posterior import ClassSimilarity
+from cryotorch.engine.posterior import ClassSimilarity, effective_sample_size
 from cryotorch.engine.regularisers import make_regulariser
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
 from cryotorch.errors import InputError, warn_input
@@ -46,7 +46,7 @@ from cryotorch.io.mrc import PIXEL_SIZE_RTOL, UNSET_PIXEL_SIZES
 from cryotorch.monitor import RunMonitor
 from cryotorch.physics.fourier import cropped_box_for_resolution, fourier_crop_3d
 from cryotorch.physics.masks import mask_from_map
-from cryotorch.physics.slices import use_kernels
+from cryotorch.physics.slices import Kernels, as_kernels
 
 __all__ = ["main", "run", "settings_from_config"]
 
@@ -256,25 +256,22 @@ def run(cfg: DictConfig) -> dict:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
         try:
-            return _run_with_kernels(cfg, device)
+            return _run(cfg, device)
         finally:
             torch.distributed.destroy_process_group()
-    return _run_with_kernels(cfg, device)
+    return _run(cfg, device)
 
 
-def _run_with_kernels(cfg: DictConfig, device: torch.device) -> dict:
-    """``_run`` with the slice kernels ``cfg.kernels`` (and the default ones again after)."""
+def _kernels(cfg: DictConfig) -> Kernels:
+    """The slice kernels ``cfg.kernels`` (an InputError for an unknown name)."""
     try:
-        use_kernels(str(cfg.kernels))
+        return as_kernels(str(cfg.kernels))
     except ValueError as exc:
         raise InputError("config", "kernels", str(exc)) from exc
-    try:
-        return _run(cfg, device)
-    finally:
-        use_kernels()
 
 
 def _run(cfg: DictConfig, device: torch.device) -> dict:
+    kernels = _kernels(cfg)
     group = ProcessGroup(device)
     say = print if group.is_main else (lambda *args, **kwargs: None)
     output_dir = job_output_dir(cfg)
@@ -352,6 +349,7 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
                     pad=settings.pad,
                     use_ctf_scale=settings.contrast != "none",
                     cache_bytes=int(float(cfg.data.cache_gb) * 2**30),
+                    kernels=kernels,
                 ),
                 settings,
                 monitor,
@@ -366,7 +364,7 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
             if group.is_main:
                 write_outputs(output_dir, table, result, monitor)
                 monitor.log_ess(
-                    torch.as_tensor(1.0 / (result.posteriors.astype(np.float64) ** 2).sum(1)),
+                    torch.as_tensor(effective_sample_size(result.posteriors.astype(np.float64))),
                     len(result.history),
                 )
         finally:

@@ -16,7 +16,7 @@ from cryotorch.io.mrc import ParticleImages
 from cryotorch.physics.forward_model import particle_ctf, particle_shift_px
 from cryotorch.physics.fourier import cropped_rfft_2d
 from cryotorch.physics.shifts import phase_shift_2d
-from cryotorch.physics.slices import SliceGeometry, slice_geometry
+from cryotorch.physics.slices import Kernels, SliceGeometry, as_kernels, slice_geometry
 
 __all__ = ["BatchMaker", "ParticleBatch"]
 
@@ -62,6 +62,10 @@ class BatchMaker:
         ``--preread_images``, for the cropped images only: at box 48, 1 GB holds 111,848). The
         first particles seen take the slots; the rest are read every pass, so memory stays
         bounded whatever the number of particles. 0: none.
+    kernels
+        The slice kernels of the batches' geometries (a name of
+        :data:`cryotorch.physics.slices.KERNEL_CHOICES` or a :class:`Kernels`): what the E- and
+        M-steps extract and insert with. A ValueError for an unknown name.
     """
 
     def __init__(
@@ -73,7 +77,9 @@ class BatchMaker:
         pad: int = 2,
         use_ctf_scale: bool = True,
         cache_bytes: int = 0,
+        kernels: str | Kernels = "numba",
     ):
+        self.kernels = as_kernels(kernels)
         self.use_ctf_scale = use_ctf_scale
         self.images = images
         self.table = images.table
@@ -141,5 +147,5 @@ class BatchMaker:
     def add_geometry(self, batch: ParticleBatch) -> ParticleBatch:
         """``batch`` with its slice geometry (in the caller's thread: the numba kernels are
         not run from two threads at once)."""
-        batch.geometry = slice_geometry(batch.rotations, self.d, self.pad)
+        batch.geometry = slice_geometry(batch.rotations, self.d, self.pad, self.kernels)
         return batch

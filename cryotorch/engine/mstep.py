@@ -27,7 +27,7 @@ from cryotorch.engine.estep import EStepResult
 from cryotorch.engine.noise import NoiseModel
 from cryotorch.physics.fourier import frequency_grid_3d, rfft_3d
 from cryotorch.physics.projector import reconstruct_from_sums
-from cryotorch.physics.shells import hermitian_weights, shell_index_3d, shell_sum
+from cryotorch.physics.shells import mean_per_shell_3d
 from cryotorch.physics.slices import insert_for_reconstruction
 
 __all__ = ["SufficientStatistics", "accumulate_statistics", "map_power_spectrum", "update_maps"]
@@ -155,13 +155,9 @@ def accumulate_statistics(
 
 
 def map_power_spectrum(maps: torch.Tensor) -> torch.Tensor:
-    """``(k, d // 2 + 1)``: mean ``|F|²`` per shell of the rfft_3d of maps ``(k, d, d, d)``."""
-    d = maps.shape[-1]
-    shells = shell_index_3d(d, maps.device)
-    w = hermitian_weights(d, maps.device).to(maps.dtype)
-    power = shell_sum(rfft_3d(maps).abs() ** 2 * w, shells, d // 2 + 1)
-    count = shell_sum(torch.ones_like(shells, dtype=maps.dtype) * w, shells, d // 2 + 1)
-    return power / count.clamp_min(1)
+    """``(k, d // 2 + 1)``: mean ``|F|²`` per shell of the rfft_3d of maps ``(k, d, d, d)``, over
+    the full spectrum (Hermitian-weighted, see :func:`mean_per_shell_3d`)."""
+    return mean_per_shell_3d(rfft_3d(maps).abs() ** 2, hermitian=True)
 
 
 def update_maps(

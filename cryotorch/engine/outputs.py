@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cryotorch.engine.loop import ClassificationResult
+from cryotorch.engine.posterior import effective_sample_size
 from cryotorch.io import write_map, write_particles
 from cryotorch.io.atomic import atomic_path
 from cryotorch.monitor import RunMonitor
@@ -35,7 +36,7 @@ def write_outputs(
 ) -> None:
     output_dir = Path(output_dir)
     posteriors = result.posteriors
-    ess = 1.0 / (posteriors.astype(np.float64) ** 2).sum(axis=1)
+    ess = effective_sample_size(posteriors.astype(np.float64))
     best = posteriors.argmax(axis=1)
     for k, volume in enumerate(result.maps.detach().cpu().numpy()):
         write_map(output_dir / f"class_{k + 1:03d}.mrc", volume, result.pixel_size)

@@ -14,14 +14,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = ["ClassSimilarity", "StraightThroughHard", "effective_sample_size", "tune_similarity"]
 
 SimilarityForm = Literal["temperature", "mixing"]
+ArrayOrTensor = TypeVar("ArrayOrTensor", torch.Tensor, np.ndarray)
 
 
 class ClassSimilarity(nn.Module):
@@ -57,9 +59,13 @@ class StraightThroughHard(nn.Module):
         return hard.to(probabilities.dtype) + (probabilities - probabilities.detach())
 
 
-def effective_sample_size(probabilities: torch.Tensor) -> torch.Tensor:
-    """Per-particle ESS ``1 / Σ_k γ_ik²``: ``(b,)``, from 1 (one class) to K (even spread)."""
-    return 1.0 / (probabilities**2).sum(dim=1)
+def effective_sample_size(probabilities: ArrayOrTensor) -> ArrayOrTensor:
+    """Per-particle ESS ``1 / Σ_k γ_ik²``: ``(b,)``, from 1 (one class) to K (even spread).
+
+    ``probabilities (b, k)``: a tensor or a numpy array (the outputs' posteriors); the result
+    is of the same kind and dtype (pass float64 for the written ESS columns).
+    """
+    return 1.0 / (probabilities**2).sum(axis=1)
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from cryotorch.engine.mstep import SufficientStatistics, update_maps
 from cryotorch.physics.fourier import irfft_3d, rfft_3d
 from cryotorch.physics.fsc import fourier_shell_correlation, resolution_at_threshold
 from cryotorch.physics.projector import reconstruct_from_sums
-from cryotorch.physics.shells import shell_index_3d, shell_sum
+from cryotorch.physics.shells import mean_per_shell_3d, shell_index_3d
 
 __all__ = [
     "REGULARISERS",
@@ -83,14 +83,13 @@ class TauSquaredPrior(Regulariser):
         """``Σ_k Σ_l |V_kl|² / (2 T τ²_k(s(l)))``, τ² each class's own power per shell (held
         fixed: no gradient through it; floored, see below), over the rfft_3d half spectrum: the
         Gaussian prior of RELION's M-step, whose maximum a posteriori is the Wiener-like
-        division above."""
+        division above. τ² is the mean power over the same half-spectrum entries the sum runs
+        over, corners included (unweighted: see :func:`mean_per_shell_3d`)."""
         d = maps.shape[-1]
         spectra = rfft_3d(maps)
         power = spectra.real**2 + spectra.imag**2  # (k, d, d, d//2+1)
         shells = shell_index_3d(d, maps.device).clamp_max(d // 2)
-        sums = shell_sum(power.detach(), shells, d // 2 + 1)
-        counts = shell_sum(torch.ones_like(power[0]), shells, d // 2 + 1)
-        tau2 = sums / counts.clamp_min(1)
+        tau2 = mean_per_shell_3d(power.detach(), hermitian=False, corners_in_nyquist=True)
         # A shell with (next to) no power yet, e.g. beyond the initial low-pass, would get an
         # infinitely strong prior with a gradient ~ 1 / |V|: its τ² is floored at 1e-3 of the
         # strongest shell's.

@@ -15,7 +15,7 @@ import torch
 from cryotorch.particles import ParticleTable
 from cryotorch.physics.ctf import compute_ctf_2d
 from cryotorch.physics.shifts import phase_shift_2d
-from cryotorch.physics.slices import extract_central_slices, slice_geometry
+from cryotorch.physics.slices import Kernels, extract_central_slices, slice_geometry
 
 __all__ = ["particle_ctf", "particle_shift_px", "particle_spectra", "render_spectra"]
 
@@ -76,9 +76,11 @@ def particle_spectra(
     d: int,
     pad: int = 2,
     dtype=torch.float32,
+    kernels: str | Kernels = "numba",
 ) -> torch.Tensor:
     """Noise-free spectra ``(b, k, d, d // 2 + 1)`` of table ``rows`` from interleaved volumes
-    ``(n_voxels, 2k)``: their poses, shifts and CTFs, on the device of ``volumes``."""
+    ``(n_voxels, 2k)``: their poses, shifts and CTFs, on the device of ``volumes``; the slices
+    extracted by ``kernels`` (see :mod:`cryotorch.physics.slices.kernels`)."""
     device = volumes.device
     return render_spectra(
         volumes,
@@ -87,6 +89,7 @@ def particle_spectra(
         particle_ctf(table, rows, d, device, dtype),
         d,
         pad,
+        kernels,
     )
 
 
@@ -97,10 +100,12 @@ def render_spectra(
     ctf: torch.Tensor,
     d: int,
     pad: int = 2,
+    kernels: str | Kernels = "numba",
 ) -> torch.Tensor:
     """Noise-free spectra ``(b, k, d, d // 2 + 1)`` from interleaved volumes ``(n_voxels, 2k)``.
 
-    ``rotations (b, 3, 3)`` (RELION ``A``), ``shift_px (b, 2)``, ``ctf (b, d, d // 2 + 1)``.
+    ``rotations (b, 3, 3)`` (RELION ``A``), ``shift_px (b, 2)``, ``ctf (b, d, d // 2 + 1)``;
+    the slices extracted by ``kernels`` (see :mod:`cryotorch.physics.slices.kernels`).
     """
-    slices = extract_central_slices(volumes, slice_geometry(rotations, d, pad))
+    slices = extract_central_slices(volumes, slice_geometry(rotations, d, pad, kernels))
     return slices * (ctf * phase_shift_2d(d, shift_px))[:, None]

@@ -14,6 +14,7 @@ import torch
 from cryotorch.physics.fourier import irfft_2d, irfft_3d, rfft_3d
 from cryotorch.physics.masks import soft_sphere
 from cryotorch.physics.slices import (
+    Kernels,
     SliceGeometry,
     deinterleave_classes,
     extract_central_slices,
@@ -68,15 +69,21 @@ def prepare_volumes(maps: torch.Tensor, pad: int = 2) -> torch.Tensor:
 
 
 def project(
-    maps: torch.Tensor, rotations: torch.Tensor, pad: int = 2, geometry: SliceGeometry | None = None
+    maps: torch.Tensor,
+    rotations: torch.Tensor,
+    pad: int = 2,
+    geometry: SliceGeometry | None = None,
+    kernels: str | Kernels = "numba",
 ) -> torch.Tensor:
     """Projections of maps ``(k, d, d, d)`` at ``rotations (b, 3, 3)`` -> ``(b, k, d, d)`` images.
 
     The line integral along z of the map rotated by ``A`` (RELION convention), in the units of
-    the map times pixels. No CTF, no shift (apply them to the rfft of the slices).
+    the map times pixels. No CTF, no shift (apply them to the rfft of the slices). The slices
+    are extracted by ``kernels`` (see :mod:`cryotorch.physics.slices.kernels`), or by those of
+    ``geometry`` where it is given.
     """
     d = maps.shape[-1]
-    geometry = geometry or slice_geometry(rotations, d, pad)
+    geometry = geometry or slice_geometry(rotations, d, pad, kernels)
     return irfft_2d(extract_central_slices(prepare_volumes(maps, pad), geometry), d)
 
 

@@ -17,7 +17,7 @@ from cryotorch.physics.forward_model import particle_ctf, particle_shift_px
 from cryotorch.physics.fourier import rfft_2d
 from cryotorch.physics.projector import reconstruct_from_sums
 from cryotorch.physics.shifts import phase_shift_2d
-from cryotorch.physics.slices import insert_for_reconstruction, slice_geometry
+from cryotorch.physics.slices import Kernels, insert_for_reconstruction, slice_geometry
 
 __all__ = ["reconstruct_particles"]
 
@@ -29,11 +29,13 @@ def reconstruct_particles(
     wiener_constant: float = 1e-3,
     batch_size: int = 500,
     dtype: torch.dtype = torch.float64,
+    kernels: str | Kernels = "numba",
 ) -> torch.Tensor:
     """Reconstruct one map ``(d, d, d)`` from the particles ``rows`` (default: all) of ``images``.
 
     ``wiener_constant`` λ is added to the CTF² sums, relative to their mean over the voxels
-    that received data (a small value regularises the CTF zeros).
+    that received data (a small value regularises the CTF zeros). ``kernels``: the slice
+    kernels that insert (see :mod:`cryotorch.physics.slices.kernels`).
     """
     table = images.table
     rows = np.arange(len(table)) if rows is None else np.asarray(rows)
@@ -47,7 +49,8 @@ def reconstruct_particles(
         x = rfft_2d(torch.as_tensor(images.read(batch), dtype=dtype))
         ctf = particle_ctf(table, batch, d, dtype=dtype)
         unshift = phase_shift_2d(d, particle_shift_px(table, batch, dtype=dtype)).conj()
-        geometry = slice_geometry(torch.as_tensor(table.rotation[batch], dtype=dtype), d, pad)
+        rotations = torch.as_tensor(table.rotation[batch], dtype=dtype)
+        geometry = slice_geometry(rotations, d, pad, kernels)
         insert_for_reconstruction(
             (ctf * unshift * x)[:, None], geometry, n_vox, (ctf**2)[:, None], out=(data, weight)
         )

@@ -1,8 +1,9 @@
 """numba CPU kernels for central slices: extraction (gather) and insertion (scatter).
 
-Same arithmetic as the torch code in :mod:`cryotorch.physics.slices` (which stays the reference
-and the CUDA path), written as plain loops that compute each point's trilinear neighbours on the
-fly, so that no index or weight arrays are written and read back, and no atomic adds are needed:
+Same arithmetic as the torch code in :mod:`cryotorch.physics.slices.torch_kernels` (the
+reference and the CUDA path), written as plain loops that compute each point's trilinear
+neighbours on the fly, so that no index or weight arrays are written and read back, and no atomic
+adds are needed:
 
 - the points (the used frequencies ``k``, sorted by ``|k|``) are split over the threads in
   contiguous runs, so each thread works on a spherical shell of the volume, which stays in cache
@@ -21,7 +22,9 @@ K = 1, 2026-11-30: extraction 5.1-5.6k -> 6.5-6.7k class-slices/s, insertion 2.0
 3.7-3.9k). Both kernels spell these paths out rather than share a helper that fills 8 rows and
 weights: that helper cost a quarter to a third of the d = 128 extraction rate (measured
 2026-11-29). ``scripts/bench_slices.py`` measures the kernels against the torch code and
-torch-fourier-slice. All arrays are numpy views of CPU tensors (no copies).
+torch-fourier-slice. All arrays are numpy views of CPU tensors (no copies); the torch-facing
+wrappers, which fall back to the torch code where these loops do not apply, are in
+:mod:`cryotorch.physics.slices.kernels`.
 """
 
 from __future__ import annotations
@@ -202,7 +205,9 @@ def _threads() -> int:
 def _radii(k: np.ndarray) -> np.ndarray:
     radius = np.hypot(k[:, 0], k[:, 1])
     if np.any(np.diff(radius) < 0):
-        raise ValueError("the frequencies k must be sorted by |k| (slices._used_frequencies)")
+        raise ValueError(
+            "the frequencies k must be sorted by |k| (slices.geometry.used_frequencies)"
+        )
     return radius
 
 
