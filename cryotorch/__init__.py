@@ -9,13 +9,15 @@ particles (:func:`read_particles`, :class:`ParticleImages`) -> batches of Fourie
 """
 
 from cryotorch.engine.batches import BatchMaker, ParticleBatch
+from cryotorch.engine.classify import classify
 from cryotorch.engine.estep import EStep, EStepResult, log_posterior
 from cryotorch.engine.gradient import ClassMaps, GradientSettings, free_energy
-from cryotorch.engine.loop import ClassificationResult, ClassificationSettings, Masks, classify
 from cryotorch.engine.mstep import SufficientStatistics, accumulate_statistics, update_maps
 from cryotorch.engine.noise import NoiseModel
 from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, effective_sample_size
 from cryotorch.engine.regularisers import Regulariser, make_regulariser
+from cryotorch.engine.settings import ClassificationSettings, Masks
+from cryotorch.engine.state import ClassificationResult
 from cryotorch.evaluation import classification_accuracy
 from cryotorch.io import ParticleImages, read_map, read_particles, write_map
 from cryotorch.physics.fourier import fourier_crop_3d

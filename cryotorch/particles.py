@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["OpticsGroups", "ParticleTable", "SourceRecord"]
+__all__ = ["ImageSource", "OpticsGroups", "ParticleTable", "SourceRecord"]
 
 
 @dataclass(frozen=True)
@@ -169,3 +169,15 @@ class ParticleTable:
             )
             source = replace(source, particles=rows)
         return replace(self, source=source, **columns)
+
+
+class ImageSource(Protocol):
+    """What the batches and reconstructions read images from: the particles' ``table``, the
+    ``image_shape (ny, nx)`` and ``read(rows) -> (b, ny, nx)`` float32 images of table rows.
+    :class:`cryotorch.io.ParticleImages` (lazily read stacks) is one; an in-memory array of
+    simulated images can be another. The engine and the physics need no file reading."""
+
+    table: ParticleTable
+    image_shape: tuple[int, int]
+
+    def read(self, rows: np.ndarray) -> np.ndarray: ...

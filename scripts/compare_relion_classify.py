@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_module
 
 from cryotorch.cli.classify import settings_from_config
 from cryotorch.engine.batches import BatchMaker
-from cryotorch.engine.loop import classify
+from cryotorch.engine.classify import classify
 from cryotorch.evaluation import classification_accuracy, read_true_classes
 from cryotorch.io import ParticleImages, read_particles
 from cryotorch.physics.fourier import cropped_box_for_resolution

@@ -14,9 +14,8 @@ import starfile
 import torch
 
 from cryotorch.engine.batches import BatchMaker
+from cryotorch.engine.classify import classify as classify_particles
 from cryotorch.engine.initialisation import cluster_maps, kmeans
-from cryotorch.engine.loop import ClassificationSettings, Masks
-from cryotorch.engine.loop import classify as classify_particles
 from cryotorch.engine.posterior import (
     ClassSimilarity,
     StraightThroughHard,
@@ -24,6 +23,7 @@ from cryotorch.engine.posterior import (
     tune_similarity,
 )
 from cryotorch.engine.schedules import HardSchedule, ResolutionSchedule, SimilaritySchedule
+from cryotorch.engine.settings import ClassificationSettings, Masks
 from cryotorch.errors import InputError
 from cryotorch.evaluation import classification_accuracy
 from cryotorch.io import ParticleImages, read_map, read_particles, write_map, write_particles

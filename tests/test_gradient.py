@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from cryotorch.engine.batches import BatchMaker
+from cryotorch.engine.classify import classify as classify_particles
 from cryotorch.engine.gradient import GradientSettings, free_energy, make_optimizer
-from cryotorch.engine.loop import ClassificationSettings
-from cryotorch.engine.loop import classify as classify_particles
 from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard
 from cryotorch.engine.regularisers import TauSquaredPrior, local_wiener_filter, make_regulariser
+from cryotorch.engine.settings import ClassificationSettings
 from cryotorch.errors import InputError
 from cryotorch.evaluation import classification_accuracy
 from cryotorch.io import ParticleImages, read_map, read_particles

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from cryotorch.engine.batches import BatchMaker
-from cryotorch.engine.checkpoint import check_resumable, load_checkpoint, save_checkpoint
-from cryotorch.engine.loop import ClassificationSettings
-from cryotorch.engine.loop import classify as classify_particles
+from cryotorch.engine.classify import classify as classify_particles
+from cryotorch.engine.settings import ClassificationSettings, Masks
+from cryotorch.engine.state import CHECKPOINT_FORMAT, check_resumable
 from cryotorch.errors import InputError
 from cryotorch.io import ParticleImages, read_particles
+from cryotorch.io.checkpoint import load_checkpoint, save_checkpoint
 from cryotorch.simulate.particles import SimulationSettings, simulate_particles
 from tests.physics_helpers import blob_volume
 
@@ -105,7 +106,7 @@ def test_killed_and_resumed_run_is_bit_identical(
     kill_when(start(star, out), KILL_POINTS[point])
     assert not (out / "posteriors.npy").exists()
     if point != "initialisation":
-        killed_at = load_checkpoint(out / "checkpoint.pt")["iteration"]
+        killed_at = load_checkpoint(out / "checkpoint.pt", CHECKPOINT_FORMAT)["iteration"]
         assert 1 <= killed_at < len(iterations_without_time(reference))
     # A kill before the first checkpoint leaves nothing to resume (resume=true starts afresh);
     # after one, the folder is refused without resume=true, and with it the run ends as if it
@@ -146,12 +147,12 @@ def test_checkpoint_with_code_is_refused_not_run(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save({"format": 1, "x": _Payload()}, tmp_path / "checkpoint.pt")
     with pytest.raises(InputError, match=r"checkpoint\.pt: not a cryotorch checkpoint"):
-        load_checkpoint(tmp_path / "checkpoint.pt")
+        load_checkpoint(tmp_path / "checkpoint.pt", CHECKPOINT_FORMAT)
     assert not (tmp_path / "pwned").exists()
 
 
 def test_resume_with_other_settings_is_refused(reference: Path):
-    state = load_checkpoint(reference / "checkpoint.pt")
+    state = load_checkpoint(reference / "checkpoint.pt", CHECKPOINT_FORMAT)
     settings = ClassificationSettings(**{**state["settings"], "num_classes": 3})
     with pytest.raises(InputError, match=r"settings: .*num_classes was 2, now 3"):
         check_resumable("checkpoint.pt", state, settings, state["n_particles"], state["box"])
@@ -185,10 +186,45 @@ def test_a_cuda_run_resumes_from_its_checkpoint_file(star: Path, tmp_path: Path)
         whole = classify_particles(batcher, settings)
         with pytest.raises(Stopped):
             classify_particles(batcher, settings, checkpoint=save_then_stop)
-        state = load_checkpoint(tmp_path / "checkpoint.pt")
+        state = load_checkpoint(tmp_path / "checkpoint.pt", CHECKPOINT_FORMAT)
         assert state["maps"].device.type == "cpu" and state["iteration"] == saved[-1]
         resumed = classify_particles(batcher, settings, resume=state)
     assert (resumed.posteriors.argmax(1) == whole.posteriors.argmax(1)).mean() > 0.99
     np.testing.assert_allclose(resumed.posteriors, whole.posteriors, atol=1e-3)
     torch.testing.assert_close(resumed.maps.cpu(), whole.maps.cpu(), rtol=1e-3, atol=1e-4)
     assert [h["iteration"] for h in resumed.history] == [h["iteration"] for h in whole.history]
+
+
+def test_a_focused_run_on_a_given_reference_resumes_exactly(star: Path):
+    """With a focus mask and a given reference V̄, the reference's fit to the particles (made
+    once, with the initial noise) is part of the state: a run stopped after its third
+    checkpoint and resumed from it ends bit for bit as the run that was not stopped (the
+    reference used to be fitted again on resuming, with the noise of that iteration)."""
+    settings = ClassificationSettings(
+        num_classes=2, target_resolution=8, initial_resolution=18, resolution_reach_at=3,
+        online_epochs=1, batch_per_class=300, max_iterations=4, progress=False,
+    )  # fmt: skip
+    d = 24
+    z, y, x = torch.meshgrid(*[torch.arange(d) - d // 2] * 3, indexing="ij")
+    focus = ((x**2 + (y + 6) ** 2 + (z - 4) ** 2) < 36).float()
+    reference = 7.0 * blob_volume(d, (4, 0, -2), 2.0).float()  # another greyscale
+    masks = Masks(focus=focus, consensus=reference)
+
+    class Stopped(Exception):
+        pass
+
+    saved: list[dict] = []
+
+    def keep_then_stop(state: dict) -> None:
+        saved.append(state)
+        if len(saved) == 3:
+            raise Stopped
+
+    with ParticleImages(read_particles(star)) as images:
+        batcher = BatchMaker(images, d, torch.device("cpu"))
+        whole = classify_particles(batcher, settings, masks=masks)
+        with pytest.raises(Stopped):
+            classify_particles(batcher, settings, masks=masks, checkpoint=keep_then_stop)
+        resumed = classify_particles(batcher, settings, masks=masks, resume=saved[-1])
+    np.testing.assert_array_equal(resumed.posteriors, whole.posteriors)
+    assert torch.equal(resumed.maps, whole.maps)

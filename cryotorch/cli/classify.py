@@ -25,23 +25,20 @@ from cryotorch.cli.configs import (
     load_config,
     run_reporting_input_errors,
 )
+from cryotorch.cli.outputs import write_outputs
 from cryotorch.engine.batches import BatchMaker
-from cryotorch.engine.checkpoint import (
-    CHECKPOINT_NAME,
-    check_resumable,
-    load_checkpoint,
-    save_checkpoint,
-)
+from cryotorch.engine.classify import classify
 from cryotorch.engine.distributed import ProcessGroup, init_from_environment
 from cryotorch.engine.gradient import GradientSettings
-from cryotorch.engine.loop import ClassificationSettings, Masks, classify
-from cryotorch.engine.outputs import write_outputs
 from cryotorch.engine.posterior import ClassSimilarity, effective_sample_size
 from cryotorch.engine.regularisers import make_regulariser
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
+from cryotorch.engine.settings import ClassificationSettings, Masks
+from cryotorch.engine.state import CHECKPOINT_FORMAT, check_resumable
 from cryotorch.errors import InputError, warn_input
 from cryotorch.evaluation import TRUE_CLASSES, classification_accuracy, read_true_classes
 from cryotorch.io import ParticleImages, read_map, read_particles
+from cryotorch.io.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from cryotorch.io.mrc import PIXEL_SIZE_RTOL, UNSET_PIXEL_SIZES
 from cryotorch.monitor import RunMonitor
 from cryotorch.physics.fourier import cropped_box_for_resolution, fourier_crop_3d
@@ -305,7 +302,7 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
             None,
             f"model.num_classes = {settings.num_classes} is more than its {len(table)} particles",
         )
-    resume_state = None if resume_from is None else load_checkpoint(resume_from)
+    resume_state = None if resume_from is None else load_checkpoint(resume_from, CHECKPOINT_FORMAT)
     # Everything the run reads is checked before anything is written.
     check = not bool(cfg.data.ignore_stack_pixel_size)
     with ParticleImages(table, check_pixel_size=check) as images:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cryotorch.io.mrc import ParticleImages
+from cryotorch.particles import ImageSource
 from cryotorch.physics.forward_model import particle_ctf, particle_shift_px
 from cryotorch.physics.fourier import cropped_rfft_2d
 from cryotorch.physics.shifts import phase_shift_2d
@@ -70,7 +70,7 @@ class BatchMaker:
 
     def __init__(
         self,
-        images: ParticleImages,
+        images: ImageSource,
         d_work: int,
         device: torch.device,
         dtype=torch.float32,

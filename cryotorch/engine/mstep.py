@@ -46,9 +46,13 @@ class SufficientStatistics:
     n_particles: torch.Tensor
 
     @classmethod
-    def zeros(cls, k: int, d: int, pad: int, n_groups: int, device, dtype) -> SufficientStatistics:
+    def zeros(
+        cls, k: int, d: int, pad: int, n_groups: int, device, dtype, with_maps: bool = True
+    ) -> SufficientStatistics:
+        """Zero sums of ``k`` classes; ``with_maps=False``: no voxels (``data (0, 2k)``), for
+        the class weights and noise alone (gradient training makes its maps otherwise)."""
         p = pad * d
-        n_vox = p * p * (p // 2 + 1)
+        n_vox = p * p * (p // 2 + 1) if with_maps else 0
         n_shells = d // 2 + 1
         return cls(
             data=torch.zeros(n_vox, 2 * k, device=device, dtype=dtype),
@@ -114,22 +118,34 @@ class SufficientStatistics:
 def accumulate_statistics(
     stats: SufficientStatistics,
     batch: ParticleBatch,
-    estep: EStepResult,
+    estep: EStepResult | None,
     gamma: torch.Tensor,
     noise: NoiseModel,
     halves: torch.Tensor | None = None,
 ) -> None:
     """Add ``batch`` with posterior weights ``gamma (b, k)`` (after the layers) to ``stats``.
 
-    With ``halves (b,)`` (0 or 1, each particle's half-set), ``stats`` has ``2k`` channels and
-    each particle goes to the K classes of its half (see :meth:`SufficientStatistics.half`).
+    ``estep``: the batch's E-step result, whose residuals go into the noise sums and whose
+    contrast ``scale`` into the map sums; None for a given assignment (no residuals: the noise
+    sums are left as they are). With ``halves (b,)`` (0 or 1, each particle's half-set),
+    ``stats`` has ``2k`` channels and each particle goes to the K classes of its half (see
+    :meth:`SufficientStatistics.half`). Statistics made ``with_maps=False`` get no map sums.
     """
     weights = gamma
     if halves is not None:
         in_second = halves.to(gamma.dtype)[:, None]
         weights = torch.cat([gamma * (1 - in_second), gamma * in_second], dim=1)
-    d = batch.spectra.shape[-2]
+    stats.class_weight += weights.sum(0).double()
+    stats.n_particles += len(batch.rows)
+    if estep is not None:
+        residual = (gamma[:, :, None] * estep.residual_shells).sum(1)  # (b, n_shells)
+        sums, counts = noise.sums_by_group(residual, batch.optics_group)
+        stats.noise_sum += sums
+        stats.noise_count += counts
     n_vox = stats.weight.shape[0]
+    if n_vox == 0:
+        return
+    d = batch.spectra.shape[-2]
     inv_power = (
         noise.pixel_weights(batch.optics_group, d // 2) / noise.multiplicity
     )  # 1/σ², 0 at DC
@@ -138,7 +154,8 @@ def accumulate_statistics(
     # Class k adds γ_ik c X / σ² and γ_ik c² / σ²: one image per particle, scaled per class.
     g = weights.to(batch.ctf.dtype)
     factors = (g, g)
-    if estep.scale is not None:  # per-particle contrast s: s c X in the data, s² c² in the weight
+    if estep is not None and estep.scale is not None:
+        # Per-particle contrast s: s c X in the data, s² c² in the weight.
         scale = estep.scale.to(batch.ctf.dtype)
         if halves is not None:
             scale = torch.cat([scale, scale], dim=1)
@@ -146,12 +163,6 @@ def accumulate_statistics(
     insert_for_reconstruction(
         ctf_x[:, None], batch.geometry, n_vox, ctf2[:, None], (stats.data, stats.weight), factors
     )
-    stats.class_weight += weights.sum(0).double()
-    residual = (gamma[:, :, None] * estep.residual_shells).sum(1)  # (b, n_shells)
-    sums, counts = noise.sums_by_group(residual, batch.optics_group)
-    stats.noise_sum += sums
-    stats.noise_count += counts
-    stats.n_particles += len(batch.rows)
 
 
 def map_power_spectrum(maps: torch.Tensor) -> torch.Tensor:

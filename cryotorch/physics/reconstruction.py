@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cryotorch.io.mrc import ParticleImages
+from cryotorch.particles import ImageSource
 from cryotorch.physics.forward_model import particle_ctf, particle_shift_px
 from cryotorch.physics.fourier import rfft_2d
 from cryotorch.physics.projector import reconstruct_from_sums
@@ -23,7 +23,7 @@ __all__ = ["reconstruct_particles"]
 
 
 def reconstruct_particles(
-    images: ParticleImages,
+    images: ImageSource,
     rows: np.ndarray | None = None,
     pad: int = 2,
     wiener_constant: float = 1e-3,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cryotorch.engine.loop import ClassificationResult
 from cryotorch.engine.posterior import effective_sample_size
+from cryotorch.engine.state import ClassificationResult
 from cryotorch.io import write_map, write_particles
 from cryotorch.io.atomic import atomic_path
 from cryotorch.monitor import RunMonitor

@@ -1,0 +1,185 @@
+"""What stays fixed through a run (:class:`RunContext`): the particles' batches, the settings,
+the masks, the E-step, the posterior layers and the M-step's regulariser; what changes lives
+in :class:`~cryotorch.engine.state.RunState`, which every method here is handed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cryotorch.engine.batches import BatchMaker, ParticleBatch
+from cryotorch.engine.class_health import split_posteriors
+from cryotorch.engine.distributed import ProcessGroup
+from cryotorch.engine.estep import EStep, EStepResult
+from cryotorch.engine.mstep import SufficientStatistics, accumulate_statistics
+from cryotorch.engine.noise import NoiseModel
+from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, tune_similarity
+from cryotorch.engine.regularisers import Regulariser, make_regulariser
+from cryotorch.engine.schedules import ResolutionSchedule, SimilaritySchedule
+from cryotorch.engine.settings import ClassificationSettings, Masks
+from cryotorch.engine.state import RunState
+from cryotorch.physics.masks import solvent_sphere
+
+__all__ = ["Monitor", "RunContext"]
+
+# Called after every iteration with its table row, the class maps (k, d, d, d) and the latest
+# class (argmax) of every particle, -1 where a particle has not been seen yet. A monitor with an
+# ``annotate(entry, assignment)`` method may first add columns to the row (RunMonitor: the
+# accuracy against known classes), which the history and the checkpoints then keep.
+Monitor = Callable[[dict, torch.Tensor, np.ndarray], None]
+
+
+class RunContext:
+    """The fixed parts of one run of ``settings`` on the particles of ``batcher``."""
+
+    def __init__(
+        self,
+        batcher: BatchMaker,
+        settings: ClassificationSettings,
+        masks: Masks,
+        regulariser: Regulariser | None = None,
+        monitor: Monitor | None = None,
+    ):
+        self.batcher = batcher
+        self.settings = settings
+        self.monitor = monitor
+        self.d = batcher.d
+        self.pixel_size = float(batcher.pixel_size[0])
+        self.n = len(batcher.table)
+        self.k = settings.num_classes
+        self.n_groups = len(batcher.table.optics)
+        self.device = batcher.device
+        self.dtype = batcher.dtype
+        self.group = ProcessGroup(self.device)
+        self.estep = EStep(optimal_scale=settings.contrast == "optimal")
+        self.similarity = ClassSimilarity(settings.similarity_form)
+        self.hard_layer = StraightThroughHard()
+        self.resolution = ResolutionSchedule(
+            settings.initial_resolution, settings.target_resolution, settings.resolution_reach_at
+        )
+        if masks.solvent is None:
+            diameter = settings.particle_diameter or 0.9 * self.d * self.pixel_size
+            sphere = solvent_sphere(self.d, self.pixel_size, diameter, settings.solvent_edge)
+            self.mask = sphere.to(device=self.device, dtype=self.dtype)
+        else:
+            self.mask = masks.solvent.to(device=self.device, dtype=self.dtype)
+        self.focus = None if masks.focus is None else masks.focus.to(self.device, self.dtype)
+        self.reference = masks.consensus  # a given V̄ for the focus mask (any greyscale)
+        self.regulariser = regulariser or make_regulariser(
+            settings.regulariser, settings.tau2_fudge
+        )
+        self.halves = None  # (n,) 0/1 half-set of each particle, when the regulariser uses them
+        if self.regulariser.half_sets:
+            subset = batcher.table.random_subset
+            if not np.isin(subset, (1, 2)).all():  # none in the file: a seeded split
+                subset = np.random.default_rng([settings.seed, 2]).integers(1, 3, self.n)
+            self.halves = torch.as_tensor(subset - 1, device=self.device)
+        # Said in the next row of the table, not kept in the state:
+        self.notes: list[str] = []
+        self.regulariser_columns: dict[str, float] = {}  # the last M-step's own columns
+        self.clock = time.perf_counter()  # end of the last iteration
+
+    def batches(self, rows: np.ndarray, label: str | None = None) -> Iterator[ParticleBatch]:
+        """Batches of this rank's share of ``rows`` (all of them in a single process); with a
+        ``label``, under a progress bar (if progress is on). Callers sum what they add up over
+        the ranks (``self.group.sum_``)."""
+        rows = self.group.shard(rows)
+        size = self.settings.batch_size
+        show = self.settings.progress and label and self.group.is_main
+        bar = tqdm(
+            total=len(rows),
+            desc=label,
+            unit="particle",
+            leave=False,
+            disable=None if show else True,  # None: off when not a terminal
+        )
+        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+        if not self.settings.prefetch or len(chunks) < 2:
+            with bar:
+                for chunk in chunks:
+                    yield self.batcher(chunk)
+                    bar.update(len(chunk))
+            return
+        # Reading and Fourier-cropping batch i + 1 (a thread) overlaps the work on batch i.
+        with bar, ThreadPoolExecutor(max_workers=1) as pool:
+            coming = pool.submit(self.batcher.load, chunks[0])
+            for i, chunk in enumerate(chunks):
+                batch = coming.result()
+                if i + 1 < len(chunks):
+                    coming = pool.submit(self.batcher.load, chunks[i + 1])
+                yield self.batcher.add_geometry(batch)
+                bar.update(len(chunk))
+
+    # -- the posterior layers --------------------------------------------------------------
+    def similarity_schedule(self, state: RunState) -> SimilaritySchedule:
+        """β's schedule, starting from the auto-tuned β if there is one."""
+        schedule = self.settings.similarity
+        return schedule if state.tuned_beta is None else replace(schedule, start=state.tuned_beta)
+
+    def beta_and_hard(self, state: RunState) -> tuple[float, bool]:
+        """This iteration's class similarity β and whether force-hard is on."""
+        beta = self.similarity_schedule(state).beta(state.iteration)
+        return beta, self.settings.hard.is_hard(state.iteration, beta)
+
+    def layers(self, scores: torch.Tensor, rows: np.ndarray, state: RunState) -> torch.Tensor:
+        """``(b, k)`` class weights from log-scores ``ℓ + log π`` ``(b, k)``: class similarity,
+        force hard, then the re-seeding splits of this iteration. The first batch of an
+        auto-tuned run sets ``state.tuned_beta`` (rank 0's)."""
+        if self.settings.similarity.auto_tune and state.tuned_beta is None:
+            target = self.settings.similarity.target_ess_fraction
+            tuned = tune_similarity(scores.detach(), self.similarity, target)
+            state.tuned_beta = self.group.broadcast_float(tuned)
+            self.notes.append(f"class similarity tuned: β0 = {state.tuned_beta:.3f}")
+        beta, hard = self.beta_and_hard(state)
+        gamma = self.similarity(scores, beta)
+        if hard:
+            gamma = self.hard_layer(gamma)
+        return split_posteriors(gamma, rows, state.splits, self.settings.seed + state.iteration)
+
+    # -- the M-step ------------------------------------------------------------------------
+    def zeros(self, with_maps: bool = True) -> SufficientStatistics:
+        """Empty statistics of the K classes (per half-set if the regulariser wants them)."""
+        channels = 2 * self.k if self.regulariser.half_sets else self.k
+        return SufficientStatistics.zeros(
+            channels, self.d, self.settings.pad, self.n_groups, self.device, self.dtype, with_maps
+        )
+
+    def accumulate(
+        self,
+        stats: SufficientStatistics,
+        batch: ParticleBatch,
+        result: EStepResult | None,
+        gamma: torch.Tensor,
+        noise: NoiseModel,
+    ) -> None:
+        """:func:`accumulate_statistics`, per half-set if the regulariser needs them."""
+        halves = None if self.halves is None else self.halves[batch.rows]
+        accumulate_statistics(stats, batch, result, gamma, noise, halves)
+
+    def m_step(
+        self, stats: SufficientStatistics, noise: NoiseModel
+    ) -> tuple[torch.Tensor, torch.Tensor, NoiseModel]:
+        """New maps ``(k, d, d, d)`` (through the regulariser), class priors ``(k,)`` and noise
+        from ``stats`` (the noise unchanged where ``stats`` hold no residuals)."""
+        new_maps, self.regulariser_columns = self.regulariser(
+            stats, self.k, self.d, self.settings.pad, self.mask, self.pixel_size
+        )
+        class_weight = stats.merged_halves(self.k).class_weight
+        prior = (class_weight / class_weight.sum().clamp_min(1e-300)).to(self.dtype)
+        if stats.noise_count.sum() > 0:
+            noise = NoiseModel.from_power_sums(stats.noise_sum, stats.noise_count, self.dtype)
+        return new_maps, prior, noise
+
+    def estep_maps(self, state: RunState, maps: torch.Tensor | None = None) -> torch.Tensor:
+        """What the E-step compares the particles with: the maps (``state.maps`` unless
+        ``maps`` is given), or with a focus mask F, ``S · (F · V_k + (1 - F) · V̄)``."""
+        maps = state.maps if maps is None else maps
+        if self.focus is None:
+            return maps
+        return self.mask * (self.focus * maps + (1 - self.focus) * state.consensus)
