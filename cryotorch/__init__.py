@@ -1,18 +1,19 @@
 """cryotorch: 3D classification of cryo-EM particles in PyTorch.
 
-The pieces of an EM iteration, importable from here (see the README's "research API"):
+The pieces of an EM iteration, importable from here (see the guide "Research API"):
 particles (:func:`read_particles`, :class:`ParticleImages`) -> batches of Fourier-cropped images
 (:class:`BatchMaker`) -> log-likelihoods ``(b, K)`` (:class:`EStep` against
 :func:`prepare_volumes` of the maps) -> posterior layers (:class:`ClassSimilarity`,
 :class:`StraightThroughHard`) -> sufficient statistics (:func:`accumulate_statistics`) -> maps
-(:func:`update_maps` or a :class:`Regulariser`). :func:`classify` runs the whole loop.
+(:class:`MStep`, its :class:`Regulariser` a submodule; or :func:`update_maps`).
+:func:`classify` runs the whole loop.
 """
 
 from cryotorch.engine.batches import BatchMaker, ParticleBatch
 from cryotorch.engine.classify import classify
 from cryotorch.engine.estep import EStep, EStepResult, log_posterior
 from cryotorch.engine.gradient import ClassMaps, GradientSettings, free_energy
-from cryotorch.engine.mstep import SufficientStatistics, accumulate_statistics, update_maps
+from cryotorch.engine.mstep import MStep, SufficientStatistics, accumulate_statistics, update_maps
 from cryotorch.engine.noise import NoiseModel
 from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, effective_sample_size
 from cryotorch.engine.regularisers import Regulariser, make_regulariser
@@ -35,6 +36,7 @@ __all__ = [
     "EStep",
     "EStepResult",
     "GradientSettings",
+    "MStep",
     "Masks",
     "NoiseModel",
     "ParticleBatch",

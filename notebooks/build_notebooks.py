@@ -206,8 +206,9 @@ def custom_and_gradients() -> list:
             "class LowpassPrior(ct.Regulariser):\n"
             '    """T·τ² maps (EM), low-passed; as a penalty: the power beyond the cut-off."""\n'
             "    def __init__(self, resolution, pixel_size):\n"
+            "        super().__init__()  # a Regulariser is a torch.nn.Module\n"
             "        self.resolution, self.pixel_size = resolution, pixel_size\n"
-            "    def __call__(self, stats, k, d, pad, mask, pixel_size):\n"
+            "    def forward(self, stats, k, d, pad, mask, pixel_size):\n"
             "        maps = ct.update_maps(stats, d, pad, 4.0, mask)\n"
             "        return lowpass_3d(maps, self.resolution, pixel_size) * mask, {}\n"
             "    def penalty(self, maps):\n"

@@ -17,7 +17,7 @@ from cryotorch.engine.batches import BatchMaker, ParticleBatch
 from cryotorch.engine.class_health import split_posteriors
 from cryotorch.engine.distributed import ProcessGroup
 from cryotorch.engine.estep import EStep, EStepResult
-from cryotorch.engine.mstep import SufficientStatistics, accumulate_statistics
+from cryotorch.engine.mstep import MStep, SufficientStatistics, accumulate_statistics
 from cryotorch.engine.noise import NoiseModel
 from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, tune_similarity
 from cryotorch.engine.regularisers import Regulariser, make_regulariser
@@ -74,6 +74,7 @@ class RunContext:
         self.regulariser = regulariser or make_regulariser(
             settings.regulariser, settings.tau2_fudge
         )
+        self.mstep = MStep(self.regulariser, self.mask, self.k, settings.pad, self.pixel_size)
         self.halves = None  # (n,) 0/1 half-set of each particle, when the regulariser uses them
         if self.regulariser.half_sets:
             subset = batcher.table.random_subset
@@ -165,16 +166,10 @@ class RunContext:
     def m_step(
         self, stats: SufficientStatistics, noise: NoiseModel
     ) -> tuple[torch.Tensor, torch.Tensor, NoiseModel]:
-        """New maps ``(k, d, d, d)`` (through the regulariser), class priors ``(k,)`` and noise
-        from ``stats`` (the noise unchanged where ``stats`` hold no residuals)."""
-        new_maps, self.regulariser_columns = self.regulariser(
-            stats, self.k, self.d, self.settings.pad, self.mask, self.pixel_size
-        )
-        class_weight = stats.merged_halves(self.k).class_weight
-        prior = (class_weight / class_weight.sum().clamp_min(1e-300)).to(self.dtype)
-        if stats.noise_count.sum() > 0:
-            noise = NoiseModel.from_power_sums(stats.noise_sum, stats.noise_count, self.dtype)
-        return new_maps, prior, noise
+        """New maps ``(k, d, d, d)``, class priors ``(k,)`` and noise from ``stats``: the
+        :class:`MStep`, whose table columns this iteration's row reports."""
+        maps, prior, noise, self.regulariser_columns = self.mstep(stats, noise)
+        return maps, prior, noise
 
     def estep_maps(self, state: RunState, maps: torch.Tensor | None = None) -> torch.Tensor:
         """What the E-step compares the particles with: the maps (``state.maps`` unless

@@ -12,15 +12,19 @@ RELION does). Then the gridding correction and the solvent mask. Class priors
 π_k = mean_i γ_ik; noise power per shell and optics group = posterior-weighted
 mean of ``|X - c A|²``.
 
-The statistics are plain tensors that add up: batches, online-EM mixing and (later) processes
+The statistics are plain tensors that add up: batches, online-EM mixing and processes
 through ``torch.distributed.all_reduce`` all work on :class:`SufficientStatistics` alone.
+:class:`MStep` is the M-step as a module: statistics in, maps (through its regulariser, a
+submodule), class priors and noise out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+from torch import nn
 
 from cryotorch.engine.batches import ParticleBatch
 from cryotorch.engine.estep import EStepResult
@@ -30,7 +34,17 @@ from cryotorch.physics.projector import reconstruct_from_sums
 from cryotorch.physics.shells import mean_per_shell_3d
 from cryotorch.physics.slices import insert_for_reconstruction
 
-__all__ = ["SufficientStatistics", "accumulate_statistics", "map_power_spectrum", "update_maps"]
+if TYPE_CHECKING:  # regularisers.py builds on this module's update_maps
+    from cryotorch.engine.regularisers import Regulariser
+
+__all__ = [
+    "MStep",
+    "MStepResult",
+    "SufficientStatistics",
+    "accumulate_statistics",
+    "map_power_spectrum",
+    "update_maps",
+]
 
 
 @dataclass
@@ -200,3 +214,53 @@ def update_maps(
     regularisation = inv_tau2[:, shells]  # (k, p, p, p//2+1)
     maps = reconstruct_from_sums(stats.data, stats.weight, d, pad, regularisation=regularisation)
     return maps * solvent_mask if solvent_mask is not None else maps
+
+
+class MStepResult(NamedTuple):
+    """``maps (k, d, d, d)``, class ``prior (k,)``, ``noise``, and the regulariser's table
+    ``columns`` (e.g. each class's FSC resolution)."""
+
+    maps: torch.Tensor
+    prior: torch.Tensor
+    noise: NoiseModel
+    columns: dict[str, float]
+
+
+class MStep(nn.Module):
+    """The M-step: :class:`SufficientStatistics` -> class maps, class priors and noise.
+
+    The maps come from ``regulariser`` (a submodule, e.g.
+    :class:`~cryotorch.engine.regularisers.TauSquaredPrior`) with the ``solvent_mask``
+    ``(d, d, d)`` (a buffer), so ``.to(device)`` and ``state_dict()`` cover both. The priors
+    are the statistics' class weights normalised, ``π_k = Σ_i γ_ik / Σ_ik γ_ik``; the noise the
+    posterior-weighted residual power per shell and optics group, or ``noise`` unchanged where
+    the statistics hold no residuals (a given assignment). The module holds nothing of a run:
+    online EM's running sums are part of the run's state
+    (:class:`~cryotorch.engine.state.RunState`), which a checkpoint holds whole.
+    """
+
+    def __init__(
+        self,
+        regulariser: Regulariser,
+        solvent_mask: torch.Tensor,
+        num_classes: int,
+        pad: int,
+        pixel_size: float,
+    ) -> None:
+        super().__init__()
+        self.regulariser = regulariser
+        self.register_buffer("solvent_mask", solvent_mask)
+        self.num_classes = num_classes
+        self.pad = pad
+        self.pixel_size = pixel_size
+
+    def forward(self, stats: SufficientStatistics, noise: NoiseModel) -> MStepResult:
+        """Maps, priors, noise and table columns from ``stats`` (K or 2K channels, see
+        :attr:`Regulariser.half_sets`); ``noise`` is the one the statistics were made with."""
+        k, d = self.num_classes, self.solvent_mask.shape[-1]
+        maps, columns = self.regulariser(stats, k, d, self.pad, self.solvent_mask, self.pixel_size)
+        class_weight = stats.merged_halves(k).class_weight
+        prior = (class_weight / class_weight.sum().clamp_min(1e-300)).to(maps.dtype)
+        if stats.noise_count.sum() > 0:
+            noise = NoiseModel.from_power_sums(stats.noise_sum, stats.noise_count, maps.dtype)
+        return MStepResult(maps, prior, noise, columns)

@@ -18,15 +18,18 @@ Three implementations:
   of each voxel's ``window³`` neighbourhood and ν² the mean of v (as ``scipy.signal.wiener``):
   flat, noisy regions are smoothed, edges with a local variance above the noise kept.
 
-A new regulariser subclasses :class:`Regulariser` and sets ``half_sets`` if it needs the
-statistics kept per half-set.
+A new regulariser subclasses :class:`Regulariser` (a ``torch.nn.Module``: call
+``super().__init__()`` first; parameters and buffers of its own then move and save with the
+M-step, :class:`~cryotorch.engine.mstep.MStep`), implements ``forward`` and sets ``half_sets``
+if it needs the statistics kept per half-set.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 
 import torch
+from torch import nn
 
 from cryotorch.engine.mstep import SufficientStatistics, update_maps
 from cryotorch.physics.fourier import irfft_3d, rfft_3d
@@ -45,13 +48,13 @@ __all__ = [
 ]
 
 
-class Regulariser(ABC):
+class Regulariser(nn.Module):
     """Statistics -> class maps ``(k, d, d, d)``, solvent-masked, and table columns."""
 
     half_sets: bool = False  # True: the statistics come with 2k channels (see mstep.half)
 
     @abstractmethod
-    def __call__(
+    def forward(
         self,
         stats: SufficientStatistics,
         k: int,
@@ -74,9 +77,10 @@ class TauSquaredPrior(Regulariser):
     """RELION's prior ``1 / (pad³ T τ²)``; ``tau2_fudge`` is T."""
 
     def __init__(self, tau2_fudge: float = 4.0) -> None:
+        super().__init__()
         self.tau2_fudge = tau2_fudge
 
-    def __call__(self, stats, k, d, pad, mask, pixel_size):
+    def forward(self, stats, k, d, pad, mask, pixel_size):
         return update_maps(stats.merged_halves(k), d, pad, self.tau2_fudge, mask), {}
 
     def penalty(self, maps: torch.Tensor) -> torch.Tensor:
@@ -103,7 +107,7 @@ class HalfSetFSCFilter(Regulariser):
 
     half_sets = True
 
-    def __call__(self, stats, k, d, pad, mask, pixel_size):
+    def forward(self, stats, k, d, pad, mask, pixel_size):
         halves = []
         for h in (0, 1):
             half = stats.half(h, k)
@@ -144,8 +148,8 @@ class LocalWienerDenoiser(TauSquaredPrior):
         super().__init__(tau2_fudge)
         self.window = window
 
-    def __call__(self, stats, k, d, pad, mask, pixel_size):
-        maps, columns = super().__call__(stats, k, d, pad, mask, pixel_size)
+    def forward(self, stats, k, d, pad, mask, pixel_size):
+        maps, columns = super().forward(stats, k, d, pad, mask, pixel_size)
         return self.filter_maps(maps, mask), columns
 
     def filter_maps(self, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
