@@ -1,31 +1,34 @@
-"""MRC maps and particle stacks (``.mrc``/``.mrcs``) through ``mrcfile``.
+"""MRC maps and whole image stacks (``.mrc``/``.mrcs``) through ``mrcfile``: read and written
+whole.
 
-Maps are read whole. Particle images are read lazily: :class:`ParticleImages` memory-maps each
-stack file (a few at a time), reads any list of particles grouped per stack file with one
-vectorised gather each, and never loads a whole stack, so stacks larger than memory work.
-After each batch it tells the kernel it no longer needs the mapped pages (``MADV_DONTNEED``),
-so the resident memory stays that of one batch, however much of a stack has been read.
+Particle images are read lazily by :class:`ParticleImages`
+(:mod:`~cryotorch.io.particle_images`, re-exported here, as are :func:`with_image_sizes`,
+:data:`PIXEL_SIZE_RTOL` and :data:`UNSET_PIXEL_SIZES`), one memory-mapped stack at a time
+(:class:`StackMap`).
 """
 
 from __future__ import annotations
 
-import mmap
 import os
-import warnings
-from collections import OrderedDict
-from dataclasses import replace
 from pathlib import Path
 
 import mrcfile
-import mrcfile.utils
 import numpy as np
-import pandas as pd
 
-from cryotorch.errors import InputError, warn_input
+from cryotorch.errors import InputError
 from cryotorch.io.atomic import atomic_path
-from cryotorch.particles import ParticleTable
+from cryotorch.io.mrc_header import check_mode, open_mrc
+from cryotorch.io.particle_images import (
+    PIXEL_SIZE_RTOL,
+    UNSET_PIXEL_SIZES,
+    ParticleImages,
+    with_image_sizes,
+)
+from cryotorch.io.stack_map import StackMap
 
 __all__ = [
+    "PIXEL_SIZE_RTOL",
+    "UNSET_PIXEL_SIZES",
     "ParticleImages",
     "StackMap",
     "label_header",
@@ -35,91 +38,12 @@ __all__ = [
     "write_stack",
 ]
 
-# MRC modes cryotorch reads: int8, int16, float32, uint16, float16.
-SUPPORTED_MODES = {0, 1, 2, 6, 12}
-PIXEL_SIZE_RTOL = 0.01
-# What mrcfile's strict mode refuses in files that RELION and cryoDRGN read (older writers).
-LENIENT_PROBLEMS = ("map id string not found", "machine stamp")  # lower case
-# Largest pixel magnitude read: raw counts and normalised images lie far below; squares of
-# values past it overflow float32 in the likelihood.
-MAX_PIXEL_VALUE = 1e10
-# Header pixel sizes that mean "not set": 0, and 1.0 (many writers' default).
-UNSET_PIXEL_SIZES = (0.0, 1.0)
-
-
-def _check_mode(path: Path, mode: int, mrc: mrcfile.mrcfile.MrcFile | None = None) -> None:
-    """An InputError (closing ``mrc`` first) unless ``mode`` is one cryotorch reads."""
-    if mode not in SUPPORTED_MODES:
-        if mrc is not None:
-            mrc.close()
-        raise InputError(
-            path,
-            "header.mode",
-            f"MRC mode {mode} is not supported (expected one of 0, 1, 2, 6, 12)",
-        )
-
-
-def _open(path: Path, header_only: bool = False) -> mrcfile.mrcfile.MrcFile:
-    """Open an MRC file for reading (the caller closes it).
-
-    Files without the ``MAP `` id string or with a zero (or unknown) machine stamp, as older
-    writers (cryoDRGN before 1.0, some EMAN and IMOD versions) make them, are read as RELION
-    and cryoDRGN read them: through mrcfile's permissive mode, little-endian unless the mode
-    only makes sense in the other byte order, with one warning. Anything else that mrcfile's
-    strict mode refuses (a short file, a bad mode, bad dimensions) is an InputError.
-    """
-    if not path.is_file():
-        raise InputError(path, None, "file does not exist")
-    try:
-        mrc = mrcfile.open(path, mode="r", header_only=header_only, permissive=False)
-    except ValueError as exc:
-        if "mode" in str(exc).lower():
-            raise InputError(path, "header.mode", f"unsupported MRC mode ({exc})") from exc
-        if not any(k in str(exc).lower() for k in LENIENT_PROBLEMS):
-            raise InputError(path, None, f"not a readable MRC file ({exc})") from exc
-    else:
-        _check_mode(path, int(mrc.header.mode), mrc)
-        return mrc
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            mrc = mrcfile.open(path, mode="r", header_only=header_only, permissive=True)
-        except (ValueError, OSError) as exc:
-            raise InputError(path, None, f"not a readable MRC file ({exc})") from exc
-    problems = [str(w.message) for w in caught]
-    serious = [m for m in problems if not any(k in m.lower() for k in LENIENT_PROBLEMS)]
-    h = mrc.header
-    if serious or min(int(h.nx), int(h.ny), int(h.nz)) < 1:
-        mrc.close()
-        why = "; ".join(serious) or f"dimensions {int(h.nx)} x {int(h.ny)} x {int(h.nz)}"
-        raise InputError(path, None, f"not a readable MRC file ({why})")
-    _check_mode(path, int(h.mode), mrc)
-    size = 1024 + int(h.nsymbt) + int(h.nx) * int(h.ny) * int(h.nz) * _itemsize(int(h.mode))
-    if path.stat().st_size < size:
-        mrc.close()
-        raise InputError(path, "data", "file is shorter than its header says")
-    said = "no 'MAP ' id string" if any("Map ID" in m for m in problems) else ""
-    if any("machine stamp" in m.lower() for m in problems):
-        said += (" and " if said else "") + f"machine stamp {bytes(h.machst)!r}"
-    order = "big" if h.mode.dtype.byteorder == ">" else "little"
-    warn_input(
-        path,
-        "header",
-        f"{said} (an older MRC writer); read as {order}-endian MRC, as RELION and cryoDRGN do",
-    )
-    return mrc
-
-
-def _itemsize(mode: int) -> int:
-    """Bytes per pixel of MRC ``mode`` (one of :data:`SUPPORTED_MODES`)."""
-    return {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}[mode]
-
 
 def read_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
     """Read a 3D map: ``(volume (d, d, d) float32 indexed [z, y, x], voxel size in Å)``."""
     path = Path(path)
-    with _open(path) as mrc:
-        _check_mode(path, int(mrc.header.mode))
+    with open_mrc(path) as mrc:
+        check_mode(path, int(mrc.header.mode))
         data = np.array(mrc.data, dtype=np.float32)  # a writable copy
         voxel = float(mrc.voxel_size.x)
     if data.ndim != 3:
@@ -152,275 +76,3 @@ def write_stack(path: str | os.PathLike[str], images: np.ndarray, pixel_size: fl
             mrc.set_image_stack()
             mrc.voxel_size = pixel_size
             label_header(mrc)
-
-
-class StackMap:
-    """A read-only memory map of one MRC stack's data, ``(n_images, ny, nx)``.
-
-    mrcfile reads the header (mode, shape, byte order, extended-header size); the data are
-    mapped with ``mmap`` directly so that :meth:`release` can drop the touched pages from this
-    process's resident set (they stay in the page cache).
-    """
-
-    def __init__(self, path: Path) -> None:
-        with _open(path, header_only=True) as mrc:
-            dtype = mrcfile.utils.data_dtype_from_header(mrc.header)
-            shape = mrcfile.utils.data_shape_from_header(mrc.header)
-            offset = 1024 + int(mrc.header.nsymbt)
-        shape = shape if len(shape) == 3 else (1, *shape[-2:])
-        with open(path, "rb") as f:  # the map keeps its own handle
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        count = int(np.prod(shape))
-        if offset + count * dtype.itemsize > len(self._map):
-            self.close()
-            raise InputError(
-                path, "data", f"file is shorter than its header says ({shape} {dtype})"
-            )
-        self.data = np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
-
-    def release(self) -> None:
-        """Drop this mapping's pages from the resident set (no effect on the data)."""
-        if hasattr(mmap, "MADV_DONTNEED"):
-            self._map.madvise(mmap.MADV_DONTNEED)
-
-    def close(self) -> None:
-        self.data = None
-        self._map.close()
-
-
-def _table_file(table: ParticleTable) -> str:
-    """The particle file a table came from, for messages."""
-    return str(table.source.path) if table.source is not None else "particle table"
-
-
-def _image_fields(table: ParticleTable) -> tuple[str, str]:
-    """The file's own names for a particle's stack and its index in the stack."""
-    if table.source is not None and table.source.format == "cs":
-        return "blob/path", "blob/idx"
-    return "rlnImageName", "rlnImageName"
-
-
-def _image_number(table: ParticleTable, row: int) -> str:
-    """Row ``row``'s image as the file numbers it: 0-based ``blob/idx``, 1-based in STAR."""
-    if table.source is not None and table.source.format == "cs":
-        return f"blob/idx {table.image_index[row]}"
-    return f"image {table.image_index[row] + 1}"
-
-
-def with_image_sizes(table: ParticleTable, box: int | None = None) -> ParticleTable:
-    """``table`` with every optics group's box (``image_size`` 0: not given by the file) set:
-    to ``box`` when given (the stacks' common size), else from the header of the group's
-    first stack. A stack that must be opened and does not exist is an InputError."""
-    sizes = table.optics.image_size.copy()
-    missing = np.flatnonzero(sizes == 0)
-    if missing.size == 0:
-        return table
-    for group in missing:
-        rows = np.flatnonzero(table.optics_group == group)
-        if rows.size == 0:
-            continue
-        if box is None:
-            stack = Path(table.image_path[rows[0]])
-            if not stack.is_file():
-                raise InputError(
-                    _table_file(table),
-                    _image_fields(table)[0],
-                    f"row {rows[0] + 1}: stack file {stack} does not exist, and the file gives "
-                    f"no box size for optics group {table.optics.number[group]}",
-                )
-            with _open(stack, header_only=True) as mrc:
-                sizes[group] = int(mrc.header.nx)
-        else:
-            sizes[group] = box
-    return replace(table, optics=replace(table.optics, image_size=sizes))
-
-
-class ParticleImages:
-    """Lazy reader of a table's particle images.
-
-    Opening checks every stack header once: the file exists, the MRC mode is supported, every
-    index is inside the stack, the image size matches the optics group, and the header's pixel
-    size agrees with the table's within 1 %. Reading checks each batch for NaN/Inf.
-
-    A header pixel size of 0 or 1.0 Å is taken as "not set" (1.0 is many writers' default; RELION
-    ignores the header pixel size of particle stacks altogether): the table's is used, with a
-    warning when the header said 1.0. ``check_pixel_size=False`` trusts the table's pixel size
-    whatever the headers say.
-
-    :attr:`table` is the table given, with the box of every optics group that did not give one
-    (RELION 3.0, 3.1 without ``rlnImageSize``) taken from its stacks' headers.
-
-    Parameters
-    ----------
-    table
-        The particles; ``table.source.path`` is named in errors about the table.
-    max_open
-        How many stack files to keep memory-mapped at once (least recently used are closed).
-    check_pixel_size
-        Refuse stacks whose header pixel size disagrees with the table's.
-    """
-
-    def __init__(self, table: ParticleTable, max_open: int = 64, check_pixel_size: bool = True):
-        self.table = table
-        self.max_open = max_open
-        codes, uniques = pd.factorize(pd.Series(table.image_path, dtype=str))
-        self._codes = codes.astype(np.int64)
-        self._stacks = [Path(u) for u in uniques]
-        self._open_maps: OrderedDict[int, StackMap] = OrderedDict()
-        self.image_shape = self._check_headers(check_pixel_size)
-        self.table = with_image_sizes(table, self.image_shape[-1])
-
-    @property
-    def _table_file(self) -> str:
-        return _table_file(self.table)
-
-    def _check_headers(self, check_pixel_size: bool) -> tuple[int, int]:
-        path_field, index_field = _image_fields(self.table)
-        max_index = np.zeros(len(self._stacks), dtype=np.int64)
-        np.maximum.at(max_index, self._codes, self.table.image_index)
-        first_row = np.full(len(self._stacks), len(self.table), dtype=np.int64)
-        np.minimum.at(first_row, self._codes, np.arange(len(self.table)))
-        shapes = set()
-        unset = []  # stacks whose header pixel size 1.0 was taken as "not set"
-        for code, stack in enumerate(self._stacks):
-            row = int(first_row[code])
-            if not stack.is_file():
-                raise InputError(
-                    self._table_file,
-                    path_field,
-                    f"row {row + 1}: stack file {stack} does not exist (for stack paths "
-                    "relative to another folder, give it: cryotorch-convert --data-dir, "
-                    "cryotorch-classify data.data_dir)",
-                )
-            with _open(stack, header_only=True) as mrc:
-                h = mrc.header
-                n_images, ny, nx = int(h.nz), int(h.ny), int(h.nx)
-                header_psize = float(mrc.voxel_size.x)
-            if max_index[code] >= n_images:
-                bad = np.flatnonzero((self._codes == code) & (self.table.image_index >= n_images))[
-                    0
-                ]
-                raise InputError(
-                    self._table_file,
-                    index_field,
-                    f"row {bad + 1}: {_image_number(self.table, bad)} is past the end of "
-                    f"{stack}, which holds {n_images} images",
-                )
-            group = self.table.optics_group[row]
-            expected_size = int(self.table.optics.image_size[group])
-            if expected_size and (nx != expected_size or ny != expected_size):
-                raise InputError(
-                    stack,
-                    "header.nx/ny",
-                    f"images are {nx}x{ny}, the table's optics group says {expected_size}",
-                )
-            psize = float(self.table.optics.pixel_size_angstrom[group])
-            agrees = abs(header_psize - psize) <= PIXEL_SIZE_RTOL * psize
-            if check_pixel_size and not agrees and header_psize in UNSET_PIXEL_SIZES:
-                if header_psize:
-                    unset.append(stack)
-            elif check_pixel_size and not agrees:
-                raise InputError(
-                    stack,
-                    "header.voxel_size",
-                    f"pixel size {header_psize:.4f} Å disagrees with {psize:.4f} Å in "
-                    f"{self._table_file} (check the files; to use the particle file's pixel "
-                    "size, as RELION does: cryotorch-convert --ignore-stack-pixel-size, "
-                    "cryotorch-classify data.ignore_stack_pixel_size=true)",
-                )
-            shapes.add((ny, nx))
-        if unset:
-            more = f" and {len(unset) - 1} other stack(s)" if len(unset) > 1 else ""
-            warn_input(
-                unset[0],
-                "header.voxel_size",
-                f"pixel size 1.0 Å{more}, the usual value for 'not set'; using "
-                f"{self._table_file}'s pixel size",
-            )
-        if len(shapes) != 1:
-            raise InputError(
-                self._table_file, path_field, f"stacks have different image sizes {shapes}"
-            )
-        shape = shapes.pop()
-        self._check_origins(shape[-1])
-        return shape
-
-    def _check_origins(self, box: int) -> None:
-        """Refuse an origin (shift) longer than the box: its particle would lie outside."""
-        extent = box * self.table.pixel_size_angstrom
-        bad = np.flatnonzero((np.abs(self.table.origin_angstrom) > extent[:, None]).any(axis=1))
-        if bad.size:
-            row = int(bad[0])
-            fmt = self.table.source.format if self.table.source is not None else ""
-            field = {"cs": "alignments3D/shift", "star3.0": "rlnOriginX/Y"}.get(
-                fmt, "rlnOriginXAngst/YAngst"
-            )
-            raise InputError(
-                self._table_file,
-                field,
-                f"row {row + 1}: origin {self.table.origin_angstrom[row].round(2).tolist()} Å "
-                f"lies outside the {box}-pixel box ({extent[row]:g} Å): expected a shift "
-                "within the box",
-            )
-
-    def _data(self, code: int) -> np.ndarray:
-        """The memory-mapped data ``(n_images, ny, nx)`` of stack ``code``."""
-        if code in self._open_maps:
-            self._open_maps.move_to_end(code)
-        else:
-            if len(self._open_maps) >= self.max_open:
-                _, old = self._open_maps.popitem(last=False)
-                old.close()
-            self._open_maps[code] = StackMap(self._stacks[code])
-        return self._open_maps[code].data
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """Images of table ``rows`` (any order, repeats allowed): ``(b, ny, nx)`` float32."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), *self.image_shape), dtype=np.float32)
-        codes = self._codes[rows]
-        order = np.argsort(codes, kind="stable")
-        bounds = np.flatnonzero(np.diff(codes[order])) + 1
-        for group in np.split(order, bounds):
-            if group.size == 0:
-                continue
-            index = self.table.image_index[rows[group]]
-            sort = np.argsort(index, kind="stable")  # ascending reads are kind to the page cache
-            code = int(codes[group[0]])
-            out[group[sort]] = self._data(code)[index[sort]]
-            self._open_maps[code].release()
-        flat = out.reshape(len(rows), -1)
-        finite = np.isfinite(flat).all(axis=1)
-        if not finite.all():
-            bad = int(rows[np.flatnonzero(~finite)[0]])
-            raise InputError(
-                self.table.image_path[bad],
-                _image_number(self.table, bad),
-                f"contains NaN or Inf ({self._table_file} row {bad + 1})",
-            )
-        peak = np.abs(flat).max(axis=1)
-        if (peak > MAX_PIXEL_VALUE).any():
-            i = int(np.flatnonzero(peak > MAX_PIXEL_VALUE)[0])
-            bad = int(rows[i])
-            raise InputError(
-                self.table.image_path[bad],
-                _image_number(self.table, bad),
-                f"holds a pixel value of {peak[i]:.3g}; expected at most {MAX_PIXEL_VALUE:.0e} "
-                f"in magnitude (squares of larger values overflow; {self._table_file} row "
-                f"{bad + 1})",
-            )
-        return out
-
-    def close(self) -> None:
-        """Close every memory-mapped stack."""
-        while self._open_maps:
-            self._open_maps.popitem()[1].close()
-
-    def __enter__(self) -> ParticleImages:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -1,0 +1,87 @@
+"""Opening MRC files and checking their headers: the modes cryotorch reads, and the files of
+older writers (no ``MAP `` id string, no machine stamp) read leniently, as RELION does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import mrcfile
+
+from cryotorch.errors import InputError, warn_input
+
+__all__ = ["LENIENT_PROBLEMS", "SUPPORTED_MODES", "check_mode", "open_mrc"]
+
+# MRC modes cryotorch reads: int8, int16, float32, uint16, float16.
+SUPPORTED_MODES = {0, 1, 2, 6, 12}
+# What mrcfile's strict mode refuses in files that RELION and cryoDRGN read (older writers).
+LENIENT_PROBLEMS = ("map id string not found", "machine stamp")  # lower case
+
+
+def check_mode(path: Path, mode: int, mrc: mrcfile.mrcfile.MrcFile | None = None) -> None:
+    """An InputError (closing ``mrc`` first) unless ``mode`` is one cryotorch reads."""
+    if mode not in SUPPORTED_MODES:
+        if mrc is not None:
+            mrc.close()
+        raise InputError(
+            path,
+            "header.mode",
+            f"MRC mode {mode} is not supported (expected one of 0, 1, 2, 6, 12)",
+        )
+
+
+def open_mrc(path: Path, header_only: bool = False) -> mrcfile.mrcfile.MrcFile:
+    """Open an MRC file for reading (the caller closes it).
+
+    Files without the ``MAP `` id string or with a zero (or unknown) machine stamp, as older
+    writers (cryoDRGN before 1.0, some EMAN and IMOD versions) make them, are read as RELION
+    and cryoDRGN read them: through mrcfile's permissive mode, little-endian unless the mode
+    only makes sense in the other byte order, with one warning. Anything else that mrcfile's
+    strict mode refuses (a short file, a bad mode, bad dimensions) is an InputError.
+    """
+    if not path.is_file():
+        raise InputError(path, None, "file does not exist")
+    try:
+        mrc = mrcfile.open(path, mode="r", header_only=header_only, permissive=False)
+    except ValueError as exc:
+        if "mode" in str(exc).lower():
+            raise InputError(path, "header.mode", f"unsupported MRC mode ({exc})") from exc
+        if not any(k in str(exc).lower() for k in LENIENT_PROBLEMS):
+            raise InputError(path, None, f"not a readable MRC file ({exc})") from exc
+    else:
+        check_mode(path, int(mrc.header.mode), mrc)
+        return mrc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            mrc = mrcfile.open(path, mode="r", header_only=header_only, permissive=True)
+        except (ValueError, OSError) as exc:
+            raise InputError(path, None, f"not a readable MRC file ({exc})") from exc
+    problems = [str(w.message) for w in caught]
+    serious = [m for m in problems if not any(k in m.lower() for k in LENIENT_PROBLEMS)]
+    h = mrc.header
+    if serious or min(int(h.nx), int(h.ny), int(h.nz)) < 1:
+        mrc.close()
+        why = "; ".join(serious) or f"dimensions {int(h.nx)} x {int(h.ny)} x {int(h.nz)}"
+        raise InputError(path, None, f"not a readable MRC file ({why})")
+    check_mode(path, int(h.mode), mrc)
+    size = 1024 + int(h.nsymbt) + int(h.nx) * int(h.ny) * int(h.nz) * _itemsize(int(h.mode))
+    if path.stat().st_size < size:
+        mrc.close()
+        raise InputError(path, "data", "file is shorter than its header says")
+    said = "no 'MAP ' id string" if any("Map ID" in m for m in problems) else ""
+    if any("machine stamp" in m.lower() for m in problems):
+        said += (" and " if said else "") + f"machine stamp {bytes(h.machst)!r}"
+    order = "big" if h.mode.dtype.byteorder == ">" else "little"
+    warn_input(
+        path,
+        "header",
+        f"{said} (an older MRC writer); read as {order}-endian MRC, as RELION and cryoDRGN do",
+    )
+    return mrc
+
+
+def _itemsize(mode: int) -> int:
+    """Bytes per pixel of MRC ``mode`` (one of :data:`SUPPORTED_MODES`)."""
+    return {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}[mode]

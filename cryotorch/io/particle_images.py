@@ -1,0 +1,275 @@
+"""Lazily read particle images of a ParticleTable, with every stack header checked once.
+
+:class:`ParticleImages` memory-maps each stack file (a few at a time, :class:`StackMap`),
+reads any list of particles grouped per stack file with one vectorised gather each, and never
+loads a whole stack, so stacks larger than memory work. After each batch it tells the kernel
+it no longer needs the mapped pages (``MADV_DONTNEED``), so the resident memory stays that of
+one batch, however much of a stack has been read.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryotorch.errors import InputError, warn_input
+from cryotorch.io.mrc_header import open_mrc
+from cryotorch.io.stack_map import StackMap
+from cryotorch.particles import ParticleTable
+
+__all__ = [
+    "MAX_PIXEL_VALUE",
+    "PIXEL_SIZE_RTOL",
+    "UNSET_PIXEL_SIZES",
+    "ParticleImages",
+    "with_image_sizes",
+]
+
+PIXEL_SIZE_RTOL = 0.01
+# Largest pixel magnitude read: raw counts and normalised images lie far below; squares of
+# values past it overflow float32 in the likelihood.
+MAX_PIXEL_VALUE = 1e10
+# Header pixel sizes that mean "not set": 0, and 1.0 (many writers' default).
+UNSET_PIXEL_SIZES = (0.0, 1.0)
+
+
+def _table_file(table: ParticleTable) -> str:
+    """The particle file a table came from, for messages."""
+    return str(table.source.path) if table.source is not None else "particle table"
+
+
+def _image_fields(table: ParticleTable) -> tuple[str, str]:
+    """The file's own names for a particle's stack and its index in the stack."""
+    if table.source is not None and table.source.format == "cs":
+        return "blob/path", "blob/idx"
+    return "rlnImageName", "rlnImageName"
+
+
+def _image_number(table: ParticleTable, row: int) -> str:
+    """Row ``row``'s image as the file numbers it: 0-based ``blob/idx``, 1-based in STAR."""
+    if table.source is not None and table.source.format == "cs":
+        return f"blob/idx {table.image_index[row]}"
+    return f"image {table.image_index[row] + 1}"
+
+
+def with_image_sizes(table: ParticleTable, box: int | None = None) -> ParticleTable:
+    """``table`` with every optics group's box (``image_size`` 0: not given by the file) set:
+    to ``box`` when given (the stacks' common size), else from the header of the group's
+    first stack. A stack that must be opened and does not exist is an InputError."""
+    sizes = table.optics.image_size.copy()
+    missing = np.flatnonzero(sizes == 0)
+    if missing.size == 0:
+        return table
+    for group in missing:
+        rows = np.flatnonzero(table.optics_group == group)
+        if rows.size == 0:
+            continue
+        if box is None:
+            stack = Path(table.image_path[rows[0]])
+            if not stack.is_file():
+                raise InputError(
+                    _table_file(table),
+                    _image_fields(table)[0],
+                    f"row {rows[0] + 1}: stack file {stack} does not exist, and the file gives "
+                    f"no box size for optics group {table.optics.number[group]}",
+                )
+            with open_mrc(stack, header_only=True) as mrc:
+                sizes[group] = int(mrc.header.nx)
+        else:
+            sizes[group] = box
+    return replace(table, optics=replace(table.optics, image_size=sizes))
+
+
+class ParticleImages:
+    """Lazy reader of a table's particle images.
+
+    Opening checks every stack header once: the file exists, the MRC mode is supported, every
+    index is inside the stack, the image size matches the optics group, and the header's pixel
+    size agrees with the table's within 1 %. Reading checks each batch for NaN/Inf.
+
+    A header pixel size of 0 or 1.0 Å is taken as "not set" (1.0 is many writers' default; RELION
+    ignores the header pixel size of particle stacks altogether): the table's is used, with a
+    warning when the header said 1.0. ``check_pixel_size=False`` trusts the table's pixel size
+    whatever the headers say.
+
+    :attr:`table` is the table given, with the box of every optics group that did not give one
+    (RELION 3.0, 3.1 without ``rlnImageSize``) taken from its stacks' headers.
+
+    Parameters
+    ----------
+    table
+        The particles; ``table.source.path`` is named in errors about the table.
+    max_open
+        How many stack files to keep memory-mapped at once (least recently used are closed).
+    check_pixel_size
+        Refuse stacks whose header pixel size disagrees with the table's.
+    """
+
+    def __init__(self, table: ParticleTable, max_open: int = 64, check_pixel_size: bool = True):
+        self.table = table
+        self.max_open = max_open
+        codes, uniques = pd.factorize(pd.Series(table.image_path, dtype=str))
+        self._codes = codes.astype(np.int64)
+        self._stacks = [Path(u) for u in uniques]
+        self._open_maps: OrderedDict[int, StackMap] = OrderedDict()
+        self.image_shape = self._check_headers(check_pixel_size)
+        self.table = with_image_sizes(table, self.image_shape[-1])
+
+    @property
+    def _table_file(self) -> str:
+        return _table_file(self.table)
+
+    def _check_headers(self, check_pixel_size: bool) -> tuple[int, int]:
+        path_field, index_field = _image_fields(self.table)
+        max_index = np.zeros(len(self._stacks), dtype=np.int64)
+        np.maximum.at(max_index, self._codes, self.table.image_index)
+        first_row = np.full(len(self._stacks), len(self.table), dtype=np.int64)
+        np.minimum.at(first_row, self._codes, np.arange(len(self.table)))
+        shapes = set()
+        unset = []  # stacks whose header pixel size 1.0 was taken as "not set"
+        for code, stack in enumerate(self._stacks):
+            row = int(first_row[code])
+            if not stack.is_file():
+                raise InputError(
+                    self._table_file,
+                    path_field,
+                    f"row {row + 1}: stack file {stack} does not exist (for stack paths "
+                    "relative to another folder, give it: cryotorch-convert --data-dir, "
+                    "cryotorch-classify data.data_dir)",
+                )
+            with open_mrc(stack, header_only=True) as mrc:
+                h = mrc.header
+                n_images, ny, nx = int(h.nz), int(h.ny), int(h.nx)
+                header_psize = float(mrc.voxel_size.x)
+            if max_index[code] >= n_images:
+                bad = np.flatnonzero((self._codes == code) & (self.table.image_index >= n_images))[
+                    0
+                ]
+                raise InputError(
+                    self._table_file,
+                    index_field,
+                    f"row {bad + 1}: {_image_number(self.table, bad)} is past the end of "
+                    f"{stack}, which holds {n_images} images",
+                )
+            group = self.table.optics_group[row]
+            expected_size = int(self.table.optics.image_size[group])
+            if expected_size and (nx != expected_size or ny != expected_size):
+                raise InputError(
+                    stack,
+                    "header.nx/ny",
+                    f"images are {nx}x{ny}, the table's optics group says {expected_size}",
+                )
+            psize = float(self.table.optics.pixel_size_angstrom[group])
+            agrees = abs(header_psize - psize) <= PIXEL_SIZE_RTOL * psize
+            if check_pixel_size and not agrees and header_psize in UNSET_PIXEL_SIZES:
+                if header_psize:
+                    unset.append(stack)
+            elif check_pixel_size and not agrees:
+                raise InputError(
+                    stack,
+                    "header.voxel_size",
+                    f"pixel size {header_psize:.4f} Å disagrees with {psize:.4f} Å in "
+                    f"{self._table_file} (check the files; to use the particle file's pixel "
+                    "size, as RELION does: cryotorch-convert --ignore-stack-pixel-size, "
+                    "cryotorch-classify data.ignore_stack_pixel_size=true)",
+                )
+            shapes.add((ny, nx))
+        if unset:
+            more = f" and {len(unset) - 1} other stack(s)" if len(unset) > 1 else ""
+            warn_input(
+                unset[0],
+                "header.voxel_size",
+                f"pixel size 1.0 Å{more}, the usual value for 'not set'; using "
+                f"{self._table_file}'s pixel size",
+            )
+        if len(shapes) != 1:
+            raise InputError(
+                self._table_file, path_field, f"stacks have different image sizes {shapes}"
+            )
+        shape = shapes.pop()
+        self._check_origins(shape[-1])
+        return shape
+
+    def _check_origins(self, box: int) -> None:
+        """Refuse an origin (shift) longer than the box: its particle would lie outside."""
+        extent = box * self.table.pixel_size_angstrom
+        bad = np.flatnonzero((np.abs(self.table.origin_angstrom) > extent[:, None]).any(axis=1))
+        if bad.size:
+            row = int(bad[0])
+            fmt = self.table.source.format if self.table.source is not None else ""
+            field = {"cs": "alignments3D/shift", "star3.0": "rlnOriginX/Y"}.get(
+                fmt, "rlnOriginXAngst/YAngst"
+            )
+            raise InputError(
+                self._table_file,
+                field,
+                f"row {row + 1}: origin {self.table.origin_angstrom[row].round(2).tolist()} Å "
+                f"lies outside the {box}-pixel box ({extent[row]:g} Å): expected a shift "
+                "within the box",
+            )
+
+    def _data(self, code: int) -> np.ndarray:
+        """The memory-mapped data ``(n_images, ny, nx)`` of stack ``code``."""
+        if code in self._open_maps:
+            self._open_maps.move_to_end(code)
+        else:
+            if len(self._open_maps) >= self.max_open:
+                _, old = self._open_maps.popitem(last=False)
+                old.close()
+            self._open_maps[code] = StackMap(self._stacks[code])
+        return self._open_maps[code].data
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Images of table ``rows`` (any order, repeats allowed): ``(b, ny, nx)`` float32."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.image_shape), dtype=np.float32)
+        codes = self._codes[rows]
+        order = np.argsort(codes, kind="stable")
+        bounds = np.flatnonzero(np.diff(codes[order])) + 1
+        for group in np.split(order, bounds):
+            if group.size == 0:
+                continue
+            index = self.table.image_index[rows[group]]
+            sort = np.argsort(index, kind="stable")  # ascending reads are kind to the page cache
+            code = int(codes[group[0]])
+            out[group[sort]] = self._data(code)[index[sort]]
+            self._open_maps[code].release()
+        flat = out.reshape(len(rows), -1)
+        finite = np.isfinite(flat).all(axis=1)
+        if not finite.all():
+            bad = int(rows[np.flatnonzero(~finite)[0]])
+            raise InputError(
+                self.table.image_path[bad],
+                _image_number(self.table, bad),
+                f"contains NaN or Inf ({self._table_file} row {bad + 1})",
+            )
+        peak = np.abs(flat).max(axis=1)
+        if (peak > MAX_PIXEL_VALUE).any():
+            i = int(np.flatnonzero(peak > MAX_PIXEL_VALUE)[0])
+            bad = int(rows[i])
+            raise InputError(
+                self.table.image_path[bad],
+                _image_number(self.table, bad),
+                f"holds a pixel value of {peak[i]:.3g}; expected at most {MAX_PIXEL_VALUE:.0e} "
+                f"in magnitude (squares of larger values overflow; {self._table_file} row "
+                f"{bad + 1})",
+            )
+        return out
+
+    def close(self) -> None:
+        """Close every memory-mapped stack."""
+        while self._open_maps:
+            self._open_maps.popitem()[1].close()
+
+    def __enter__(self) -> ParticleImages:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
