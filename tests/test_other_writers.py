@@ -113,10 +113,12 @@ def test_header_pixel_size_1_is_taken_as_not_set(tmp_path: Path):
         ParticleImages(table).close()
 
 
-def test_header_pixel_size_0_is_taken_as_not_set_silently(tmp_path: Path, recwarn):
+def test_header_pixel_size_0_is_taken_as_not_set_with_a_warning(tmp_path: Path, recwarn):
     stacks_of_old_writer(tmp_path, voxel=0.0, map_id=b"MAP ", machst=b"DA\0\0")
     ParticleImages(read_particles(files.write_star31(tmp_path))).close()
-    assert not [w for w in recwarn if issubclass(w.category, InputWarning)]
+    warned = [str(w.message) for w in recwarn if issubclass(w.category, InputWarning)]
+    assert len(warned) == 1, warned
+    assert "pixel size 0.0 Å and 1 other stack(s), 'not set'" in warned[0]
 
 
 def test_a_real_pixel_size_disagreement_is_an_error_unless_ignored(tmp_path: Path, capsys):

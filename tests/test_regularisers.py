@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+import starfile
 import torch
 
 from cryotorch.engine.mstep import SufficientStatistics, update_maps
@@ -15,6 +16,8 @@ from cryotorch.engine.regularisers import (
     TauSquaredPrior,
     make_regulariser,
 )
+from cryotorch.errors import InputWarning
+from cryotorch.io import read_particles
 from cryotorch.physics.fourier import rfft_3d
 from cryotorch.physics.masks import soft_sphere
 from cryotorch.physics.projector import reconstruct_from_sums
@@ -119,3 +122,24 @@ def shell_index_3d_full(d: int) -> torch.Tensor:
     f = torch.fft.fftfreq(d, 1 / d, dtype=torch.float64)
     kz, ky, kx = torch.meshgrid(f, f, f, indexing="ij")
     return torch.sqrt(kx**2 + ky**2 + kz**2).round().long()
+
+
+def test_a_constant_half_set_column_still_gives_two_half_sets(tmp_path: Path):
+    """A particle file whose rlnRandomSubset is 1 for every particle (one half-set empty) is
+    read with a warning and the engine makes its own halves: the FSC filter then sees two
+    half-sets of about half the particles each and reports resolutions finer than the box
+    (an empty half gives FSC 0 everywhere: the box, 72 Å)."""
+    star = simulate_two_blob_classes(tmp_path / "data", 400, 1.0, seed=4)
+    blocks = starfile.read(star, always_dict=True)
+    blocks["particles"]["rlnRandomSubset"] = 1
+    starfile.write(blocks, star, overwrite=True)
+    with pytest.warns(InputWarning, match="rlnRandomSubset"):
+        table = read_particles(star)
+    assert (table.random_subset == 0).all()  # none: the engine's own seeded split
+    overrides = ["model.regulariser=fsc", "model.target_resolution=9", "logger=none"]
+    overrides += ["logger.quiet=true", "optim.max_iterations=4"]
+    summary = run_classify(star, tmp_path / "run", *overrides)
+    assert summary["accuracy"] >= 0.95
+    with open(tmp_path / "run" / "iterations.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert all(float(last[f"class_{k:03d}_fsc_resolution"]) < 30.0 for k in (1, 2))

@@ -93,8 +93,8 @@ class ParticleImages:
 
     A header pixel size of 0 or 1.0 Å is taken as "not set" (1.0 is many writers' default; RELION
     ignores the header pixel size of particle stacks altogether): the table's is used, with a
-    warning when the header said 1.0. ``check_pixel_size=False`` trusts the table's pixel size
-    whatever the headers say.
+    one-line warning naming the first such stack. ``check_pixel_size=False`` trusts the
+    table's pixel size whatever the headers say.
 
     :attr:`table` is the table given, with the box of every optics group that did not give one
     (RELION 3.0, 3.1 without ``rlnImageSize``) taken from its stacks' headers.
@@ -130,7 +130,7 @@ class ParticleImages:
         first_row = np.full(len(self._stacks), len(self.table), dtype=np.int64)
         np.minimum.at(first_row, self._codes, np.arange(len(self.table)))
         shapes = set()
-        unset = []  # stacks whose header pixel size 1.0 was taken as "not set"
+        unset: list[tuple[Path, float]] = []  # stacks whose header pixel size means "not set"
         for code, stack in enumerate(self._stacks):
             row = int(first_row[code])
             if not stack.is_file():
@@ -166,8 +166,7 @@ class ParticleImages:
             psize = float(self.table.optics.pixel_size_angstrom[group])
             agrees = abs(header_psize - psize) <= PIXEL_SIZE_RTOL * psize
             if check_pixel_size and not agrees and header_psize in UNSET_PIXEL_SIZES:
-                if header_psize:
-                    unset.append(stack)
+                unset.append((stack, header_psize))
             elif check_pixel_size and not agrees:
                 raise InputError(
                     stack,
@@ -179,11 +178,13 @@ class ParticleImages:
                 )
             shapes.add((ny, nx))
         if unset:
-            more = f" and {len(unset) - 1} other stack(s)" if len(unset) > 1 else ""
+            (stack, header_psize), others = unset[0], len(unset) - 1
+            more = f" and {others} other stack(s)" if others else ""
+            usual = "'not set'" if header_psize == 0 else "the usual value for 'not set'"
             warn_input(
-                unset[0],
+                stack,
                 "header.voxel_size",
-                f"pixel size 1.0 Å{more}, the usual value for 'not set'; using "
+                f"pixel size {header_psize:.1f} Å{more}, {usual}; using "
                 f"{self._table_file}'s pixel size",
             )
         if len(shapes) != 1:
