@@ -17,7 +17,15 @@ from cryotorch.engine.mstep import MStep, SufficientStatistics, accumulate_stati
 from cryotorch.engine.noise import NoiseModel
 from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, effective_sample_size
 from cryotorch.engine.regularisers import Regulariser, make_regulariser
-from cryotorch.engine.settings import ClassificationSettings, Masks
+from cryotorch.engine.settings import (
+    ClassificationSettings,
+    Masks,
+    MaskSettings,
+    ModelSettings,
+    OptimSettings,
+    PosteriorSettings,
+    SimilaritySettings,
+)
 from cryotorch.engine.state import ClassificationResult
 from cryotorch.evaluation import classification_accuracy
 from cryotorch.io import ParticleImages, read_map, read_particles, write_map
@@ -37,11 +45,16 @@ __all__ = [
     "EStepResult",
     "GradientSettings",
     "MStep",
+    "MaskSettings",
     "Masks",
+    "ModelSettings",
     "NoiseModel",
+    "OptimSettings",
     "ParticleBatch",
     "ParticleImages",
+    "PosteriorSettings",
     "Regulariser",
+    "SimilaritySettings",
     "StraightThroughHard",
     "SufficientStatistics",
     "accumulate_statistics",

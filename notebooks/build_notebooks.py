@@ -51,14 +51,15 @@ d_work, _ = cropped_box_for_resolution(box, pixel_size, 8.0)  # images Fourier-c
 images = ct.ParticleImages(ct.read_particles(star))
 batcher = ct.BatchMaker(images, d_work, torch.device("cpu"))
 
-def run(**changes):
-    """Classify with ClassificationSettings(**changes); returns the result."""
+def run(posterior=None, max_iterations=8):
+    """Classify with these posterior settings (class similarity, force hard); the result."""
     settings = ct.ClassificationSettings(
-        num_classes=2, target_resolution=8.0, initial_resolution=20.0, resolution_reach_at=4,
-        online_epochs=1.0, batch_per_class=250, max_iterations=8, progress=False,
+        model=ct.ModelSettings(target_resolution=8.0, initial_resolution=20.0, resolution_reach_at=4),
+        optim=ct.OptimSettings(online_epochs=1.0, batch_per_class=250, max_iterations=max_iterations),
+        posterior=posterior or ct.PosteriorSettings(),
+        progress=False,
     )
-    from dataclasses import replace
-    return ct.classify(batcher, replace(settings, **changes))
+    return ct.classify(batcher, settings)
 '''
 
 
@@ -147,19 +148,16 @@ def similarity_and_hard() -> list:
         ),
         new_code_cell("N_PARTICLES, SNR, CLOSED = 1000, 0.05, 0.7\n" + SIMULATE),
         new_code_cell(
-            CLASSIFY_HELPER
-            + "\nfrom cryotorch.engine.schedules import HardSchedule, SimilaritySchedule\n"
+            CLASSIFY_HELPER + "\nfrom cryotorch import PosteriorSettings, SimilaritySettings\n"
+            "flat, anneal = SimilaritySettings(start=0.0, anneal_end=0), SimilaritySettings(start=0.5, anneal_end=6)\n"
             "runs = {\n"
-            "    'β = 0 throughout, soft': dict(similarity=SimilaritySchedule(0.0, 0, 0)),\n"
-            "    'β 0.5 → 0 over 6, soft': dict(similarity=SimilaritySchedule(0.5, 0, 6)),\n"
-            "    'β 0.5 → 0, hard always': dict(similarity=SimilaritySchedule(0.5, 0, 6),"
-            " hard=HardSchedule('always')),\n"
-            "    'β 0.5 → 0, hard after anneal': dict(similarity=SimilaritySchedule(0.5, 0, 6),"
-            " hard=HardSchedule('after_anneal')),\n"
-            "    'β 0.5 → 0, hard first 3': dict(similarity=SimilaritySchedule(0.5, 0, 6),"
-            " hard=HardSchedule('first_n', 3)),\n"
+            "    'β = 0 throughout, soft': PosteriorSettings(flat),\n"
+            "    'β 0.5 → 0 over 6, soft': PosteriorSettings(anneal),\n"
+            "    'β 0.5 → 0, hard always': PosteriorSettings(anneal, hard='always'),\n"
+            "    'β 0.5 → 0, hard after anneal': PosteriorSettings(anneal, hard='after_anneal'),\n"
+            "    'β 0.5 → 0, hard first 3': PosteriorSettings(anneal, hard='first_n', hard_iterations=3),\n"
             "}\n"
-            "results = {name: run(**changes, max_iterations=10) for name, changes in runs.items()}\n"
+            "results = {name: run(posterior, max_iterations=10) for name, posterior in runs.items()}\n"
             "for name, r in results.items():\n"
             "    ess = ct.effective_sample_size(torch.from_numpy(r.posteriors_estep).double())\n"
             "    acc = ct.classification_accuracy(r.posteriors.argmax(1), truth, 2)\n"
@@ -225,8 +223,8 @@ def custom_and_gradients() -> list:
         ),
         new_code_cell(
             CLASSIFY_HELPER
-            + "\nsettings = ct.ClassificationSettings(num_classes=2, target_resolution=8.0,"
-            " max_iterations=6, online_epochs=0.0, progress=False)\n"
+            + "\nsettings = ct.ClassificationSettings(model=ct.ModelSettings(target_resolution=8.0),"
+            " optim=ct.OptimSettings(max_iterations=6, online_epochs=0.0), progress=False)\n"
             "r = ct.classify(batcher, settings, regulariser=LowpassPrior(10.0, pixel_size * box / d_work))\n"
             "print('EM with LowpassPrior:', ct.classification_accuracy(r.posteriors.argmax(1), truth, 2))"
         ),

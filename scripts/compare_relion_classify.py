@@ -27,7 +27,7 @@ import starfile
 import torch
 from hydra import compose, initialize_config_module
 
-from cryotorch.cli.classify import settings_from_config
+from cryotorch.cli.schema import read_run_config
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.classify import classify
 from cryotorch.evaluation import classification_accuracy, read_true_classes
@@ -88,7 +88,7 @@ def run_cryotorch(star: Path, truth: np.ndarray, overrides: list[str], threads: 
     torch.set_num_threads(threads)
     with initialize_config_module("cryotorch.configs", version_base="1.3"):
         cfg = compose("classify", [f"data.particles={star}", *overrides])
-    settings = settings_from_config(cfg)
+    settings = read_run_config(cfg).settings()
     table = read_particles(star)
     accuracy, seconds = [], []
 
@@ -103,10 +103,14 @@ def run_cryotorch(star: Path, truth: np.ndarray, overrides: list[str], threads: 
 
     with ParticleImages(table) as images:
         d_work, _ = cropped_box_for_resolution(
-            images.image_shape[-1], float(table.pixel_size_angstrom[0]), settings.target_resolution
+            images.image_shape[-1],
+            float(table.pixel_size_angstrom[0]),
+            settings.model.target_resolution,
         )
         result = classify(
-            BatchMaker(images, d_work, torch.device("cpu"), pad=settings.pad), settings, monitor
+            BatchMaker(images, d_work, torch.device("cpu"), pad=settings.model.pad),
+            settings,
+            monitor,
         )
     final = classification_accuracy(result.posteriors.argmax(1), truth, 2)
     return {"accuracy": [*accuracy[:-1], final], "seconds_per_iteration": float(np.mean(seconds))}

@@ -23,7 +23,7 @@ from cryotorch.engine.posterior import (
     tune_similarity,
 )
 from cryotorch.engine.schedules import HardSchedule, ResolutionSchedule, SimilaritySchedule
-from cryotorch.engine.settings import ClassificationSettings, Masks
+from cryotorch.engine.settings import ClassificationSettings, Masks, ModelSettings, OptimSettings
 from cryotorch.errors import InputError
 from cryotorch.evaluation import classification_accuracy
 from cryotorch.io import ParticleImages, read_map, read_particles, write_map, write_particles
@@ -363,9 +363,10 @@ def test_focus_mask_of_zeros_leaves_nothing_to_tell_classes_apart(
     # F = 0: the E-step sees S·V̄ for every class, so its posterior is the class prior.
     table = read_particles(tiny_star)
     settings = ClassificationSettings(
-        target_resolution=12, initial_resolution=18, online_epochs=0, max_iterations=2,
+        model=ModelSettings(target_resolution=12, initial_resolution=18),
+        optim=OptimSettings(online_epochs=0, max_iterations=2),
         progress=False,
-    )  # fmt: skip
+    )
     with ParticleImages(table) as images:
         batcher = BatchMaker(images, 12, torch.device("cpu"))
         consensus = torch.ones(12, 12, 12) if with_consensus else None
@@ -457,7 +458,9 @@ def test_pca_start_already_separates_the_classes(tmp_path: Path):
     first = {}
     for init in ("random", "pca"):
         settings = ClassificationSettings(
-            target_resolution=9, batch_per_class=100, max_iterations=2, init=init, progress=False
+            model=ModelSettings(target_resolution=9, init=init),
+            optim=OptimSettings(batch_per_class=100, max_iterations=2),
+            progress=False,
         )
         accuracy = []
 

@@ -14,7 +14,7 @@ from cryotorch.engine.classify import classify as classify_particles
 from cryotorch.engine.gradient import GradientSettings, free_energy, make_optimizer
 from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard
 from cryotorch.engine.regularisers import TauSquaredPrior, local_wiener_filter, make_regulariser
-from cryotorch.engine.settings import ClassificationSettings
+from cryotorch.engine.settings import ClassificationSettings, ModelSettings, OptimSettings
 from cryotorch.errors import InputError
 from cryotorch.evaluation import classification_accuracy
 from cryotorch.io import ParticleImages, read_map, read_particles
@@ -80,9 +80,12 @@ def test_gradient_training_classifies_like_em_and_writes_the_same_outputs(
 @pytest.mark.parametrize("regulariser", ["tau2", "denoise"])
 def test_an_interrupted_gradient_run_resumes_to_the_same_result(small_star: Path, regulariser: str):
     settings = ClassificationSettings(
-        method="gradient", gradient=GradientSettings(epochs=4, batch_size=200),
-        target_resolution=9, initial_resolution=18, resolution_reach_at=3,
-        regulariser=regulariser, progress=False,
+        model=ModelSettings(
+            target_resolution=9, initial_resolution=18, resolution_reach_at=3,
+            regulariser=regulariser,
+        ),
+        optim=OptimSettings(method="gradient", gradient=GradientSettings(epochs=4, batch_size=200)),
+        progress=False,
     )  # fmt: skip
     saved = []
 
@@ -148,10 +151,12 @@ def test_trained_noise_reaches_the_residual_estimate(small_star: Path):
     form from the residuals (without it the noise would grow without bound)."""
     powers = {}
     for train in (False, True):
+        gradient = GradientSettings(epochs=6, batch_size=200, train_noise=train)
         settings = ClassificationSettings(
-            method="gradient", target_resolution=9, initial_resolution=9, progress=False,
-            gradient=GradientSettings(epochs=6, batch_size=200, train_noise=train),
-        )  # fmt: skip
+            model=ModelSettings(target_resolution=9, initial_resolution=9),
+            optim=OptimSettings(method="gradient", gradient=gradient),
+            progress=False,
+        )
         states = []
         with ParticleImages(read_particles(small_star)) as images:
             result = classify_particles(

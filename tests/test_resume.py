@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from cryotorch.cli.schema import read_run_config
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.classify import classify as classify_particles
-from cryotorch.engine.settings import ClassificationSettings, Masks
+from cryotorch.engine.settings import ClassificationSettings, Masks, ModelSettings, OptimSettings
 from cryotorch.engine.state import CHECKPOINT_FORMAT, check_resumable
 from cryotorch.errors import InputError
 from cryotorch.io import ParticleImages, read_particles
@@ -153,8 +154,10 @@ def test_checkpoint_with_code_is_refused_not_run(tmp_path: Path, monkeypatch):
 
 def test_resume_with_other_settings_is_refused(reference: Path):
     state = load_checkpoint(reference / "checkpoint.pt", CHECKPOINT_FORMAT)
-    settings = ClassificationSettings(**{**state["settings"], "num_classes": 3})
-    with pytest.raises(InputError, match=r"settings: .*num_classes was 2, now 3"):
+    settings = read_run_config(
+        state["settings"] | {"model": state["settings"]["model"] | {"num_classes": 3}}
+    ).settings()
+    with pytest.raises(InputError, match=r"settings: .*model.num_classes was 2, now 3"):
         check_resumable("checkpoint.pt", state, settings, state["n_particles"], state["box"])
     with pytest.raises(InputError, match="of 3000 particles at working box 24, this run has 10"):
         check_resumable("checkpoint.pt", state, settings, 10, 24)
@@ -166,9 +169,10 @@ def test_a_cuda_run_resumes_from_its_checkpoint_file(star: Path, tmp_path: Path)
     which loads on the CPU, ends as the run that was not stopped: the same classes, and maps
     and posteriors to float32 tolerance (CUDA's sums need not be in the same order twice)."""
     settings = ClassificationSettings(
-        num_classes=2, target_resolution=8, initial_resolution=18, resolution_reach_at=3,
-        online_epochs=1, batch_per_class=300, max_iterations=6, progress=False,
-    )  # fmt: skip
+        model=ModelSettings(target_resolution=8, initial_resolution=18, resolution_reach_at=3),
+        optim=OptimSettings(online_epochs=1, batch_per_class=300, max_iterations=6),
+        progress=False,
+    )
 
     class Stopped(Exception):
         pass
@@ -201,9 +205,10 @@ def test_a_focused_run_on_a_given_reference_resumes_exactly(star: Path):
     checkpoint and resumed from it ends bit for bit as the run that was not stopped (the
     reference used to be fitted again on resuming, with the noise of that iteration)."""
     settings = ClassificationSettings(
-        num_classes=2, target_resolution=8, initial_resolution=18, resolution_reach_at=3,
-        online_epochs=1, batch_per_class=300, max_iterations=4, progress=False,
-    )  # fmt: skip
+        model=ModelSettings(target_resolution=8, initial_resolution=18, resolution_reach_at=3),
+        optim=OptimSettings(online_epochs=1, batch_per_class=300, max_iterations=4),
+        progress=False,
+    )
     d = 24
     z, y, x = torch.meshgrid(*[torch.arange(d) - d // 2] * 3, indexing="ij")
     focus = ((x**2 + (y + 6) ** 2 + (z - 4) ** 2) < 36).float()

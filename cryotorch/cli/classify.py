@@ -26,181 +26,50 @@ from cryotorch.cli.configs import (
     run_reporting_input_errors,
 )
 from cryotorch.cli.outputs import write_outputs
+from cryotorch.cli.schema import RunConfig, read_run_config
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.classify import classify
 from cryotorch.engine.distributed import ProcessGroup, init_from_environment
-from cryotorch.engine.gradient import GradientSettings
-from cryotorch.engine.posterior import ClassSimilarity, effective_sample_size
-from cryotorch.engine.regularisers import make_regulariser
-from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
-from cryotorch.engine.settings import ClassificationSettings, Masks
-from cryotorch.engine.state import CHECKPOINT_FORMAT, check_resumable
-from cryotorch.errors import InputError, warn_input
+from cryotorch.engine.posterior import effective_sample_size
+from cryotorch.engine.state import CHECKPOINT_FORMAT, ClassificationResult, check_resumable
+from cryotorch.errors import InputError
 from cryotorch.evaluation import TRUE_CLASSES, classification_accuracy, read_true_classes
-from cryotorch.io import ParticleImages, read_map, read_particles
+from cryotorch.inputs import read_initial_maps, read_masks
+from cryotorch.io import ParticleImages, read_particles
 from cryotorch.io.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from cryotorch.io.mrc import PIXEL_SIZE_RTOL, UNSET_PIXEL_SIZES
 from cryotorch.monitor import RunMonitor
-from cryotorch.physics.fourier import cropped_box_for_resolution, fourier_crop_3d
-from cryotorch.physics.masks import mask_from_map
-from cryotorch.physics.slices import Kernels, as_kernels
+from cryotorch.particles import ParticleTable
+from cryotorch.physics.fourier import cropped_box_for_resolution
 
-__all__ = ["main", "run", "settings_from_config"]
-
-
-def settings_from_config(cfg: DictConfig) -> ClassificationSettings:
-    """The engine's settings from the composed configuration."""
-    m, p, o = cfg.model, cfg.posterior, cfg.optim
-    return ClassificationSettings(
-        num_classes=int(m.num_classes),
-        seed=int(cfg.seed),
-        target_resolution=float(m.target_resolution),
-        initial_resolution=float(m.initial_resolution),
-        resolution_reach_at=int(m.resolution_reach_at),
-        particle_diameter=None if m.particle_diameter is None else float(m.particle_diameter),
-        solvent_edge=float(cfg.mask.soft_edge_angstrom),
-        tau2_fudge=float(m.tau2_fudge),
-        regulariser=str(m.regulariser),
-        contrast=str(m.contrast),
-        init=str(m.init),
-        pca_subsets=int(m.pca_subsets),
-        pad=int(m.pad),
-        similarity=SimilaritySchedule(
-            float(p.similarity.start),
-            int(p.similarity.anneal_start),
-            int(p.similarity.anneal_end),
-            bool(p.similarity.auto_tune),
-            float(p.similarity.target_ess_fraction),
-        ),
-        similarity_form=str(p.similarity.form),
-        hard=HardSchedule(str(p.hard), int(p.hard_iterations)),
-        online_epochs=float(o.online_epochs),
-        batch_per_class=int(o.batch_per_class),
-        learning_rate=float(o.learning_rate),
-        half_life_percent=float(o.half_life_percent),
-        max_iterations=int(o.max_iterations),
-        convergence_percent=float(o.convergence_percent),
-        batch_size=int(o.batch_size),
-        prefetch=cfg.device == "cuda" if o.prefetch is None else bool(o.prefetch),
-        empty_class_fraction=float(m.empty_class_fraction),
-        duplicate_correlation=float(m.duplicate_correlation),
-        reseed=int(m.reseed),
-        progress=not bool(cfg.logger.quiet),
-        method=str(o.method),
-        gradient=GradientSettings(**o.gradient) if "gradient" in o else GradientSettings(),
-    )
+__all__ = ["main", "run"]
 
 
-def _particles(cfg: DictConfig, output_dir: Path, simulate: bool = True) -> Path:
+def _particles(config: RunConfig, output_dir: Path, simulate: bool = True) -> Path:
     """The particle file to classify: the user's, or the built-in simulation (made now unless
     ``simulate`` is false: then rank 0 has made it)."""
-    if cfg.data.particles is not None:
-        return Path(cfg.data.particles)
+    if config.data.particles is not None:
+        return Path(config.data.particles)
     simulated = output_dir / "simulated" / "particles.star"
-    if not simulate or (simulated.is_file() and bool(cfg.resume)):
+    if not simulate or (simulated.is_file() and config.resume):
         return simulated  # simulated by rank 0, or by the run resumed
     from cryotorch.cli.simulate import run as run_simulation
 
-    sim = cfg.data.simulate
     sim_cfg = load_config("simulate")
     sim_cfg.pop("hydra")
-    sim_cfg = OmegaConf.merge(sim_cfg, dict(sim), {"seed": cfg.seed})
+    demo = OmegaConf.structured(config.data.simulate)
+    sim_cfg = OmegaConf.merge(sim_cfg, demo, {"seed": config.seed})
     return run_simulation(sim_cfg, output_dir / "simulated")
 
 
-def _read_matching_map(path: str, images: ParticleImages) -> np.ndarray:
-    """A map that must have the particles' box and pixel size (an InputError otherwise)."""
-    ref, voxel = read_map(path)
-    d = images.image_shape[-1]
-    psize = float(images.table.pixel_size_angstrom[0])
-    if ref.shape != (d, d, d):
-        raise InputError(path, "header.nx/ny/nz", f"map is {ref.shape}, the particles are {d}x{d}")
-    if abs(voxel - psize) > PIXEL_SIZE_RTOL * psize:
-        if voxel not in UNSET_PIXEL_SIZES:
-            raise InputError(
-                path, "header.voxel_size", f"{voxel:.4f} Å, the particles have {psize:.4f} Å"
-            )
-        if voxel:
-            warn_input(
-                path,
-                "header.voxel_size",
-                f"1.0 Å, the usual value for 'not set'; taken as the particles' {psize:.4f} Å",
-            )
-    return ref
-
-
-def _crop(volume: np.ndarray, d_work: int) -> torch.Tensor:
-    return fourier_crop_3d(torch.as_tensor(volume).double(), d_work).float()
-
-
-def _masks(cfg: DictConfig, images: ParticleImages, d_work: int, work_psize: float) -> Masks:
-    """The solvent and focus masks and the consensus map, at the working box."""
-    mc = cfg.mask
-    reference = None
-    if cfg.data.reference is not None:
-        reference = _crop(_read_matching_map(cfg.data.reference, images), d_work)
-    solvent = None
-    if mc.solvent == "from_reference":
-        if reference is None:
-            raise InputError(
-                "configuration", "mask.solvent", "from_reference needs data.reference (a map)"
-            )
-        solvent = mask_from_map(
-            reference,
-            work_psize,
-            float(mc.threshold),
-            float(mc.extend_angstrom),
-            float(mc.soft_edge_angstrom),
-            float(mc.lowpass_angstrom),
-        )
-    elif mc.solvent != "sphere":
-        solvent = _read_mask(mc.solvent, images, d_work)
-    focus = None if mc.focus is None else _read_mask(mc.focus, images, d_work)
-    return Masks(solvent=solvent, focus=focus, consensus=reference)
-
-
-def _read_mask(path: str, images: ParticleImages, d_work: int) -> torch.Tensor:
-    volume = _read_matching_map(path, images)
-    if volume.min() < -0.01 or volume.max() > 1.01 or volume.max() <= 0:
-        raise InputError(
-            path,
-            "data",
-            f"a mask holds values in [0, 1]; this one spans {volume.min():.3g}..{volume.max():.3g}",
-        )
-    return _crop(volume, d_work).clamp(0, 1)
-
-
-def _inputs_dict(cfg: DictConfig) -> dict:
-    """The files and mask settings a run depends on beyond the engine's settings (a resumed
-    run must use the same)."""
+def _inputs_dict(config: RunConfig) -> dict:
+    """The files a run depends on beyond the engine's settings (a resumed run must use the
+    same)."""
+    data = config.data
     return {
-        "particles": str(cfg.data.particles),
-        "reference": str(cfg.data.reference),
-        "initial_maps": str(cfg.data.initial_maps),
-        "mask": {k: str(v) for k, v in OmegaConf.to_container(cfg.mask).items()},
+        "particles": str(data.particles),
+        "reference": str(data.reference),
+        "initial_maps": str(data.initial_map_paths()),
     }
-
-
-def _initial_maps(cfg: DictConfig, images: ParticleImages, d_work: int) -> torch.Tensor | None:
-    """``data.initial_maps`` (one .mrc per class) read, checked and cropped to the working box."""
-    paths = cfg.data.initial_maps
-    if paths is None:
-        return None
-    if isinstance(paths, str):
-        paths = [paths]
-    if len(paths) != int(cfg.model.num_classes):
-        raise InputError(
-            "configuration",
-            "data.initial_maps",
-            f"{len(paths)} maps given for model.num_classes = {cfg.model.num_classes}",
-        )
-    maps = []
-    for path in paths:
-        volume = _read_matching_map(path, images)
-        if not volume.any():
-            raise InputError(path, "data", "the map is all zeros")
-        maps.append(volume)
-    return _crop(np.stack(maps), d_work)
 
 
 # Files that show a folder holds (part of) a classification run.
@@ -245,7 +114,8 @@ def run(cfg: DictConfig) -> dict:
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process runs this: each reads its share of
     the particles, rank 0 alone simulates, prints and writes.
     """
-    device = torch.device(cfg.device)
+    config = read_run_config(cfg)
+    device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("config", "device", "cuda was asked for, but torch sees no CUDA device")
     if init_from_environment(device.type):
@@ -253,101 +123,67 @@ def run(cfg: DictConfig) -> dict:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
         try:
-            return _run(cfg, device)
+            return _run(config, device)
         finally:
             torch.distributed.destroy_process_group()
-    return _run(cfg, device)
+    return _run(config, device)
 
 
-def _kernels(cfg: DictConfig) -> Kernels:
-    """The slice kernels ``cfg.kernels`` (an InputError for an unknown name)."""
-    try:
-        return as_kernels(str(cfg.kernels))
-    except ValueError as exc:
-        raise InputError("config", "kernels", str(exc)) from exc
-
-
-def _run(cfg: DictConfig, device: torch.device) -> dict:
-    kernels = _kernels(cfg)
+def _run(config: RunConfig, device: torch.device) -> dict:
     group = ProcessGroup(device)
     say = print if group.is_main else (lambda *args, **kwargs: None)
-    output_dir = job_output_dir(cfg)
-    resume_from = _prepare_output_dir(output_dir, bool(cfg.resume))
+    output_dir = job_output_dir(config)
+    resume_from = _prepare_output_dir(output_dir, config.resume)
     group.barrier()  # every rank has checked the folder before rank 0 writes to it
-    try:
-        settings = settings_from_config(cfg)
-        ClassSimilarity(settings.similarity_form)  # checks the form's name
-        make_regulariser(settings.regulariser)  # and the regulariser's
-    except ValueError as exc:
-        raise InputError("configuration", None, str(exc)) from exc
-    if not isinstance(cfg.data.cache_gb, int | float) or not cfg.data.cache_gb >= 0:
-        raise InputError("configuration", "data.cache_gb", f"must be >= 0, not {cfg.data.cache_gb}")
+    settings = config.settings()
     torch.manual_seed(settings.seed)
-    star = _particles(cfg, output_dir) if group.is_main else None
+    star = _particles(config, output_dir) if group.is_main else None
     group.barrier()  # rank 0 has simulated the demo data, if asked to
-    star = star or _particles(cfg, output_dir, simulate=False)
-    if (output_dir / f"particles{Path(star).suffix}").resolve() == Path(star).resolve():
-        raise InputError(
-            star, None, f"output_dir {output_dir} would overwrite the input: choose another folder"
-        )
-    table = read_particles(
-        star,
-        data_dir=cfg.data.data_dir,
-        passthrough=cfg.data.passthrough,
-        pixel_size=cfg.data.pixel_size,
-    )
-    if settings.num_classes > len(table):
-        raise InputError(
-            star,
-            None,
-            f"model.num_classes = {settings.num_classes} is more than its {len(table)} particles",
-        )
+    star = star or _particles(config, output_dir, simulate=False)
+    table = _read_table(config, star, output_dir)
     resume_state = None if resume_from is None else load_checkpoint(resume_from, CHECKPOINT_FORMAT)
     # Everything the run reads is checked before anything is written.
-    check = not bool(cfg.data.ignore_stack_pixel_size)
-    with ParticleImages(table, check_pixel_size=check) as images:
+    with ParticleImages(table, check_pixel_size=not config.data.ignore_stack_pixel_size) as images:
         table = images.table  # with the box of every optics group, from the stacks if need be
-        if len(set(table.pixel_size_angstrom.round(4))) > 1:
-            raise InputError(
-                star,
-                "rlnImagePixelSize",
-                "optics groups with different pixel sizes are not supported yet",
-            )
         d_full, psize = images.image_shape[-1], float(table.pixel_size_angstrom[0])
-        d_work, work_psize = cropped_box_for_resolution(d_full, psize, settings.target_resolution)
-        masks = _masks(cfg, images, d_work, work_psize)
-        initial_maps = _initial_maps(cfg, images, d_work)
-        inputs = _inputs_dict(cfg)
+        d_work, work_psize = cropped_box_for_resolution(
+            d_full, psize, settings.model.target_resolution
+        )
+        masks = read_masks(config.mask, config.data.reference, images, d_work, work_psize)
+        paths = config.data.initial_map_paths()
+        initial_maps = read_initial_maps(paths, settings.model.num_classes, images, d_work)
+        inputs = _inputs_dict(config)
         if resume_state is not None:
             check_resumable(resume_from, resume_state, settings, len(table), d_work, inputs)
         say(
             f"{len(table)} particles, box {d_full} at {psize:.3f} Å -> working box {d_work} at "
             f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), "
-            f"K = {settings.num_classes}, {device}"
+            f"K = {settings.model.num_classes}, {device}"
         )
         if resume_state is not None:
             say(f"resuming {resume_from} after iteration {resume_state['iteration'] - 1}")
         truth = _truth(star, len(table), say)
         monitor = RunMonitor(
             output_dir,
-            tensorboard=bool(cfg.logger.tensorboard) and group.is_main,
-            quiet=bool(cfg.logger.quiet) or not group.is_main,
+            tensorboard=config.logger.tensorboard and group.is_main,
+            quiet=config.logger.quiet or not group.is_main,
             first_step=0 if resume_state is None else int(resume_state["iteration"]),
             truth=truth,
-            num_classes=settings.num_classes,
+            num_classes=settings.model.num_classes,
         )
         try:
             t0 = time.perf_counter()
+            batcher = BatchMaker(
+                images,
+                d_work,
+                device,
+                pad=settings.model.pad,
+                use_ctf_scale=settings.model.contrast != "none",
+                cache_bytes=int(config.data.cache_gb * 2**30),
+                kernels=config.kernels,
+            )
             result = classify(
-                BatchMaker(
-                    images,
-                    d_work,
-                    device,
-                    pad=settings.pad,
-                    use_ctf_scale=settings.contrast != "none",
-                    cache_bytes=int(float(cfg.data.cache_gb) * 2**30),
-                    kernels=kernels,
-                ),
+                batcher,
                 settings,
                 monitor,
                 initial_maps,
@@ -366,10 +202,47 @@ def _run(cfg: DictConfig, device: torch.device) -> dict:
                 )
         finally:
             monitor.close()
+    return _summary(result, seconds, truth, settings.model.num_classes, device, output_dir, say)
+
+
+def _read_table(config: RunConfig, star: Path, output_dir: Path) -> ParticleTable:
+    """The particle table of ``star``, refused where the run cannot classify it."""
+    if (output_dir / f"particles{star.suffix}").resolve() == star.resolve():
+        raise InputError(
+            star, None, f"output_dir {output_dir} would overwrite the input: choose another folder"
+        )
+    data = config.data
+    table = read_particles(
+        star, data_dir=data.data_dir, passthrough=data.passthrough, pixel_size=data.pixel_size
+    )
+    k = config.model.num_classes
+    if k > len(table):
+        raise InputError(
+            star, None, f"model.num_classes = {k} is more than its {len(table)} particles"
+        )
+    if len(set(table.pixel_size_angstrom.round(4))) > 1:
+        raise InputError(
+            star,
+            "rlnImagePixelSize",
+            "optics groups with different pixel sizes are not supported yet",
+        )
+    return table
+
+
+def _summary(
+    result: ClassificationResult,
+    seconds: float,
+    truth: np.ndarray | None,
+    num_classes: int,
+    device: torch.device,
+    output_dir: Path,
+    say,
+) -> dict:
+    """The run's summary (printed): iterations, time, accuracy if known, peak GPU memory."""
     summary = {"seconds": seconds, "iterations": len(result.history)}
     if truth is not None:
         summary["accuracy"] = classification_accuracy(
-            result.posteriors.argmax(1), truth, settings.num_classes
+            result.posteriors.argmax(1), truth, num_classes
         )
     if device.type == "cuda":  # this process's peak, what the benchmark reports
         summary["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20

@@ -37,7 +37,7 @@ def classify(
     masks: Masks | None = None,
     regulariser: Regulariser | None = None,
 ) -> ClassificationResult:
-    """Classify the particles of ``batcher`` into ``settings.num_classes`` classes.
+    """Classify the particles of ``batcher`` into ``settings.model.num_classes`` classes.
 
     ``initial_maps (k, d, d, d)`` at the working box, any greyscale: start from these (class
     ``k`` keeps their order); without them, from reconstructions of a random assignment of the
@@ -49,13 +49,13 @@ def classify(
     from there: the result is bit for bit that of the uninterrupted run.
 
     ``masks``: the solvent mask, and a focus mask with its consensus map (see :class:`Masks`).
-    ``regulariser``: your own :class:`Regulariser` instead of ``settings.regulariser``'s (a
+    ``regulariser``: your own :class:`Regulariser` instead of ``settings.model.regulariser``'s (a
     checkpoint records the settings, not this object: resume with the same one).
     """
     run = RunContext(batcher, settings, masks or Masks(), regulariser, monitor)
-    if settings.num_classes > run.n:
+    if settings.model.num_classes > run.n:
         raise ValueError(
-            f"model.num_classes = {settings.num_classes} is more than the {run.n} particles"
+            f"model.num_classes = {settings.model.num_classes} is more than the {run.n} particles"
         )
     if resume is None:
         state = initial_state(run, initial_maps)
@@ -63,7 +63,7 @@ def classify(
         state = RunState.from_state_dict(resume, run.device)
         if monitor is not None and hasattr(monitor, "restore"):
             monitor.restore(state.history)
-    if settings.method == "gradient":
+    if settings.optim.method == "gradient":
         gradient_epochs(run, state, checkpoint)
     else:
         online_em(run, state, checkpoint)

@@ -25,7 +25,7 @@ def fit_scale(run: RunContext, maps: torch.Tensor, noise: NoiseModel) -> torch.T
     """
     rng = np.random.default_rng([run.settings.seed, 1])
     rows = rng.permutation(run.n)[: min(run.n, 2000)]
-    volumes = prepare_volumes(maps, run.settings.pad)
+    volumes = prepare_volumes(maps, run.settings.model.pad)
     max_shell = run.resolution.max_shell(0, run.d, run.pixel_size)
     num = torch.zeros(maps.shape[0], dtype=torch.float64, device=run.device)
     den = torch.zeros_like(num)
@@ -56,4 +56,6 @@ def consensus_from(
         return state.fitted_reference
     assert stats is not None, "the consensus of all particles needs their statistics"
     everyone = stats.summed_over_classes()
-    return update_maps(everyone, run.d, run.settings.pad, run.settings.tau2_fudge, run.mask)[0]
+    return update_maps(
+        everyone, run.d, run.settings.model.pad, run.settings.model.tau2_fudge, run.mask
+    )[0]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -52,29 +51,36 @@ class RunContext:
         self.d = batcher.d
         self.pixel_size = float(batcher.pixel_size[0])
         self.n = len(batcher.table)
-        self.k = settings.num_classes
+        self.k = settings.model.num_classes
         self.n_groups = len(batcher.table.optics)
         self.device = batcher.device
         self.dtype = batcher.dtype
         self.group = ProcessGroup(self.device)
-        self.estep = EStep(optimal_scale=settings.contrast == "optimal")
-        self.similarity = ClassSimilarity(settings.similarity_form)
+        prefetch = settings.optim.prefetch  # None: where it pays, on CUDA (not on 2 CPU cores)
+        self.prefetch = self.device.type == "cuda" if prefetch is None else prefetch
+        self.estep = EStep(optimal_scale=settings.model.contrast == "optimal")
+        self.similarity = ClassSimilarity(settings.posterior.similarity.form)
         self.hard_layer = StraightThroughHard()
+        self.hard_schedule = settings.posterior.hard_schedule()
         self.resolution = ResolutionSchedule(
-            settings.initial_resolution, settings.target_resolution, settings.resolution_reach_at
+            settings.model.initial_resolution,
+            settings.model.target_resolution,
+            settings.model.resolution_reach_at,
         )
         if masks.solvent is None:
-            diameter = settings.particle_diameter or 0.9 * self.d * self.pixel_size
-            sphere = solvent_sphere(self.d, self.pixel_size, diameter, settings.solvent_edge)
+            diameter = settings.model.particle_diameter or 0.9 * self.d * self.pixel_size
+            sphere = solvent_sphere(
+                self.d, self.pixel_size, diameter, settings.mask.soft_edge_angstrom
+            )
             self.mask = sphere.to(device=self.device, dtype=self.dtype)
         else:
             self.mask = masks.solvent.to(device=self.device, dtype=self.dtype)
         self.focus = None if masks.focus is None else masks.focus.to(self.device, self.dtype)
         self.reference = masks.consensus  # a given V̄ for the focus mask (any greyscale)
         self.regulariser = regulariser or make_regulariser(
-            settings.regulariser, settings.tau2_fudge
+            settings.model.regulariser, settings.model.tau2_fudge
         )
-        self.mstep = MStep(self.regulariser, self.mask, self.k, settings.pad, self.pixel_size)
+        self.mstep = MStep(self.regulariser, self.mask, self.k, settings.model.pad, self.pixel_size)
         self.halves = None  # (n,) 0/1 half-set of each particle, when the regulariser uses them
         if self.regulariser.half_sets:
             subset = batcher.table.random_subset
@@ -91,7 +97,7 @@ class RunContext:
         ``label``, under a progress bar (if progress is on). Callers sum what they add up over
         the ranks (``self.group.sum_``)."""
         rows = self.group.shard(rows)
-        size = self.settings.batch_size
+        size = self.settings.optim.batch_size
         show = self.settings.progress and label and self.group.is_main
         bar = tqdm(
             total=len(rows),
@@ -101,7 +107,7 @@ class RunContext:
             disable=None if show else True,  # None: off when not a terminal
         )
         chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
-        if not self.settings.prefetch or len(chunks) < 2:
+        if not self.prefetch or len(chunks) < 2:
             with bar:
                 for chunk in chunks:
                     yield self.batcher(chunk)
@@ -120,20 +126,20 @@ class RunContext:
     # -- the posterior layers --------------------------------------------------------------
     def similarity_schedule(self, state: RunState) -> SimilaritySchedule:
         """β's schedule, starting from the auto-tuned β if there is one."""
-        schedule = self.settings.similarity
-        return schedule if state.tuned_beta is None else replace(schedule, start=state.tuned_beta)
+        return self.settings.posterior.similarity.schedule(state.tuned_beta)
 
     def beta_and_hard(self, state: RunState) -> tuple[float, bool]:
         """This iteration's class similarity β and whether force-hard is on."""
         beta = self.similarity_schedule(state).beta(state.iteration)
-        return beta, self.settings.hard.is_hard(state.iteration, beta)
+        return beta, self.hard_schedule.is_hard(state.iteration, beta)
 
     def layers(self, scores: torch.Tensor, rows: np.ndarray, state: RunState) -> torch.Tensor:
         """``(b, k)`` class weights from log-scores ``ℓ + log π`` ``(b, k)``: class similarity,
         force hard, then the re-seeding splits of this iteration. The first batch of an
         auto-tuned run sets ``state.tuned_beta`` (rank 0's)."""
-        if self.settings.similarity.auto_tune and state.tuned_beta is None:
-            target = self.settings.similarity.target_ess_fraction
+        similarity = self.settings.posterior.similarity
+        if similarity.auto_tune and state.tuned_beta is None:
+            target = similarity.target_ess_fraction
             tuned = tune_similarity(scores.detach(), self.similarity, target)
             state.tuned_beta = self.group.broadcast_float(tuned)
             self.notes.append(f"class similarity tuned: β0 = {state.tuned_beta:.3f}")
@@ -148,7 +154,13 @@ class RunContext:
         """Empty statistics of the K classes (per half-set if the regulariser wants them)."""
         channels = 2 * self.k if self.regulariser.half_sets else self.k
         return SufficientStatistics.zeros(
-            channels, self.d, self.settings.pad, self.n_groups, self.device, self.dtype, with_maps
+            channels,
+            self.d,
+            self.settings.model.pad,
+            self.n_groups,
+            self.device,
+            self.dtype,
+            with_maps,
         )
 
     def accumulate(

@@ -26,8 +26,8 @@ Checkpoint = Callable[[dict], None] | None
 def online_steps(run: RunContext) -> tuple[int, int]:
     """Mini-batch size ``batch_per_class x K`` and number of online-EM steps."""
     settings = run.settings
-    batch_n = min(run.n, settings.batch_per_class * run.k)
-    epochs = settings.online_epochs
+    batch_n = min(run.n, settings.optim.batch_per_class * run.k)
+    epochs = settings.optim.online_epochs
     return batch_n, math.ceil(epochs * run.n / batch_n) if epochs > 0 else 0
 
 
@@ -48,7 +48,7 @@ def online_em(run: RunContext, state: RunState, checkpoint: Checkpoint) -> None:
         result = estep_pass(run, state, rows, stats=batch_stats)
         batch_stats.scale_(run.n / len(rows))
         rate = online_learning_rate(
-            step, n_online, settings.learning_rate, settings.half_life_percent
+            step, n_online, settings.optim.learning_rate, settings.optim.half_life_percent
         )
         state.running = (
             batch_stats
@@ -72,7 +72,7 @@ def full_em(run: RunContext, state: RunState, checkpoint: Checkpoint) -> None:
     at 5 Å); and not in an iteration that re-seeds a class."""
     settings = run.settings
     everyone = np.arange(run.n)
-    while not state.finished and state.full_pass < settings.max_iterations:
+    while not state.finished and state.full_pass < settings.optim.max_iterations:
         stats = run.zeros()
         label = f"iteration {state.iteration}"
         result = estep_pass(run, state, everyone, stats=stats, label=label, estep_posteriors=True)
@@ -87,14 +87,14 @@ def full_em(run: RunContext, state: RunState, checkpoint: Checkpoint) -> None:
         schedules_done = (
             (hard or beta == 0.0)  # with force-hard on, β has no effect
             and run.resolution.reached(state.iteration, run.d, run.pixel_size)
-            and not (settings.hard.mode == "first_n" and hard)
+            and not (settings.posterior.hard == "first_n" and hard)
         )
         converged = (
             state.full_pass >= 2
             and schedules_done
             and row["percent_changed"] is not None
-            and row["percent_changed"] < settings.convergence_percent
+            and row["percent_changed"] < settings.optim.convergence_percent
             and not state.splits
         )
-        state.finished = converged or state.full_pass == settings.max_iterations
+        state.finished = converged or state.full_pass == settings.optim.max_iterations
         finish_iteration(run, state, row, checkpoint)

@@ -32,9 +32,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass
 class GradientSettings:
-    """``optim=gradient``: see ``configs/optim/gradient.yaml``."""
+    """``optim.gradient.*`` (``optim=gradient``: see ``configs/optim/gradient.yaml``)."""
 
     optimizer: str = "Adam"  # a torch.optim class
     learning_rate: float = 0.2  # in units of the initial maps' rms inside the mask
@@ -42,6 +42,12 @@ class GradientSettings:
     batch_size: int = 256  # particles per optimiser step
     train_prior: bool = True  # class proportions trained too (else: mean posterior per epoch)
     train_noise: bool = False  # noise power per shell trained too (else: from the residuals)
+
+    def __post_init__(self) -> None:
+        optimizer_class(self.optimizer)  # checks the name
+        for key in ("learning_rate", "epochs", "batch_size"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"optim.gradient.{key} must be > 0, got {getattr(self, key)}")
 
 
 def free_energy(scores: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -112,9 +118,14 @@ def gaussian_normaliser(
     return -0.5 * (torch.log(noise_power[optics_group]) * (counts * use)).sum(1)
 
 
-def make_optimizer(name: str, params, learning_rate: float) -> torch.optim.Optimizer:
-    """``torch.optim.<name>(params, lr=learning_rate)``, with a plain error for a wrong name."""
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """``torch.optim.<name>``, with a plain error for a wrong name."""
     cls = getattr(torch.optim, name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ValueError(f"optim.gradient.optimizer: torch.optim has no optimiser {name!r}")
-    return cls(params, lr=learning_rate)
+    return cls
+
+
+def make_optimizer(name: str, params, learning_rate: float) -> torch.optim.Optimizer:
+    """``torch.optim.<name>(params, lr=learning_rate)``, with a plain error for a wrong name."""
+    return optimizer_class(name)(params, lr=learning_rate)

@@ -28,7 +28,7 @@ def gradient_epochs(
 ) -> None:
     """The epochs of gradient training not yet done (``state.gradient`` holds the model's and
     the optimiser's state between them)."""
-    g = run.settings.gradient
+    g = run.settings.optim.gradient
     if run.regulariser.half_sets:
         raise ValueError("gradient training makes no half-set reconstructions for the regulariser")
     noise_power = state.noise.power if g.train_noise else None
@@ -109,7 +109,7 @@ def _end_epoch(
     """The regulariser's filter on the maps; class proportions and noise from the epoch's sums
     ``stats`` (over the ranks; unless they are trained)."""
     model.set_maps(run.regulariser.filter_maps(model.maps().detach(), run.mask))
-    if not run.settings.gradient.train_prior:
+    if not run.settings.optim.gradient.train_prior:
         class_weight = stats.class_weight
         with torch.no_grad():
             model.logits.copy_(torch.log((class_weight / class_weight.sum()).to(run.dtype)))

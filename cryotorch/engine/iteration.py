@@ -85,10 +85,10 @@ def _check_classes(run: RunContext, state: RunState) -> dict:
     """Report empty and duplicate classes; plan a re-seed for the next iteration if any are
     left (``state.splits``). Returns the table's columns for them."""
     settings = run.settings
-    empty = empty_classes(state.prior, settings.empty_class_fraction)
+    empty = empty_classes(state.prior, settings.model.empty_class_fraction)
     resolution = run.resolution.resolution(state.iteration)
     pairs = duplicate_classes(
-        state.maps, run.mask, resolution, run.pixel_size, settings.duplicate_correlation
+        state.maps, run.mask, resolution, run.pixel_size, settings.model.duplicate_correlation
     )
     just_split = {frozenset(pair) for pair in state.splits}  # made in this iteration
     notes, run.notes = run.notes, []
@@ -100,7 +100,7 @@ def _check_classes(run: RunContext, state: RunState) -> dict:
     ]
     plan = plan_reseed(state.prior, empty, pairs, state.splits)
     state.splits = []
-    if plan is not None and state.reseeds_done < settings.reseed:
+    if plan is not None and state.reseeds_done < settings.model.reseed:
         state.splits = [plan]
         state.reseeds_done += 1
         notes.append(f"re-seeding class {plan[1] + 1} from half of class {plan[0] + 1}")

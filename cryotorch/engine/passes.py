@@ -74,7 +74,7 @@ def estep_pass(
     maps = state.maps if maps is None else maps
     log_prior = torch.log(state.prior.clamp_min(1e-30)) if log_prior is None else log_prior
     noise = state.noise if noise is None else noise
-    volumes = prepare_volumes(run.estep_maps(state, maps), run.settings.pad)
+    volumes = prepare_volumes(run.estep_maps(state, maps), run.settings.model.pad)
     max_shell = run.resolution.max_shell(state.iteration, run.d, run.pixel_size)
     gamma = torch.zeros(len(rows), run.k, device=run.device, dtype=run.dtype)  # all ranks' rows
     gamma_estep = torch.zeros_like(gamma) if estep_posteriors else None
@@ -114,7 +114,7 @@ def assignment_statistics(
         stats = run.zeros()
     else:
         stats = SufficientStatistics.zeros(
-            groups, run.d, run.settings.pad, run.n_groups, run.device, run.dtype
+            groups, run.d, run.settings.model.pad, run.n_groups, run.device, run.dtype
         )
     classes = torch.as_tensor(classes, device=run.device)
     for batch in run.batches(np.arange(run.n)):

@@ -1,5 +1,12 @@
-"""What a classification is asked to do: :class:`ClassificationSettings` (the values of
-``configs/``, checked when made) and the :class:`Masks` given to it."""
+"""What a classification is asked to do: :class:`ClassificationSettings`, nested by config
+group as ``configs/`` is (``model``, ``posterior``, ``optim``, ``mask``), and the
+:class:`Masks` given to it.
+
+The dataclasses are the schema of the configs: the command line's values are merged into them
+(:func:`cryotorch.cli.configs.settings_from_config`, which checks each value's type and names
+the key) and every check of a value's range or choice is here, in ``__post_init__``, once.
+Their defaults are the YAML files' (a test holds the two to each other); lengths are in Å.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +15,111 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from cryotorch.engine.gradient import GradientSettings
+from cryotorch.engine.regularisers import REGULARISERS
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
 
-__all__ = ["ClassificationSettings", "Masks", "settings_dict"]
+__all__ = [
+    "ClassificationSettings",
+    "MaskSettings",
+    "Masks",
+    "ModelSettings",
+    "OptimSettings",
+    "PosteriorSettings",
+    "SimilaritySettings",
+    "settings_dict",
+]
 
 
-@dataclass(frozen=True)
-class ClassificationSettings:
-    """How to classify (lengths in Å). See ``configs/`` for the user-facing names."""
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _positive(key: str, value: float | int | None, allow_zero: bool = False) -> None:
+    if value is not None and not (value >= 0 if allow_zero else value > 0):
+        raise ValueError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass
+class ModelSettings:
+    """``model.*`` (``configs/model/default.yaml``)."""
 
     num_classes: int = 2
-    seed: int = 0
+    init: str = "random"  # random (RELION: random assignment) | pca (cryoSPARC)
+    pca_subsets: int = 20  # random subsets reconstructed for the PCA start
     target_resolution: float = 5.0
     initial_resolution: float = 20.0  # initial maps low-passed to this; E-step starts here
     resolution_reach_at: int = 20
     particle_diameter: float | None = None  # solvent mask; None: 0.9 of the box
-    solvent_edge: float = 8.0  # the spherical solvent mask falls to 0 over this width
+    regulariser: str = "tau2"  # tau2 (RELION's T·τ²) | fsc (cryoSPARC's FSC) | denoise
     tau2_fudge: float = 4.0
-    regulariser: str = "tau2"  # tau2 (RELION's T·τ²) | fsc (cryoSPARC's half-set FSC) | denoise
     contrast: str = "from_input"  # per-particle scale: none | from_input | optimal
-    init: str = "random"  # random (RELION: random assignment) | pca (cryoSPARC)
-    pca_subsets: int = 20  # random subsets reconstructed for the PCA start
     pad: int = 2
-    similarity: SimilaritySchedule = field(default_factory=SimilaritySchedule)
-    similarity_form: str = "temperature"
-    hard: HardSchedule = field(default_factory=HardSchedule)
+    empty_class_fraction: float = 0.01  # a class with a smaller share is reported empty
+    duplicate_correlation: float = 0.99  # two maps more alike than this are reported alike
+    reseed: int = 0  # how many times an empty/duplicate class may be re-seeded (0: report only)
+
+    def __post_init__(self) -> None:
+        _positive("model.num_classes", self.num_classes)
+        _choice("model.init", self.init, ("random", "pca"))
+        _positive("model.pca_subsets", self.pca_subsets)
+        _positive("model.target_resolution", self.target_resolution)
+        _positive("model.initial_resolution", self.initial_resolution)
+        _positive("model.resolution_reach_at", self.resolution_reach_at, allow_zero=True)
+        _positive("model.particle_diameter", self.particle_diameter)
+        _choice("model.regulariser", self.regulariser, REGULARISERS)
+        _positive("model.tau2_fudge", self.tau2_fudge)
+        _choice("model.contrast", self.contrast, ("none", "from_input", "optimal"))
+        _positive("model.pad", self.pad)
+        _positive("model.reseed", self.reseed, allow_zero=True)
+
+
+@dataclass
+class SimilaritySettings:
+    """``posterior.similarity.*``: class similarity β and its schedule."""
+
+    start: float = 0.5
+    anneal_start: int = 0
+    anneal_end: int = 10
+    form: str = "temperature"  # temperature | mixing (see ClassSimilarity)
+    auto_tune: bool = False  # True: ``start`` is tuned on the first batch (see tune_similarity)
+    target_ess_fraction: float = 0.75  # the mean class ESS, as a fraction of K, it tunes to
+
+    def __post_init__(self) -> None:
+        _choice("posterior.similarity.form", self.form, ("temperature", "mixing"))
+        self.schedule()  # checks start and the annealing iterations
+
+    def schedule(self, start: float | None = None) -> SimilaritySchedule:
+        """β's schedule, from ``start`` instead of this ``start`` if given (auto-tuned)."""
+        return SimilaritySchedule(
+            self.start if start is None else start,
+            self.anneal_start,
+            self.anneal_end,
+            self.auto_tune,
+            self.target_ess_fraction,
+        )
+
+
+@dataclass
+class PosteriorSettings:
+    """``posterior.*`` (``configs/posterior/default.yaml``): class similarity, force hard."""
+
+    similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
+    hard: str = "never"  # never | always | after_anneal | first_n
+    hard_iterations: int = 5  # N for first_n
+
+    def __post_init__(self) -> None:
+        self.hard_schedule()  # checks the mode
+
+    def hard_schedule(self) -> HardSchedule:
+        return HardSchedule(self.hard, self.hard_iterations)  # type: ignore[arg-type]
+
+
+@dataclass
+class OptimSettings:
+    """``optim.*`` (``configs/optim/default.yaml``, ``gradient.yaml``)."""
+
+    method: str = "em"  # em | gradient
     online_epochs: float = 2.0
     batch_per_class: int = 1000
     learning_rate: float = 0.4
@@ -40,27 +127,50 @@ class ClassificationSettings:
     max_iterations: int = 25
     convergence_percent: float = 2.0
     batch_size: int = 512  # particles per E-step call in full passes
-    empty_class_fraction: float = 0.01  # a class with a smaller share is reported empty
-    duplicate_correlation: float = 0.99  # two maps more alike than this are reported duplicates
-    reseed: int = 0  # how many times an empty/duplicate class may be re-seeded (0: report only)
-    progress: bool = True  # a progress bar over each full pass
-    prefetch: bool = True  # read the next batch in a thread while this one is scored
-    method: str = "em"  # em | gradient (optim=gradient)
+    prefetch: bool | None = None  # read the next batch in a thread; None: on CUDA only
     gradient: GradientSettings = field(default_factory=GradientSettings)
 
     def __post_init__(self) -> None:
-        if self.method not in ("em", "gradient"):
-            raise ValueError(f"optim.method must be em or gradient, got {self.method!r}")
-        if self.method == "gradient" and self.regulariser == "fsc":
+        _choice("optim.method", self.method, ("em", "gradient"))
+        _positive("optim.online_epochs", self.online_epochs, allow_zero=True)
+        _positive("optim.batch_per_class", self.batch_per_class)
+        _positive("optim.max_iterations", self.max_iterations)
+        _positive("optim.batch_size", self.batch_size)
+
+
+@dataclass
+class MaskSettings:
+    """``mask.*`` (``configs/mask/default.yaml``): the solvent and focus masks (their files
+    are read by :mod:`cryotorch.inputs`; the engine uses the sphere's soft edge)."""
+
+    solvent: str = "sphere"  # sphere | from_reference | a .mrc file
+    threshold: float = 0.2
+    lowpass_angstrom: float = 15.0
+    extend_angstrom: float = 6.0
+    soft_edge_angstrom: float = 8.0  # the spherical solvent mask falls to 0 over this width
+    focus: str | None = None  # a .mrc focus mask
+
+    def __post_init__(self) -> None:
+        _positive("mask.soft_edge_angstrom", self.soft_edge_angstrom, allow_zero=True)
+
+
+@dataclass
+class ClassificationSettings:
+    """How to classify: one field per config group, the run's ``seed``, and ``progress`` (a
+    progress bar over each full pass; from ``logger.quiet``)."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    posterior: PosteriorSettings = field(default_factory=PosteriorSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    mask: MaskSettings = field(default_factory=MaskSettings)
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optim.method == "gradient" and self.model.regulariser == "fsc":
             raise ValueError(
                 "model.regulariser=fsc filters with half-set reconstructions, which gradient "
                 "training does not make: use tau2 or denoise with optim=gradient"
-            )
-        if self.init not in ("random", "pca"):
-            raise ValueError(f"model.init must be random or pca, got {self.init!r}")
-        if self.contrast not in ("none", "from_input", "optimal"):
-            raise ValueError(
-                f"model.contrast must be none, from_input or optimal, got {self.contrast!r}"
             )
 
 
@@ -69,7 +179,7 @@ class Masks:
     """Masks at the working box, each ``(d, d, d)`` in [0, 1].
 
     ``solvent`` S multiplies every map after each M-step (None: a sphere of
-    ``particle_diameter`` whose raised-cosine edge falls to 0 over ``solvent_edge`` Å).
+    ``particle_diameter`` whose raised-cosine edge falls to 0 over ``mask.soft_edge_angstrom``).
     ``focus`` F restricts what the E-step compares: it scores each particle against
     ``S · (F · V_k + (1 - F) · V̄)``, so outside F every class looks alike
     and only the region inside F decides the class. V̄ is ``consensus`` (any greyscale: fitted
@@ -82,9 +192,9 @@ class Masks:
 
 
 def settings_dict(settings: ClassificationSettings) -> dict:
-    """The settings that decide a run's result, as plain values (``progress`` and
-    ``prefetch`` left out)."""
+    """The settings that decide a run's result, as nested plain values (``progress`` and
+    ``optim.prefetch`` left out)."""
     values = asdict(settings)
     values.pop("progress")
-    values.pop("prefetch")
+    values["optim"].pop("prefetch")
     return values

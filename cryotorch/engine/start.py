@@ -53,13 +53,13 @@ def initial_state(run: RunContext, initial_maps: torch.Tensor | None) -> RunStat
         assignment=np.full(n, -1),
     )
     stats = None
-    if initial_maps is None and settings.init == "pca" and k > 1:
+    if initial_maps is None and settings.model.init == "pca" and k > 1:
         # cryoSPARC's PCA start (see engine/initialisation.py).
-        m = min(settings.pca_subsets, n)
+        m = min(settings.model.pca_subsets, n)
         subsets = rng.permutation(np.arange(n) % m)
         small = assignment_statistics(run, subsets, noise, n_classes=m)
-        small_maps = update_maps(small, d, settings.pad, settings.tau2_fudge, run.mask)
-        small_maps = lowpass_3d(small_maps, settings.initial_resolution, run.pixel_size)
+        small_maps = update_maps(small, d, settings.model.pad, settings.model.tau2_fudge, run.mask)
+        small_maps = lowpass_3d(small_maps, settings.model.initial_resolution, run.pixel_size)
         labels = cluster_maps(small_maps * run.mask, k, rng)
         stats = assignment_statistics(run, labels[subsets], noise)
         maps, _, _ = run.m_step(stats, noise)
@@ -78,10 +78,12 @@ def initial_state(run: RunContext, initial_maps: torch.Tensor | None) -> RunStat
         maps = maps * fit_scale(run, maps, noise)[:, None, None, None]
         if run.focus is not None and run.reference is None:  # V̄ from all particles
             stats = assignment_statistics(run, np.zeros(n, np.int64), noise)
-    state.maps = lowpass_3d(maps, settings.initial_resolution, run.pixel_size) * run.mask
+    state.maps = lowpass_3d(maps, settings.model.initial_resolution, run.pixel_size) * run.mask
     consensus = consensus_from(run, state, stats, noise)
     if consensus is not None:
-        consensus = lowpass_3d(consensus, settings.initial_resolution, run.pixel_size) * run.mask
+        consensus = (
+            lowpass_3d(consensus, settings.model.initial_resolution, run.pixel_size) * run.mask
+        )
     state.consensus = consensus
     state.order = rng.permutation(n)
     return state

@@ -1,0 +1,127 @@
+"""The schema of ``cryotorch-classify``'s configuration (``configs/classify.yaml`` and its
+groups), as dataclasses: the composed configuration is merged into :class:`RunConfig`, which
+checks every value's type and names its key, then made into objects, whose ``__post_init__``
+checks ranges and choices. The engine's groups are
+:class:`~cryotorch.engine.settings.ClassificationSettings`'; ``data``, ``logger`` and the
+top-level keys are the command's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cryotorch.engine.settings import (
+    ClassificationSettings,
+    MaskSettings,
+    ModelSettings,
+    OptimSettings,
+    PosteriorSettings,
+)
+from cryotorch.errors import InputError
+from cryotorch.physics.slices import KERNEL_CHOICES
+
+__all__ = ["DataConfig", "LoggerConfig", "RunConfig", "read_run_config"]
+
+
+@dataclass
+class DemoConfig:
+    """``data.simulate.*``: the built-in data set (``configs/simulate.yaml`` for the rest)."""
+
+    n_particles: int = 2000
+    snr: float = 0.05
+    box: int = 64
+    pixel_size: float = 1.5
+    proportions: list[float] | None = None
+
+
+@dataclass
+class DataConfig:
+    """``data.*`` (``configs/data/default.yaml``): the files a run reads."""
+
+    particles: str | None = None  # None: simulate the built-in data set
+    initial_maps: Any = None  # one path, or a list of one per class
+    reference: str | None = None
+    data_dir: str | None = None
+    passthrough: str | None = None
+    pixel_size: float | None = None
+    ignore_stack_pixel_size: bool = False
+    cache_gb: float = 1.0
+    simulate: DemoConfig = field(default_factory=DemoConfig)
+
+    def __post_init__(self) -> None:
+        if not self.cache_gb >= 0:
+            raise ValueError(f"data.cache_gb must be >= 0, got {self.cache_gb}")
+        if self.pixel_size is not None and not self.pixel_size > 0:
+            raise ValueError(f"data.pixel_size must be > 0, got {self.pixel_size}")
+
+    def initial_map_paths(self) -> list[str] | None:
+        """``initial_maps`` as a list of paths (None: none given)."""
+        if self.initial_maps is None:
+            return None
+        if isinstance(self.initial_maps, str):
+            return [self.initial_maps]
+        return [str(path) for path in self.initial_maps]
+
+
+@dataclass
+class LoggerConfig:
+    """``logger.*`` (``configs/logger/``)."""
+
+    tensorboard: bool = True
+    quiet: bool = False
+
+
+@dataclass
+class RunConfig:
+    """The whole configuration of ``cryotorch-classify``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    mask: MaskSettings = field(default_factory=MaskSettings)
+    posterior: PosteriorSettings = field(default_factory=PosteriorSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    output_dir: str = "classify"
+    resume: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    kernels: str = "numba"
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        if self.kernels not in KERNEL_CHOICES:
+            raise ValueError(
+                f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {self.kernels!r}"
+            )
+
+    def settings(self) -> ClassificationSettings:
+        """The engine's settings of this run."""
+        return ClassificationSettings(
+            model=self.model,
+            posterior=self.posterior,
+            optim=self.optim,
+            mask=self.mask,
+            seed=self.seed,
+            progress=not self.logger.quiet,
+        )
+
+
+def read_run_config(cfg: DictConfig) -> RunConfig:
+    """``cfg`` (as Hydra composed it) checked against the schema; an :class:`InputError`
+    naming the key for a value of the wrong type, an unknown key or a value out of range."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+        config = OmegaConf.to_object(merged)
+        config.settings()  # the checks across groups
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or None
+        raise InputError("configuration", key, str(exc).splitlines()[0]) from exc
+    except ValueError as exc:
+        raise InputError("configuration", None, str(exc)) from exc
+    assert isinstance(config, RunConfig)
+    return config
