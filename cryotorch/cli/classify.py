@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cryotorch.cli.configs import (
     CONFIG_PATH,
+    compose_config,
     job_output_dir,
-    load_config,
     run_reporting_input_errors,
 )
 from cryotorch.cli.outputs import write_outputs
@@ -54,11 +55,18 @@ def _particles(config: RunConfig, output_dir: Path, simulate: bool = True) -> Pa
         return simulated  # simulated by rank 0, or by the run resumed
     from cryotorch.cli.simulate import run as run_simulation
 
-    sim_cfg = load_config("simulate")
-    sim_cfg.pop("hydra")
-    demo = OmegaConf.structured(config.data.simulate)
-    sim_cfg = OmegaConf.merge(sim_cfg, demo, {"seed": config.seed})
-    return run_simulation(sim_cfg, output_dir / "simulated")
+    demo = asdict(config.data.simulate) | {"seed": config.seed}
+    overrides = [f"{key}={_override_value(value)}" for key, value in demo.items()]
+    return run_simulation(compose_config("simulate", overrides), output_dir / "simulated")
+
+
+def _override_value(value: object) -> str:
+    """``value`` as Hydra's override grammar writes it: ``null``, ``[a,b]`` or the number."""
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    return repr(value)
 
 
 def _inputs_dict(config: RunConfig) -> dict:

@@ -10,26 +10,33 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable
-from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cryotorch.errors import InputError, InputWarning
 
-CONFIG_PATH = "pkg://cryotorch.configs"  # for @hydra.main(config_path=...)
+CONFIG_MODULE = "cryotorch.configs"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"  # for @hydra.main(config_path=...)
 
 
-def load_config(name: str) -> DictConfig:
-    """The packaged config ``name`` (e.g. ``"simulate"``) as loaded from its YAML file."""
-    text = files("cryotorch.configs").joinpath(f"{name}.yaml").read_text()
-    return OmegaConf.create(text)
+def compose_config(name: str, overrides: list[str]) -> DictConfig:
+    """The packaged config ``name`` (e.g. ``"simulate"``) as Hydra composes it with
+    ``overrides`` (``key=value``), inside a running Hydra application or outside one."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=name, overrides=overrides)
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
 
 
-def job_output_dir(cfg: DictConfig) -> Path:
+def job_output_dir(cfg: Any) -> Path:
     """Where this job writes: Hydra's job folder when Hydra runs it (``output_dir`` for a
-    single run, ``output_dir/<job number>`` in a ``-m`` sweep), else ``cfg.output_dir``."""
+    single run, ``output_dir/<job number>`` in a ``-m`` sweep), else ``cfg.output_dir``
+    (``cfg``: a config or :class:`~cryotorch.cli.schema.RunConfig`)."""
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(cfg.output_dir)
