@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
 
@@ -139,7 +140,6 @@ def run(cfg: DictConfig) -> dict:
 
 def _run(config: RunConfig, device: torch.device) -> dict:
     group = ProcessGroup(device)
-    say = print if group.is_main else (lambda *args, **kwargs: None)
     output_dir = job_output_dir(config)
     resume_from = _prepare_output_dir(output_dir, config.resume)
     group.barrier()  # every rank has checked the folder before rank 0 writes to it
@@ -149,68 +149,71 @@ def _run(config: RunConfig, device: torch.device) -> dict:
     group.barrier()  # rank 0 has simulated the demo data, if asked to
     star = star or _particles(config, output_dir, simulate=False)
     table = _read_table(config, star, output_dir)
-    resume_state = None if resume_from is None else load_checkpoint(resume_from, CHECKPOINT_FORMAT)
     # Everything the run reads is checked before anything is written.
     with ParticleImages(table, check_pixel_size=not config.data.ignore_stack_pixel_size) as images:
-        table = images.table  # with the box of every optics group, from the stacks if need be
-        d_full, psize = images.image_shape[-1], float(table.pixel_size_angstrom[0])
-        d_work, work_psize = cropped_box_for_resolution(
-            d_full, psize, settings.model.target_resolution
+        return _classify_images(config, images, star, output_dir, resume_from, device)
+
+
+def _classify_images(
+    config: RunConfig,
+    images: ParticleImages,
+    star: Path,
+    output_dir: Path,
+    resume_from: Path | None,
+    device: torch.device,
+) -> dict:
+    """The run on the opened particle images: the maps and masks it is given, checked and
+    cropped; the classification; the outputs (rank 0)."""
+    settings, group = config.settings(), ProcessGroup(device)
+    say = print if group.is_main else (lambda *args, **kwargs: None)
+    table = images.table  # with the box of every optics group, from the stacks if need be
+    d_full, psize = images.image_shape[-1], float(table.pixel_size_angstrom[0])
+    d_work, work_psize = cropped_box_for_resolution(d_full, psize, settings.model.target_resolution)
+    masks = read_masks(config.mask, config.data.reference, images, d_work, work_psize)
+    paths, k = config.data.initial_map_paths(), settings.model.num_classes
+    initial_maps = read_initial_maps(paths, k, images, d_work)
+    inputs = _inputs_dict(config)
+    resume_state = None
+    if resume_from is not None:
+        resume_state = load_checkpoint(resume_from, CHECKPOINT_FORMAT)
+        check_resumable(resume_from, resume_state, settings, len(table), d_work, inputs)
+    say(
+        f"{len(table)} particles, box {d_full} at {psize:.3f} Å -> working box {d_work} at "
+        f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), K = {k}, {device}"
+    )
+    if resume_state is not None:
+        say(f"resuming {resume_from} after iteration {resume_state['iteration'] - 1}")
+    truth = _truth(star, len(table), say)
+    monitor = RunMonitor(
+        output_dir,
+        tensorboard=config.logger.tensorboard and group.is_main,
+        quiet=config.logger.quiet or not group.is_main,
+        first_step=0 if resume_state is None else int(resume_state["iteration"]),
+        truth=truth,
+        num_classes=k,
+    )
+    with closing(monitor):
+        t0 = time.perf_counter()
+        batcher = BatchMaker(
+            images,
+            d_work,
+            device,
+            pad=settings.model.pad,
+            use_ctf_scale=settings.model.contrast != "none",
+            cache_bytes=int(config.data.cache_gb * 2**30),
+            kernels=config.kernels,
         )
-        masks = read_masks(config.mask, config.data.reference, images, d_work, work_psize)
-        paths = config.data.initial_map_paths()
-        initial_maps = read_initial_maps(paths, settings.model.num_classes, images, d_work)
-        inputs = _inputs_dict(config)
-        if resume_state is not None:
-            check_resumable(resume_from, resume_state, settings, len(table), d_work, inputs)
-        say(
-            f"{len(table)} particles, box {d_full} at {psize:.3f} Å -> working box {d_work} at "
-            f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), "
-            f"K = {settings.model.num_classes}, {device}"
-        )
-        if resume_state is not None:
-            say(f"resuming {resume_from} after iteration {resume_state['iteration'] - 1}")
-        truth = _truth(star, len(table), say)
-        monitor = RunMonitor(
-            output_dir,
-            tensorboard=config.logger.tensorboard and group.is_main,
-            quiet=config.logger.quiet or not group.is_main,
-            first_step=0 if resume_state is None else int(resume_state["iteration"]),
-            truth=truth,
-            num_classes=settings.model.num_classes,
-        )
-        try:
-            t0 = time.perf_counter()
-            batcher = BatchMaker(
-                images,
-                d_work,
-                device,
-                pad=settings.model.pad,
-                use_ctf_scale=settings.model.contrast != "none",
-                cache_bytes=int(config.data.cache_gb * 2**30),
-                kernels=config.kernels,
-            )
-            result = classify(
-                batcher,
-                settings,
-                monitor,
-                initial_maps,
-                checkpoint=lambda state: save_checkpoint(
-                    output_dir / CHECKPOINT_NAME, {**state, "inputs": inputs}
-                ),
-                resume=resume_state,
-                masks=masks,
-            )
-            seconds = time.perf_counter() - t0
-            if group.is_main:
-                write_outputs(output_dir, table, result, monitor)
-                monitor.log_ess(
-                    torch.as_tensor(effective_sample_size(result.posteriors.astype(np.float64))),
-                    len(result.history),
-                )
-        finally:
-            monitor.close()
-    return _summary(result, seconds, truth, settings.model.num_classes, device, output_dir, say)
+
+        def checkpoint(state: dict) -> None:
+            save_checkpoint(output_dir / CHECKPOINT_NAME, {**state, "inputs": inputs})
+
+        result = classify(batcher, settings, monitor, initial_maps, checkpoint, resume_state, masks)
+        seconds = time.perf_counter() - t0
+        if group.is_main:
+            write_outputs(output_dir, table, result, monitor)
+            ess = effective_sample_size(result.posteriors.astype(np.float64))
+            monitor.log_ess(torch.as_tensor(ess), len(result.history))
+    return _summary(result, seconds, truth, k, device, output_dir, say)
 
 
 def _read_table(config: RunConfig, star: Path, output_dir: Path) -> ParticleTable:
