@@ -15,6 +15,7 @@ import torch
 
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.io import ParticleImages, read_map, read_particles
+from cryotorch.io.atomic import atomic_path, stale_temporary_files
 from tests.run_helpers import run_classify, simulate_two_blob_classes
 
 FAST = [
@@ -128,3 +129,23 @@ def test_contrast_none_leaves_out_the_files_ctf_scale(tmp_path: Path):
         scaled = BatchMaker(images, 16, torch.device("cpu"))(rows).ctf
         plain = BatchMaker(images, 16, torch.device("cpu"), use_ctf_scale=False)(rows).ctf
     torch.testing.assert_close(scaled, 2 * plain)
+
+
+def test_a_run_removes_only_its_own_temporary_files(tmp_path: Path):
+    """A run into a folder removes the temporary files of writes a kill cut short, and never a
+    user's own files whose names look temporary (they used to match '.*.tmp*')."""
+    star = simulate_two_blob_classes(tmp_path / "data", 200, 1.0, seed=1)
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = [out / ".thesis.tmp.tex", out / ".config.tmpl", out / "notes.tmp"]
+    for path in mine:
+        path.write_text("the user's")
+    with atomic_path(out / "probe.txt") as tmp:  # atomic_path's own names are recognised
+        assert stale_temporary_files(out) == [tmp]
+        tmp.write_text("probe")
+    (out / "probe.txt").unlink()
+    stale = out / ".iterations.csv.x1y2z3.cryotorch-tmp.csv"  # as a killed write leaves it
+    stale.write_text("half")
+    run_classify(star, out, "logger=none", "logger.quiet=true", "optim.max_iterations=2")
+    assert all(path.read_text() == "the user's" for path in mine)
+    assert not stale.exists()

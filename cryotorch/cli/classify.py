@@ -38,6 +38,7 @@ from cryotorch.errors import InputError
 from cryotorch.evaluation import TRUE_CLASSES, classification_accuracy, read_true_classes
 from cryotorch.inputs import read_initial_maps, read_masks
 from cryotorch.io import ParticleImages, read_particles
+from cryotorch.io.atomic import stale_temporary_files
 from cryotorch.io.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from cryotorch.monitor import RunMonitor
 from cryotorch.particles import ParticleTable
@@ -96,7 +97,7 @@ def _prepare_output_dir(output_dir: Path, resume: bool) -> Path | None:
             f"holds another run ({', '.join(found)}): choose another output_dir, "
             "or add resume=true to continue it",
         )
-    for stale in output_dir.glob(".*.tmp*"):  # atomic writes cut short by a kill
+    for stale in stale_temporary_files(output_dir):  # atomic writes cut short by a kill
         stale.unlink()
     checkpoint = output_dir / CHECKPOINT_NAME
     if resume and not checkpoint.is_file():

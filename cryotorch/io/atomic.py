@@ -1,7 +1,8 @@
 """Atomic output: write to a temporary file in the destination folder, then rename.
 
 A reader never sees a half-written file, and a failed or interrupted write leaves the old file
-(or nothing) in place.
+(or nothing) in place. The temporary files are named ``.<name>.<random>.cryotorch-tmp<suffix>``,
+so that those a killed run left (:func:`stale_temporary_files`) can be told from a user's own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+__all__ = ["TEMPORARY_MARK", "atomic_path", "stale_temporary_files"]
+
+TEMPORARY_MARK = ".cryotorch-tmp"  # in the name of every temporary file atomic_path makes
 
 
 @contextlib.contextmanager
@@ -23,7 +28,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        prefix=f".{path.name}.", suffix=f"{TEMPORARY_MARK}{path.suffix}", dir=path.parent
     )
     os.close(fd)
     tmp_path = Path(tmp)
@@ -38,3 +43,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def stale_temporary_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files of :func:`atomic_path` in ``folder`` (those of writes a kill cut
+    short), and nothing else: a user's ``.notes.tmp`` is not one."""
+    return sorted(
+        p for p in Path(folder).glob(f".*{TEMPORARY_MARK}*") if p.is_file() and not p.is_symlink()
+    )
