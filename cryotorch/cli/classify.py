@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from cryotorch.cli.configs import (
     job_output_dir,
     run_reporting_input_errors,
 )
+from cryotorch.cli.lock import folder_lock
 from cryotorch.cli.outputs import write_outputs
 from cryotorch.cli.schema import RunConfig, read_run_config
 from cryotorch.engine.batches import BatchMaker
@@ -142,17 +143,19 @@ def run(cfg: DictConfig) -> dict:
 def _run(config: RunConfig, device: torch.device) -> dict:
     group = ProcessGroup(device)
     output_dir = job_output_dir(config)
-    resume_from = _prepare_output_dir(output_dir, config.resume)
-    group.barrier()  # every rank has checked the folder before rank 0 writes to it
-    settings = config.settings()
-    torch.manual_seed(settings.seed)
-    star = _particles(config, output_dir) if group.is_main else None
-    group.barrier()  # rank 0 has simulated the demo data, if asked to
-    star = star or _particles(config, output_dir, simulate=False)
-    table = _read_table(config, star, output_dir)
-    # Everything the run reads is checked before anything is written.
-    with ParticleImages(table, check_pixel_size=not config.data.ignore_stack_pixel_size) as images:
-        return _classify_images(config, images, star, output_dir, resume_from, device)
+    # One run at a time in a folder (rank 0 holds the lock for all ranks).
+    with folder_lock(output_dir) if group.is_main else nullcontext():
+        resume_from = _prepare_output_dir(output_dir, config.resume)
+        group.barrier()  # every rank has checked the folder before rank 0 writes to it
+        torch.manual_seed(config.seed)
+        star = _particles(config, output_dir) if group.is_main else None
+        group.barrier()  # rank 0 has simulated the demo data, if asked to
+        star = star or _particles(config, output_dir, simulate=False)
+        table = _read_table(config, star, output_dir)
+        # Everything the run reads is checked before anything is written.
+        check = not config.data.ignore_stack_pixel_size
+        with ParticleImages(table, check_pixel_size=check) as images:
+            return _classify_images(config, images, star, output_dir, resume_from, device)
 
 
 def _classify_images(
@@ -272,7 +275,7 @@ def _summary(
 
 @hydra.main(config_path=CONFIG_PATH, config_name="classify", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    run_reporting_input_errors("cryotorch-classify", run, cfg)
+    run_reporting_input_errors("cryotorch-classify", run, cfg, resumable=True)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ cryotorch finds them wherever it lives: Hydra reads them through ``pkg://cryotor
 
 from __future__ import annotations
 
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
@@ -56,13 +57,26 @@ def print_input_warnings(program: str) -> None:
     warnings.showwarning = one_line
 
 
-def run_reporting_input_errors(program: str, run: Callable[[DictConfig], object], cfg) -> None:
+def run_reporting_input_errors(
+    program: str, run: Callable[[DictConfig], object], cfg, resumable: bool = False
+) -> None:
     """``run(cfg)`` inside a ``@hydra.main`` function: Hydra would report an exception with a
-    traceback, so bad input is printed as one line and the process exits with status 2.
-    Input warnings are printed as one line each."""
+    traceback, so bad input is printed as one line and the process exits with status 2, and
+    Ctrl-C (SIGINT) as one line, with the command that continues the run if it is
+    ``resumable``, and status 130. Input warnings are printed as one line each."""
     print_input_warnings(program)
     try:
         run(cfg)
     except InputError as exc:
         print(f"{program}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        hint = f"; to continue it: {resume_command(program)}" if resumable else ""
+        print(f"{program}: interrupted{hint}", file=sys.stderr)
+        sys.exit(130)
+
+
+def resume_command(program: str) -> str:
+    """This command line with ``resume=true`` (in place of any ``resume=`` it had)."""
+    args = [a for a in sys.argv[1:] if not a.startswith(("resume=", "+resume="))]
+    return shlex.join([program, *args, "resume=true"])
