@@ -4,6 +4,7 @@ by a killed run, Ctrl-C."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import starfile
 
 from cryotorch.cli.lock import LOCK_NAME
 from cryotorch.errors import InputError
@@ -81,3 +83,20 @@ def test_ctrl_c_prints_one_line_with_the_command_that_continues(star: Path, tmp_
     assert lines[0].startswith("cryotorch-classify: interrupted; to continue it: ")
     assert lines[0].endswith("resume=true") and f"output_dir={out}" in lines[0]
     assert (out / "checkpoint.pt").is_file() and not (out / LOCK_NAME).exists()
+
+
+def test_resuming_with_a_particle_file_edited_in_place_is_refused(star: Path, tmp_path: Path):
+    """Same path, same number of particles, one defocus changed: not the run's particles."""
+    data = tmp_path / "data"
+    shutil.copytree(star.parent, data)
+    mine = data / star.name
+    out = tmp_path / "run"
+    run_classify(mine, out, *QUICK)
+    run_classify(mine, out, *QUICK, "resume=true")  # the same particles: resumes
+    blocks = starfile.read(mine, always_dict=True)
+    blocks["particles"].loc[0, "rlnDefocusU"] += 10.0
+    starfile.write(blocks, mine, overwrite=True)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(InputError, match=r"other settings: inputs\.particles_sha256 was"):
+        run_classify(mine, out, *QUICK, "resume=true")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing written

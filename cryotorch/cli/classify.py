@@ -10,6 +10,7 @@ See ``configs/classify.yaml`` and its groups for every option.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from contextlib import closing, nullcontext
@@ -72,15 +73,29 @@ def _override_value(value: object) -> str:
     return repr(value)
 
 
-def _inputs_dict(config: RunConfig) -> dict:
+def _inputs_dict(config: RunConfig, star: Path, images: ParticleImages) -> dict:
     """The files a run depends on beyond the engine's settings (a resumed run must use the
-    same)."""
+    same), and a digest of the particles' content: a particle file edited in place, or its
+    stacks rewritten, is not the run's any more."""
     data = config.data
     return {
         "particles": str(data.particles),
+        "particles_sha256": _particles_digest(star, data.passthrough, images),
         "reference": str(data.reference),
         "initial_maps": str(data.initial_map_paths()),
     }
+
+
+def _particles_digest(star: Path, passthrough: str | None, images: ParticleImages) -> str:
+    """sha256 of the particle file (and passthrough file), and of each stack's size and header
+    (the first 1024 bytes): 16 hex digits."""
+    digest = hashlib.sha256(star.read_bytes())
+    if passthrough is not None:
+        digest.update(Path(passthrough).read_bytes())
+    for stack in sorted({str(path) for path in images.table.image_path}):
+        with open(stack, "rb") as f:
+            digest.update(f"{os.fstat(f.fileno()).st_size}".encode() + f.read(1024))
+    return digest.hexdigest()[:16]
 
 
 # Files that show a folder holds (part of) a classification run.
@@ -176,7 +191,7 @@ def _classify_images(
     masks = read_masks(config.mask, config.data.reference, images, d_work, work_psize)
     paths, k = config.data.initial_map_paths(), settings.model.num_classes
     initial_maps = read_initial_maps(paths, k, images, d_work)
-    inputs = _inputs_dict(config)
+    inputs = _inputs_dict(config, star, images)
     resume_state = None
     if resume_from is not None:
         resume_state = load_checkpoint(resume_from, CHECKPOINT_FORMAT)
