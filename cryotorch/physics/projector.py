@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from cryotorch.physics.fourier import irfft_2d, irfft_3d, rfft_3d
+from cryotorch.physics.fourier import frequency_grid_3d, irfft_2d, irfft_3d, rfft_3d
 from cryotorch.physics.masks import soft_sphere
 from cryotorch.physics.slices import (
     Kernels,
@@ -100,7 +100,10 @@ def reconstruct_from_sums(
     ``data (n_voxels, 2k)``, ``weight (n_voxels, k)``. Steps: the Friedel mates of the ``x = 0``
     plane are added; ``V = data / (weight + regularisation)`` per Fourier voxel
     (``regularisation`` broadcasts against ``(k, p, p, p // 2 + 1)``, e.g. ``1 / (T τ²)`` per
-    shell), zero where the denominator is below ``eps`` times its largest value; the inverse
+    shell), zero where the denominator is below ``eps`` times its largest value in the same
+    resolution shell (per shell, not over the volume: where the noise power falls by orders of
+    magnitude from low to high resolution, as in noise-free data, the high shells' weights
+    would otherwise outweigh, and zero, every voxel of the low shells); the inverse
     transform and the central ``d`` box; outside the radius ``d / 2`` a soft edge (3 pixels)
     to the mean beyond it, as RELION does, since the box corners hold only interpolation
     artefacts; and the gridding correction.
@@ -111,11 +114,25 @@ def reconstruct_from_sums(
     denominator = (
         sum_friedel_mates_on_x0_plane(weight.T.reshape(k, p, p, p // 2 + 1)) + regularisation
     )
-    floor = eps * denominator.flatten(1).amax(dim=1).clamp_min(torch.finfo(denominator.dtype).tiny)
-    valid = denominator > floor[:, None, None, None]
+    valid = denominator > eps * _shell_maxima(denominator, d, pad)
     volume_ft = torch.where(valid, numerator / torch.where(valid, denominator, 1.0), 0)
     maps = unpad_volume(irfft_3d(volume_ft, p), d)
     edge = 1 - soft_sphere(d, d / 2, 3.0, device=maps.device).to(maps.dtype)
     outside = (maps * edge).sum(dim=(-3, -2, -1), keepdim=True) / edge.sum()
     maps = maps * (1 - edge) + outside * edge
     return maps / gridding_kernel(d, pad, maps.device, maps.dtype)
+
+
+def _shell_maxima(volumes: torch.Tensor, d: int, pad: int) -> torch.Tensor:
+    """``(k, p, p, p // 2 + 1)``: at each voxel of the padded half spectra ``volumes``, the
+    largest value of its class in its resolution shell (of the box-``d`` grid; the corners
+    past Nyquist count in the last shell); at least the smallest positive float."""
+    k, p = volumes.shape[0], pad * d
+    radius = frequency_grid_3d(p, volumes.device).norm(dim=-1) / pad
+    shells = radius.round().long().clamp_max(d // 2).flatten().expand(k, -1)
+    flat = volumes.flatten(1)
+    maxima = flat.new_zeros(k, d // 2 + 1).scatter_reduce(
+        1, shells, flat, reduce="amax", include_self=False
+    )
+    tiny = torch.finfo(volumes.dtype).tiny
+    return maxima.gather(1, shells).clamp_min(tiny).view_as(volumes)
