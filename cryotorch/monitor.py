@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from cryotorch.evaluation import classification_accuracy
 from cryotorch.io.atomic import atomic_path
+
+if TYPE_CHECKING:  # at run time imported where first used (RunMonitor.writer)
+    from torch.utils.tensorboard import SummaryWriter
 
 __all__ = ["RunMonitor"]
 
@@ -44,10 +48,10 @@ class RunMonitor:
         self.first_step = first_step
         self.truth = truth
         self.num_classes = num_classes
-        self._writer = None
+        self._writer: SummaryWriter | None = None
 
     @property
-    def writer(self):
+    def writer(self) -> SummaryWriter | None:
         """The TensorBoard writer, made on first use (a run refused early writes nothing)."""
         if self._writer is None and self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -22,9 +22,11 @@ import numpy as np
 from cryotorch.cli.configs import print_input_warnings
 from cryotorch.errors import InputError
 from cryotorch.io import ParticleImages, read_particles, write_particles
+from cryotorch.io.cs_arrays import field_names
 from cryotorch.io.example import write_example_star
 from cryotorch.io.mrc import with_image_sizes
 from cryotorch.io.star import TABLE_COLUMNS, star_columns_not_written
+from cryotorch.io.star_columns import StarVersion
 from cryotorch.particles import ParticleTable
 
 __all__ = ["convert", "main", "not_carried"]
@@ -36,7 +38,7 @@ def convert(
     data_dir: Path | None = None,
     passthrough: Path | None = None,
     pixel_size: float | None = None,
-    star_version: str = "3.1",
+    star_version: StarVersion = "3.1",
     relative_paths: bool = False,
     check_stacks: bool = True,
     check_pixel_size: bool = True,
@@ -104,7 +106,7 @@ CS_TABLE_FIELDS = (
 )
 
 
-def not_carried(table: ParticleTable, target: Path, star_version: str = "3.1") -> list[str]:
+def not_carried(table: ParticleTable, target: Path, star_version: StarVersion = "3.1") -> list[str]:
     """The input columns or fields of ``table``'s file that writing it to ``target`` drops.
 
     In the input's own names and order (optics block first): those the output format has
@@ -123,10 +125,11 @@ def not_carried(table: ParticleTable, target: Path, star_version: str = "3.1") -
             return star_columns_not_written(source, star_version)
         names = [*(source.optics.columns if source.optics is not None else ()), *source.particles]
         carried = set(TABLE_COLUMNS)
+        assert table.optics.number is not None  # OpticsGroups.__post_init__ always sets it
         if table.optics.name.tolist() == [f"opticsGroup{g}" for g in table.optics.number]:
             carried.add("rlnOpticsGroupName")
         return [c for c in dict.fromkeys(names) if c not in carried]
-    fields = list(source.particles.dtype.names)
+    fields = list(field_names(source.particles))  # a .cs source: a structured array
     carried = set(CS_TABLE_FIELDS[:-2] if star_version == "3.0" else CS_TABLE_FIELDS)
     return _shorten_fields([f for f in fields if f not in carried], fields)
 
@@ -144,7 +147,7 @@ def _shorten_fields(dropped: list[str], fields: list[str]) -> list[str]:
     short = []
     for f in dropped:
         p = prefix.get(f)
-        match = numbered.get(p)
+        match = numbered.get(p) if p is not None else None
         if match:
             same = {
                 int(m.group(2)): q
@@ -163,11 +166,12 @@ def _shorten_fields(dropped: list[str], fields: list[str]) -> list[str]:
     return list(dict.fromkeys(short))
 
 
-def _print_not_carried(table: ParticleTable, target: Path, star_version: str) -> None:
+def _print_not_carried(table: ParticleTable, target: Path, star_version: StarVersion) -> None:
     """Print :func:`not_carried`'s list as one line on standard error, if it is not empty."""
     dropped = not_carried(table, target, star_version)
     if not dropped:
         return
+    assert table.source is not None  # not_carried drops nothing from a table without one
     if target.suffix.lower() == ".cs":
         why = "cryotorch has no .cs field for these STAR columns"
     elif table.source.format == "cs":

@@ -44,7 +44,8 @@ def _holder(lock: Path) -> tuple[int, str] | None:
 @contextlib.contextmanager
 def folder_lock(folder: Path, say=print) -> Iterator[None]:
     """Hold ``folder/.cryotorch.lock`` while the block runs; an :class:`InputError` if a live
-    run holds it."""
+    run holds it. A folder made for the lock and left empty is removed again."""
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock, me = folder / LOCK_NAME, (os.getpid(), socket.gethostname())
     for _ in range(2):  # a stale lock is removed once, then taken
@@ -79,3 +80,5 @@ def folder_lock(folder: Path, say=print) -> Iterator[None]:
     finally:
         if _holder(lock) == me:
             lock.unlink(missing_ok=True)
+        if made and not any(folder.iterdir()):
+            folder.rmdir()

@@ -117,11 +117,11 @@ def read_run_config(cfg: DictConfig) -> RunConfig:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
         config = OmegaConf.to_object(merged)
+        assert isinstance(config, RunConfig)  # what a structured RunConfig converts to
         config.settings()  # the checks across groups
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or None
         raise InputError("configuration", key, str(exc).splitlines()[0]) from exc
     except ValueError as exc:
         raise InputError("configuration", None, str(exc)) from exc
-    assert isinstance(config, RunConfig)
     return config

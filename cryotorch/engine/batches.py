@@ -126,6 +126,7 @@ class BatchMaker:
         the cache where all of them are in it, else read (and cached while there is room)."""
         slots = self._slot[rows]
         if len(rows) and (slots >= 0).all():
+            assert self._cache is not None  # slots are >= 0 only once it is made
             return self._cache[torch.as_tensor(slots, device=self.device)]
         images = torch.from_numpy(self.images.read(rows)).to(self.dtype)
         if self.device.type == "cuda":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import numpy as np
 import torch
@@ -18,7 +19,12 @@ from cryotorch.engine.distributed import ProcessGroup
 from cryotorch.engine.estep import EStep, EStepResult
 from cryotorch.engine.mstep import MStep, SufficientStatistics, accumulate_statistics
 from cryotorch.engine.noise import NoiseModel
-from cryotorch.engine.posterior import ClassSimilarity, StraightThroughHard, tune_similarity
+from cryotorch.engine.posterior import (
+    ClassSimilarity,
+    SimilarityForm,
+    StraightThroughHard,
+    tune_similarity,
+)
 from cryotorch.engine.regularisers import Regulariser, make_regulariser
 from cryotorch.engine.schedules import ResolutionSchedule, SimilaritySchedule
 from cryotorch.engine.settings import ClassificationSettings, Masks
@@ -59,7 +65,9 @@ class RunContext:
         prefetch = settings.optim.prefetch  # None: where it pays, on CUDA (not on 2 CPU cores)
         self.prefetch = self.device.type == "cuda" if prefetch is None else prefetch
         self.estep = EStep(optimal_scale=settings.model.contrast == "optimal")
-        self.similarity = ClassSimilarity(settings.posterior.similarity.form)
+        # A str in the settings (OmegaConf has no Literal), checked there to be a form.
+        form = cast(SimilarityForm, settings.posterior.similarity.form)
+        self.similarity = ClassSimilarity(form)
         self.hard_layer = StraightThroughHard()
         self.hard_schedule = settings.posterior.hard_schedule()
         self.resolution = ResolutionSchedule(
@@ -189,4 +197,5 @@ class RunContext:
         maps = state.maps if maps is None else maps
         if self.focus is None:
             return maps
+        assert state.consensus is not None  # consensus_from sets it wherever there is a focus
         return self.mask * (self.focus * maps + (1 - self.focus) * state.consensus)

@@ -77,6 +77,7 @@ def full_em(run: RunContext, state: RunState, checkpoint: Checkpoint) -> None:
         label = f"iteration {state.iteration}"
         result = estep_pass(run, state, everyone, stats=stats, label=label, estep_posteriors=True)
         state.posteriors[:] = result.gamma.cpu().numpy()
+        assert result.gamma_estep is not None  # asked for: estep_posteriors=True
         state.posteriors_estep[:] = result.gamma_estep.cpu().numpy()
         beta, hard = run.beta_and_hard(state)
         state.consensus = consensus_from(run, state, stats, state.noise)

@@ -45,6 +45,7 @@ class EStep(nn.Module):
         self, volumes: torch.Tensor, batch: ParticleBatch, noise: NoiseModel, max_shell: int
     ) -> EStepResult:
         """``volumes (n_voxels, 2k)``: the interleaved padded Fourier volumes of the K classes."""
+        assert batch.geometry is not None  # BatchMaker.add_geometry has set it
         projections = extract_central_slices(volumes, batch.geometry) * batch.shift[:, None]
         model = batch.ctf[:, None] * projections  # (b, k, d, d//2+1)
         weights = noise.pixel_weights(batch.optics_group, max_shell)[:, None]  # (b, 1, d, dh)

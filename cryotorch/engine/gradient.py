@@ -1,4 +1,5 @@
-"""Gradient training of the class maps: the pieces (the epochs run in :mod:`cryotorch.engine.loop`).
+"""Gradient training of the class maps: the pieces (the epochs run in
+:mod:`cryotorch.engine.gradient_training`).
 
 Instead of EM's closed-form M-step, the K maps (and the class proportions) are parameters,
 trained with any ``torch.optim`` optimiser on mini-batches to maximise, per particle ``i``,
@@ -18,6 +19,7 @@ once through autograd, E-step and layers included.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +71,10 @@ class ClassMaps(nn.Module):
     to the maps' greyscale whatever the data's normalisation.
     """
 
+    rms: torch.Tensor  # buffers (register_buffer), which mypy cannot see
+    mask: torch.Tensor
+    log_noise: nn.Parameter | None
+
     def __init__(
         self,
         maps: torch.Tensor,
@@ -98,6 +104,7 @@ class ClassMaps(nn.Module):
 
     def noise_power(self) -> torch.Tensor:
         """``(g, n_shells)`` the trained noise power (only with ``noise_power`` given)."""
+        assert self.log_noise is not None  # set when noise_power was given
         return torch.exp(self.log_noise)
 
     @torch.no_grad()
@@ -118,8 +125,9 @@ def gaussian_normaliser(
     return -0.5 * (torch.log(noise_power[optics_group]) * (counts * use)).sum(1)
 
 
-def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
-    """``torch.optim.<name>``, with a plain error for a wrong name."""
+def optimizer_class(name: str) -> Callable[..., torch.optim.Optimizer]:
+    """``torch.optim.<name>``, with a plain error for a wrong name (a subclass of
+    ``torch.optim.Optimizer``, whose own arguments, ``lr`` and others, the base lacks)."""
     cls = getattr(torch.optim, name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ValueError(f"optim.gradient.optimizer: torch.optim has no optimiser {name!r}")

@@ -73,6 +73,7 @@ def gradient_epochs(
                 )
             optimizer.step()
             state.posteriors[rows] = step.gamma.cpu().numpy()
+            assert step.gamma_estep is not None  # asked for: estep_posteriors=True
             state.posteriors_estep[rows] = step.gamma_estep.cpu().numpy()
             stats.add_(step_stats)
             loglik_sum, count = loglik_sum + step.loglik_sum, count + step.count

@@ -57,7 +57,7 @@ def finish_iteration(
     """Record ``row`` (with the columns the monitor's ``annotate`` adds, if it has one), count
     the iteration, checkpoint the state, then tell the monitor."""
     monitor = run.monitor
-    if run.group.is_main and hasattr(monitor, "annotate"):
+    if run.group.is_main and monitor is not None and hasattr(monitor, "annotate"):
         monitor.annotate(row, state.assignment)
     state.history.append(row)
     state.iteration += 1

@@ -174,6 +174,7 @@ def accumulate_statistics(
         if halves is not None:
             scale = torch.cat([scale, scale], dim=1)
         factors = (g * scale, g * scale**2)
+    assert batch.geometry is not None  # BatchMaker.add_geometry has set it
     insert_for_reconstruction(
         ctf_x[:, None], batch.geometry, n_vox, ctf2[:, None], (stats.data, stats.weight), factors
     )
@@ -238,6 +239,8 @@ class MStep(nn.Module):
     online EM's running sums are part of the run's state
     (:class:`~cryotorch.engine.state.RunState`), which a checkpoint holds whole.
     """
+
+    solvent_mask: torch.Tensor  # a buffer (register_buffer), which mypy cannot see
 
     def __init__(
         self,

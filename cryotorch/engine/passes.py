@@ -116,9 +116,9 @@ def assignment_statistics(
         stats = SufficientStatistics.zeros(
             groups, run.d, run.settings.model.pad, run.n_groups, run.device, run.dtype
         )
-    classes = torch.as_tensor(classes, device=run.device)
+    labels = torch.as_tensor(classes, device=run.device)
     for batch in run.batches(np.arange(run.n)):
-        gamma = torch.nn.functional.one_hot(classes[batch.rows], groups).to(run.dtype)
+        gamma = torch.nn.functional.one_hot(labels[batch.rows], groups).to(run.dtype)
         if n_classes is None:
             run.accumulate(stats, batch, None, gamma, noise)
         else:

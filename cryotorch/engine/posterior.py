@@ -65,7 +65,7 @@ def effective_sample_size(probabilities: ArrayOrTensor) -> ArrayOrTensor:
     ``probabilities (b, k)``: a tensor or a numpy array (the outputs' posteriors); the result
     is of the same kind and dtype (pass float64 for the written ESS columns).
     """
-    return 1.0 / (probabilities**2).sum(axis=1)
+    return 1.0 / (probabilities**2).sum(1)  # axis 1 (numpy), dim 1 (torch)
 
 
 @torch.no_grad()

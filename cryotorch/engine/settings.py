@@ -3,7 +3,7 @@ group as ``configs/`` is (``model``, ``posterior``, ``optim``, ``mask``), and th
 :class:`Masks` given to it.
 
 The dataclasses are the schema of the configs: the command line's values are merged into them
-(:func:`cryotorch.cli.configs.settings_from_config`, which checks each value's type and names
+(:func:`cryotorch.cli.schema.read_run_config`, which checks each value's type and names
 the key) and every check of a value's range or choice is here, in ``__post_init__``, once.
 Their defaults are the YAML files' (a test holds the two to each other); lengths are in Å.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 import torch
@@ -85,6 +86,10 @@ class RunState:
         """Inverse of :meth:`state_dict`, tensors on ``device`` (the caller has checked that
         the settings match)."""
 
+        @overload
+        def dev(t: torch.Tensor) -> torch.Tensor: ...
+        @overload
+        def dev(t: None) -> None: ...
         def dev(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 

@@ -14,6 +14,7 @@ from cryotorch.errors import InputError
 from cryotorch.io.cs import read_cs, write_cs
 from cryotorch.io.mrc import ParticleImages, read_map, write_map, write_stack
 from cryotorch.io.star import read_star, write_star
+from cryotorch.io.star_columns import StarVersion
 from cryotorch.particles import ParticleTable
 
 __all__ = [
@@ -51,7 +52,7 @@ def write_particles(
     table: ParticleTable,
     path: str | os.PathLike[str],
     new_columns: dict[str, np.ndarray] | None = None,
-    star_version: str = "3.1",
+    star_version: StarVersion = "3.1",
     absolute_paths: bool = True,
 ) -> None:
     """Write ``table`` as ``.star`` or ``.cs`` by the suffix of ``path``, atomically."""

@@ -75,6 +75,7 @@ def check_physical_ranges(table: ParticleTable, path: Path, names: dict[str, str
         if quantity in OPTICS_QUANTITIES and table.source is not None:
             if table.source.format == "star3.1":
                 group = table.optics_group[row]
+                assert table.optics.number is not None  # OpticsGroups.__post_init__ sets it
                 field, where = f"data_optics: {field}", f"optics group {table.optics.number[group]}"
         bracket = "[" if inclusive else "("
         raise InputError(

@@ -30,6 +30,7 @@ from cryotorch.io.checks import CS_NAMES, check_physical_ranges
 from cryotorch.io.cs_arrays import (
     add_fields,
     check_field_shapes,
+    field_names,
     float_field,
     load_cs_array,
     merge_passthrough,
@@ -76,7 +77,7 @@ def _optics(
         ],
         axis=1,
     )
-    has_exp = "ctf/exp_group_id" in data.dtype.names
+    has_exp = "ctf/exp_group_id" in field_names(data)
     if has_exp and data["ctf/exp_group_id"].dtype.kind not in "iu":
         raise InputError(
             path, "ctf/exp_group_id", f"expected integers, got {data['ctf/exp_group_id'].dtype}"
@@ -119,7 +120,7 @@ def _half_sets(data: np.ndarray, path: Path) -> np.ndarray:
     """``(n,)`` RELION half-sets (1, 2) from ``alignments3D/split`` (0, 1); all 0 ("not given")
     when the field is missing, or when it gives every particle the same half-set (the other
     half would be empty; the engine then makes its own random halves), with a warning."""
-    if "alignments3D/split" not in data.dtype.names:
+    if "alignments3D/split" not in field_names(data):
         return np.zeros(len(data), dtype=np.int64)
     split = data["alignments3D/split"]
     values = np.unique(split)
@@ -150,11 +151,11 @@ def read_cs(
         data = merge_passthrough(data, path, Path(passthrough))
     if len(data) == 0:
         raise InputError(path, None, "the table is empty: expected at least one particle")
-    missing = [f for f in REQUIRED_FIELDS if f not in data.dtype.names]
+    missing = [f for f in REQUIRED_FIELDS if f not in field_names(data)]
     if missing:
         hint = " (is a passthrough file needed?)" if passthrough is None else ""
         if "alignments3D/pose" in missing and not any(
-            n.startswith("alignments3D/") for n in data.dtype.names
+            n.startswith("alignments3D/") for n in field_names(data)
         ):
             hint = (
                 ": these particles have no 3D alignment; cryotorch classifies particles with "
@@ -178,14 +179,14 @@ def read_cs(
     psize = float_field(data, "blob/psize_A", path)
     image_size = (
         data["blob/shape"][:, -1].astype(np.int64)
-        if "blob/shape" in data.dtype.names
+        if "blob/shape" in field_names(data)
         else np.zeros(len(data), np.int64)
     )
     optics, group = _optics(data, path, psize, image_size)
-    has_align_psize = "alignments3D/psize_A" in data.dtype.names
+    has_align_psize = "alignments3D/psize_A" in field_names(data)
     shift = (
         float_field(data, "alignments3D/shift", path)
-        if "alignments3D/shift" in data.dtype.names
+        if "alignments3D/shift" in field_names(data)
         else np.zeros((len(data), 2))
     )
     split = _half_sets(data, path)

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_HEADER_CHARS",
     "add_fields",
     "check_field_shapes",
+    "field_names",
     "float_field",
     "load_cs_array",
     "merge_passthrough",
@@ -84,13 +85,22 @@ def load_cs_array(path: Path) -> np.ndarray:
     return data
 
 
+def field_names(data: np.ndarray) -> tuple[str, ...]:
+    """The field names of structured array ``data``: every array here is one, as
+    :func:`load_cs_array` refuses any other (numpy types ``dtype.names`` as optional)."""
+    names = data.dtype.names
+    assert names is not None, "expected a structured array"
+    return names
+
+
 def add_fields(data: np.ndarray, new: dict[str, np.ndarray]) -> np.ndarray:
     """A copy of structured array ``data`` with fields ``new`` added or replaced (same rows)."""
     new = {k: np.asarray(v) for k, v in new.items()}
-    descr = [(n, data.dtype.fields[n][0]) for n in data.dtype.names if n not in new]
+    descr: list[tuple[str, np.dtype] | tuple[str, np.dtype, tuple[int, ...]]]
+    descr = [(n, data.dtype[n]) for n in field_names(data) if n not in new]
     descr += [(k, v.dtype, v.shape[1:]) for k, v in new.items()]
     out = np.empty(len(data), dtype=descr)
-    for name in data.dtype.names:
+    for name in field_names(data):
         if name not in new:
             out[name] = data[name]
     for k, v in new.items():
@@ -103,7 +113,7 @@ def merge_passthrough(data: np.ndarray, path: Path, passthrough: Path) -> np.nda
     matched by ``uid``."""
     extra = load_cs_array(passthrough)
     for f, p in (("uid", path), ("uid", passthrough)):
-        if f not in (data if p == path else extra).dtype.names:
+        if f not in field_names(data if p == path else extra):
             raise InputError(p, "uid", "needed to merge a passthrough file, but missing")
     order = np.argsort(extra["uid"])
     pos = np.searchsorted(extra["uid"], data["uid"], sorter=order).clip(0, len(extra) - 1)
@@ -115,7 +125,7 @@ def merge_passthrough(data: np.ndarray, path: Path, passthrough: Path) -> np.nda
             "uid",
             f"has no row for uid {data['uid'][missing[0]]} of {path} (row {missing[0] + 1})",
         )
-    fields = {n: extra[n][rows] for n in extra.dtype.names if n not in data.dtype.names}
+    fields = {n: extra[n][rows] for n in field_names(extra) if n not in field_names(data)}
     return add_fields(data, fields) if fields else data
 
 
@@ -124,7 +134,7 @@ def float_field(
 ) -> np.ndarray:
     """Field ``name`` as float64 (``(n, ...)``), or ``default`` where it is missing; an
     InputError names the first row with a number that is not finite."""
-    if name not in data.dtype.names:
+    if name not in field_names(data):
         if default is None:
             raise InputError(path, name, "required field is missing")
         return np.full(len(data), default, dtype=np.float64)
@@ -150,9 +160,9 @@ def check_field_shapes(data: np.ndarray, path: Path) -> None:
     """Refuse fields of the wrong shape or kind, and negative ``blob/idx`` (numpy would read
     the stack's last images through negative indexing)."""
     for name, shape in FIELD_SHAPES.items():
-        if name not in data.dtype.names:
+        if name not in field_names(data):
             continue
-        got = data.dtype.fields[name][0].shape
+        got = data.dtype[name].shape
         if got != shape:
             count = int(np.prod(shape)) if shape else 1
             raise InputError(

@@ -24,6 +24,7 @@ def _table_fields(
     psize = table.pixel_size_angstrom
     stacks = stack_path_for_output(table.image_path, output.parent, absolute_paths)
     size = table.optics.image_size[table.optics_group].astype(np.uint32)
+    assert table.optics.number is not None  # OpticsGroups.__post_init__ always sets it
     exp_group = table.optics.number - min(0, int(table.optics.number.min()))  # uint32: >= 0
     fields = {
         # cryoSPARC draws uids at random; ours hash the particle (see particle_uids).

@@ -71,6 +71,7 @@ def with_image_sizes(table: ParticleTable, box: int | None = None) -> ParticleTa
         if box is None:
             stack = Path(table.image_path[rows[0]])
             if not stack.is_file():
+                assert table.optics.number is not None  # OpticsGroups.__post_init__ sets it
                 raise InputError(
                     _table_file(table),
                     _image_fields(table)[0],
@@ -222,7 +223,9 @@ class ParticleImages:
                 _, old = self._open_maps.popitem(last=False)
                 old.close()
             self._open_maps[code] = StackMap(self._stacks[code])
-        return self._open_maps[code].data
+        data = self._open_maps[code].data
+        assert data is not None  # only close() drops it, and a closed map leaves _open_maps
+        return data
 
     def __len__(self) -> int:
         return len(self.table)

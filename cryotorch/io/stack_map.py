@@ -22,6 +22,8 @@ class StackMap:
     process's resident set (they stay in the page cache).
     """
 
+    data: np.ndarray | None  # None once closed
+
     def __init__(self, path: Path) -> None:
         with open_mrc(path, header_only=True) as mrc:
             dtype = mrcfile.utils.data_dtype_from_header(mrc.header)

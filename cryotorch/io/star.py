@@ -193,7 +193,9 @@ def read_star(
         optics_group=group,
         random_subset=subset,
         optics=optics,
-        source=SourceRecord(f"star{version}", path, particles, root, optics_df),
+        source=SourceRecord(
+            "star3.1" if version == "3.1" else "star3.0", path, particles, root, optics_df
+        ),
     )
     check_physical_ranges(table, path, STAR_NAMES)
     return table

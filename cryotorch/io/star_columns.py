@@ -82,6 +82,7 @@ def star_columns_not_written(source: SourceRecord, version: StarVersion) -> list
     if source.format != "star3.1" or version != "3.0":
         return []
     optics = source.optics
+    assert optics is not None  # a RELION 3.1 source always has its data_optics block
     default_names = (
         "rlnOpticsGroupName" in optics
         and (

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,7 @@ def _relion_group_numbers(optics: OpticsGroups, output: Path | None = None) -> n
     below 1 (cryoSPARC's exposure groups start at 0, RELION's optics groups at 1), every number
     shifted by the same amount so that the smallest is 1. With ``output``, a shift is warned of.
     """
+    assert optics.number is not None  # OpticsGroups.__post_init__ always sets it
     shift = max(0, 1 - int(optics.number.min()))
     if shift and output is not None:
         warn_input(
@@ -120,12 +122,18 @@ def write_star(
     path = Path(path)
     source = table.source
     same_version = source is not None and source.format == f"star{version}"
-    particles = source.particles.copy() if same_version else pd.DataFrame(index=range(len(table)))
-    if source is not None and source.format.startswith("star") and not same_version:
-        # Keep the input's other columns; geometry and optics columns are rewritten below.
-        owned = set(OPTICS_COLUMNS_30 + ORIGIN_COLUMNS_30 + ORIGIN_COLUMNS_31) | {"rlnOpticsGroup"}
-        keep = [c for c in source.particles.columns if c not in owned]
-        particles = source.particles[keep].copy()
+    if source is not None and source.format.startswith("star"):
+        rows = cast(pd.DataFrame, source.particles)  # STAR rows: a DataFrame (.cs: numpy)
+        if same_version:
+            particles = rows.copy()
+        else:
+            # Keep the input's other columns; geometry and optics columns are rewritten below.
+            owned = set(OPTICS_COLUMNS_30 + ORIGIN_COLUMNS_30 + ORIGIN_COLUMNS_31)
+            owned |= {"rlnOpticsGroup"}
+            keep = [c for c in rows.columns if c not in owned]
+            particles = rows[keep].copy()
+    else:
+        particles = pd.DataFrame(index=range(len(table)))
 
     columns = _table_columns(table, path, absolute_paths)
     if same_version and version == "3.1":
@@ -136,16 +144,20 @@ def write_star(
             particles[name] = values
     if source is not None and source.format.startswith("star") and not source.keeps_paths(path):
         particles["rlnImageName"] = columns["rlnImageName"]  # relative paths would break
+    optics: pd.DataFrame | None
     if version == "3.0":
         optics = None  # no optics block; rlnOpticsGroup is dropped below
-    else:
-        optics = source.optics if same_version else _optics_block(table, path)
-        if same_version and table.optics.image_size.all():
+    elif same_version:
+        assert source is not None and source.optics is not None  # a 3.1 source has data_optics
+        optics = source.optics
+        if table.optics.image_size.all():
             # The box the file did not give (taken from the stacks since): never write none.
             sizes = optics.get("rlnImageSize", pd.Series(0, index=optics.index))
             if (pd.to_numeric(sizes, errors="coerce").fillna(0) <= 0).any():
                 optics = optics.copy()
                 optics["rlnImageSize"] = table.optics.image_size
+    else:
+        optics = _optics_block(table, path)
 
     if version == "3.0":
         px = table.pixel_size_angstrom

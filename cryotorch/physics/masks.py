@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 
@@ -37,7 +38,8 @@ def soft_sphere(
     """A soft spherical (``dim=3``, ``(d, d, d)``) or circular (``dim=2``) mask about ``d // 2``."""
     c = torch.arange(d, device=device, dtype=torch.float32) - d // 2
     grids = torch.meshgrid(*([c] * dim), indexing="ij")
-    r = torch.sqrt(sum(g**2 for g in grids))
+    # A tensor: sum's start 0 is only returned for no grids, and dim >= 1 gives some.
+    r = torch.sqrt(cast(torch.Tensor, sum(g**2 for g in grids)))
     return raised_cosine(r, radius_px, edge_px)
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
 import torch
 
 from cryotorch.physics.slices import numba_kernels, torch_kernels
@@ -96,7 +97,9 @@ def _extract_numba(table: torch.Tensor, geometry: SliceGeometry) -> torch.Tensor
     return out.reshape(b, k, d, d // 2 + 1)
 
 
-def _numba_geometry(geometry: SliceGeometry, dtype: torch.dtype) -> tuple:
+def _numba_geometry(
+    geometry: SliceGeometry, dtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """The geometry arguments of the numba kernels: rotations, k, pixels, pad, p."""
     return (
         geometry.rotations.detach().to(dtype).contiguous().numpy(),
@@ -125,7 +128,7 @@ def _insert_numba(
     tensors += list(factors) if factors is not None else []
     in_place = out is None or (
         _writable_by_numba(out[0], (n_voxels, 2 * k))
-        and (weights is None or _writable_by_numba(out[1], (n_voxels, k)))
+        and (weights is None or (out[1] is not None and _writable_by_numba(out[1], (n_voxels, k))))
     )
     if not (numba_applies(*tensors) and in_place):
         return torch_kernels.insert(slices, geometry, n_voxels, weights, out, factors)
@@ -135,11 +138,13 @@ def _insert_numba(
         weight = torch.zeros(n_voxels, k, dtype=real) if weights is not None else None
     else:
         data, weight = out
+        if weights is None:
+            weight = None  # no weights: none added, and none returned
     images = slices.detach().resolve_conj().reshape(b, n_images, -1).contiguous()
     values = torch.view_as_real(images)
     numba_kernels.scatter(
         data.numpy(),
-        weight.numpy() if weights is not None else None,
+        weight.numpy() if weight is not None else None,
         values.numpy(),
         weights.detach().reshape(b, n_images, -1).to(real).contiguous().numpy()
         if weights is not None
@@ -253,4 +258,6 @@ def insert_for_reconstruction(
     ``out`` and ``factors`` as :func:`insert_central_slices`.
     """
     slices, weights = half_weight_x0_column(slices, weights)
-    return insert_central_slices(slices, geometry, n_voxels, weights, out, factors)
+    data, weight = insert_central_slices(slices, geometry, n_voxels, weights, out, factors)
+    assert weight is not None  # weights were given, so their sums are returned
+    return data, weight

@@ -198,7 +198,9 @@ def _threads() -> int:
     ``OMP_NUM_THREADS``), so that the two never oversubscribe the cores."""
     import torch
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    # numba.config sets its attributes at import time (from the environment): mypy sees none.
+    cores = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), cores)))
     return numba.get_num_threads()
 
 

@@ -61,8 +61,8 @@ def insert(
         flat_index = (geometry.index[..., c].reshape(-1, 1) * channels + column).reshape(-1)
         w = geometry.weight[..., c].reshape(-1, 1).to(values.dtype)
         sums.index_add_(0, flat_index, (w * values).reshape(-1))
-    sums = _split_sums(sums.reshape(n_voxels, channels), slices.shape[1], weights is not None)
-    return _add_into(out, sums)
+    split = _split_sums(sums.reshape(n_voxels, channels), slices.shape[1], weights is not None)
+    return _add_into(out, split)
 
 
 def _expand_factors(
@@ -86,6 +86,7 @@ def _add_into(
         return sums
     for total, part in zip(out, sums, strict=True):
         if part is not None:
+            assert total is not None  # out has weight sums where sums has them
             total += part
     return out
 
