@@ -1,8 +1,9 @@
-"""The one exception type for bad input.
+"""The exception types the command-line tools report in one line.
 
 Every problem with a user's files is raised as :class:`InputError`, whose message names the
 file, the field (or row) and what was expected, so that command-line tools can print it and
-exit non-zero instead of showing a traceback from deep inside a library.
+exit non-zero instead of showing a traceback from deep inside a library. A file that cannot
+be written (a full disk, a read-only folder) is an :class:`OutputError`, naming the file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,27 @@ class InputError(ValueError):
         self.problem = problem
         where = f"{self.file}: {field}" if field else self.file
         super().__init__(f"{where}: {problem}")
+
+
+class OutputError(OSError):
+    """A file cannot be written: the disk is full, the folder is read-only or not ours.
+
+    Parameters
+    ----------
+    file
+        The file that was being written.
+    cause
+        The operating system's error (its ``errno`` and ``strerror`` are kept).
+    """
+
+    def __init__(self, file: str | PathLike[str], cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.file = str(file)
+        self.cause = cause
+
+    def __str__(self) -> str:
+        reason = self.cause.strerror or str(self.cause)
+        return f"cannot write {self.file}: {reason[:1].lower()}{reason[1:]}"
 
 
 class InputWarning(UserWarning):

@@ -13,9 +13,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from cryotorch.cli.schema import RunConfig, read_run_config
+from cryotorch.cli.schema import RunConfig, SimulateConfig, read_run_config, read_simulate_config
 from cryotorch.engine.settings import ClassificationSettings, settings_dict
 from cryotorch.errors import InputError
+from cryotorch.simulate.particles import SimulationSettings
 
 
 def composed(*overrides: str):
@@ -70,6 +71,15 @@ def test_a_wrong_value_is_refused_naming_its_key(override: str, message: str):
         read_run_config(composed(override))
 
 
+def test_the_simulate_schema_is_simulate_yaml():
+    """cryotorch-simulate's schema has simulate.yaml's keys and defaults, and its simulation
+    settings are the library's defaults."""
+    with initialize_config_module("cryotorch.configs", version_base="1.3"):
+        yaml = OmegaConf.to_container(compose("simulate"), resolve=True)
+    assert yaml == asdict(SimulateConfig())
+    assert read_simulate_config(OmegaConf.create(yaml)).settings() == SimulationSettings()
+
+
 def test_gradient_settings_are_checked_too():
     with pytest.raises(InputError, match=r"torch\.optim has no optimiser 'Adamm'"):
         read_run_config(composed("optim=gradient", "optim.gradient.optimizer=Adamm"))
@@ -77,19 +87,57 @@ def test_gradient_settings_are_checked_too():
         read_run_config(composed("optim=gradient", "model.regulariser=fsc"))
 
 
-def test_the_command_refuses_a_wrong_value_in_one_line(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("program", "override", "named"),
+    [
+        ("classify", "model.num_classes=two", "model.num_classes"),
+        ("classify", "model.num_clases=3", "model.num_clases: not a key"),
+        ("classify", "model=nonexistent", "Could not find 'model/nonexistent'"),
+        ("classify", "model.num_classes=[", "no viable alternative at input"),
+        ("classify", "+model.extra=1", "model.extra"),
+        ("simulate", "n_particles=0", "n_particles must be >= 1"),
+        ("simulate", "amplitude_contrast=1.5", "amplitude_contrast must be in [0, 1]"),
+        ("simulate", "defocus_min_angstrom=3e4", "must be <= defocus_max_angstrom"),
+        ("simulate", "snr=-1", "snr must be > 0"),
+        ("simulate", "n_partcles=5", "n_partcles: not a key"),
+    ],
+)
+def test_the_command_refuses_a_wrong_value_in_one_line_and_writes_nothing(
+    tmp_path: Path, program: str, override: str, named: str
+):
+    """A wrong value, a misspelt key, an unknown option of a group or a value the override
+    grammar cannot parse: one line naming it, exit 2, and no output folder (Hydra writes
+    nothing before the program has checked the configuration)."""
     out = tmp_path / "run"
-    command = "from cryotorch.cli.classify import main; main()"
+    command = f"from cryotorch.cli.{program} import main; main()"
     done = subprocess.run(
-        [sys.executable, "-c", command, f"output_dir={out}", "model.num_classes=two"],
+        [sys.executable, "-c", command, f"output_dir={out}", override],
         capture_output=True,
         text=True,
         check=False,
+        cwd=tmp_path,
     )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cryotorch-classify: error: configuration")
-    assert "model.num_classes" in lines[0]
-    # Hydra itself records the configuration (.hydra/, classify.log) before the run starts;
-    # the run writes nothing (that Hydra writes at all is issue 21's).
-    assert {p.name for p in out.iterdir()} <= {".hydra", "classify.log"}
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"cryotorch-{program}: error: configuration: ")
+    assert named in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no output folder, nothing in the working folder
+
+
+def test_a_run_records_its_whole_configuration(tmp_path: Path):
+    """``.hydra/config.yaml`` holds every key with the value the run used (defaults included),
+    so that composing it again gives the same configuration; ``overrides.yaml`` the command
+    line's overrides."""
+    from tests.run_helpers import run_classify, simulate_two_blob_classes
+
+    star = simulate_two_blob_classes(tmp_path / "data", 60, 1.0, seed=0)
+    out = tmp_path / "run"
+    run_classify(star, out, "optim.max_iterations=1", "model.num_classes=3", "logger=none")
+    recorded = OmegaConf.load(out / ".hydra" / "config.yaml")
+    config = read_run_config(recorded)
+    assert config == read_run_config(
+        composed(f"data.particles={star}", f"output_dir={out}", "optim.max_iterations=1",
+                 "model.num_classes=3", "logger=none")
+    )  # fmt: skip
+    assert config.model.num_classes == 3 and config.optim.max_iterations == 1

@@ -95,8 +95,15 @@ def test_snr_is_signal_variance_over_noise_variance(tmp_path: Path):
 
 
 def test_bad_settings_are_refused(tmp_path: Path):
-    with pytest.raises(ValueError, match="snr: expected > 0"):
-        simulate_particles(two_maps(), 2.0, tmp_path, SimulationSettings(snr=0.0))
+    for bad, message in [
+        ({"snr": 0.0}, r"snr must be > 0 \(inf: no noise\), got 0\.0"),
+        ({"n_particles": 0}, r"n_particles must be >= 1, got 0"),
+        ({"voltage_kv": 0.0}, r"voltage_kv must be in \[10, 3000\] kV"),
+        ({"defocus_min_angstrom": 3e4}, r"defocus_min_angstrom \(30000\.0\) must be <= "),
+        ({"shift_sigma_angstrom": -1.0}, r"shift_sigma_angstrom must be in \[0, 10000\) Å"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            SimulationSettings(**bad)
     with pytest.raises(ValueError, match="proportions: expected 2 non-negative numbers"):
         simulate_particles(
             two_maps(), 2.0, tmp_path, SimulationSettings(proportions=(1.0, 1.0, 1.0))

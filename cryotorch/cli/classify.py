@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import sys
 import time
 from contextlib import closing, nullcontext
 from dataclasses import asdict
@@ -24,12 +26,15 @@ from omegaconf import DictConfig
 
 from cryotorch.cli.configs import (
     CONFIG_PATH,
+    check_command_line,
     compose_config,
+    in_sweep,
     job_output_dir,
     run_reporting_input_errors,
+    save_job_record,
 )
 from cryotorch.cli.lock import folder_lock
-from cryotorch.cli.outputs import write_outputs
+from cryotorch.cli.outputs import STAGING_NAME, write_outputs
 from cryotorch.cli.schema import RunConfig, read_run_config
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.classify import classify
@@ -115,6 +120,7 @@ def _prepare_output_dir(output_dir: Path, resume: bool) -> Path | None:
         )
     for stale in stale_temporary_files(output_dir):  # atomic writes cut short by a kill
         stale.unlink()
+    shutil.rmtree(output_dir / STAGING_NAME, ignore_errors=True)  # outputs cut short by one
     checkpoint = output_dir / CHECKPOINT_NAME
     if resume and not checkpoint.is_file():
         print(f"resume=true: no {CHECKPOINT_NAME} in {output_dir}, starting from the beginning")
@@ -159,7 +165,8 @@ def _run(config: RunConfig, device: torch.device) -> dict:
     group = ProcessGroup(device)
     output_dir = job_output_dir(config)
     # One run at a time in a folder (rank 0 holds the lock for all ranks).
-    with folder_lock(output_dir) if group.is_main else nullcontext():
+    made = in_sweep() and output_dir.is_dir() and not any(output_dir.iterdir())
+    with folder_lock(output_dir, made=made) if group.is_main else nullcontext():
         resume_from = _prepare_output_dir(output_dir, config.resume)
         group.barrier()  # every rank has checked the folder before rank 0 writes to it
         torch.manual_seed(config.seed)
@@ -224,6 +231,8 @@ def _classify_images(
         )
 
         def checkpoint(state: dict) -> None:
+            if not (output_dir / CHECKPOINT_NAME).is_file():  # the first: the inputs are read
+                save_job_record(output_dir, config)
             save_checkpoint(output_dir / CHECKPOINT_NAME, {**state, "inputs": inputs})
 
         result = classify(batcher, settings, monitor, initial_maps, checkpoint, resume_state, masks)
@@ -294,6 +303,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_command_line("cryotorch-classify", "classify", sys.argv[1:])
     _hydra_main()
 
 

@@ -42,10 +42,11 @@ def _holder(lock: Path) -> tuple[int, str] | None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, say=print) -> Iterator[None]:
+def folder_lock(folder: Path, say=print, made: bool = False) -> Iterator[None]:
     """Hold ``folder/.cryotorch.lock`` while the block runs; an :class:`InputError` if a live
-    run holds it. A folder made for the lock and left empty is removed again."""
-    made = not folder.exists()
+    run holds it. A folder made for the lock (or ``made`` just before, by Hydra for a job of a
+    sweep) and left empty is removed again."""
+    made = made or not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock, me = folder / LOCK_NAME, (os.getpid(), socket.gethostname())
     for _ in range(2):  # a stale lock is removed once, then taken

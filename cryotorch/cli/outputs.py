@@ -8,18 +8,27 @@ input was a ``.cs`` (``alignments3D/class`` 0-based, ``alignments3D/class_ess``,
 ``alignments_class3D_{k}/class_posterior``); ``posteriors.npy`` ``(n, K)`` float32 (after the
 class-similarity and force-hard layers, as the last M-step used them) and
 ``posteriors_estep.npy`` (the E-step's own); ``iterations.csv``.
+
+The set is complete or absent: the files are written into a hidden folder in ``output_dir``
+(``.outputs.cryotorch-tmp``) and moved into place, a rename each, only once all are written;
+result files of an earlier run in the folder that the new set does not have (``class_003.mrc``
+of a run with more classes) are removed then. A failed write (a full disk) leaves the folder
+as it was, and the run can be resumed.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from cryotorch.engine.posterior import effective_sample_size
 from cryotorch.engine.state import ClassificationResult
+from cryotorch.errors import OutputError
 from cryotorch.io import write_map, write_particles
-from cryotorch.io.atomic import atomic_path
+from cryotorch.io.atomic import TEMPORARY_MARK, atomic_path
 from cryotorch.monitor import RunMonitor
 from cryotorch.particles import ParticleTable
 
@@ -31,10 +40,51 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array.astype(np.float32))
 
 
+# The hidden folder the result set is written into before it is moved into place.
+STAGING_NAME = f".outputs{TEMPORARY_MARK}"
+# Names of the files of a result set (of this run, or of an earlier one in the same folder).
+RESULT_PATTERNS = (
+    "class_[0-9][0-9][0-9].mrc",
+    "class_[0-9][0-9][0-9]_hard.mrc",
+    "particles.star",
+    "particles.cs",
+    "posteriors.npy",
+    "posteriors_estep.npy",
+    "iterations.csv",
+)
+
+
 def write_outputs(
     output_dir: Path, table: ParticleTable, result: ClassificationResult, monitor: RunMonitor
 ) -> None:
+    """Write the run's result set into ``output_dir``, all of it or (if a write fails)
+    nothing; see the module's docstring."""
     output_dir = Path(output_dir)
+    staging = output_dir / STAGING_NAME
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        _write_result_set(staging, table, result, monitor)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OutputError):  # name the file the user would have had
+            raise OutputError(output_dir / Path(exc.file).name, exc.cause) from exc
+        if isinstance(exc, OSError):  # making the hidden folder itself
+            raise OutputError(staging, exc) from exc
+        raise
+    written = sorted(p.name for p in staging.iterdir())
+    for pattern in RESULT_PATTERNS:
+        for earlier in output_dir.glob(pattern):
+            if earlier.name not in written:
+                earlier.unlink()
+    for name in written:
+        os.replace(staging / name, output_dir / name)
+    staging.rmdir()
+
+
+def _write_result_set(
+    output_dir: Path, table: ParticleTable, result: ClassificationResult, monitor: RunMonitor
+) -> None:
     posteriors = result.posteriors
     ess = effective_sample_size(posteriors.astype(np.float64))
     best = posteriors.argmax(axis=1)

@@ -1,5 +1,6 @@
-"""The schema of ``cryotorch-classify``'s configuration (``configs/classify.yaml`` and its
-groups), as dataclasses: the composed configuration is merged into :class:`RunConfig`, which
+"""The schemas of ``cryotorch-classify``'s configuration (``configs/classify.yaml`` and its
+groups) and of ``cryotorch-simulate``'s (``configs/simulate.yaml``), as dataclasses: the
+composed configuration is merged into :class:`RunConfig` (:class:`SimulateConfig`), which
 checks every value's type and names its key, then made into objects, whose ``__post_init__``
 checks ranges and choices. The engine's groups are
 :class:`~cryotorch.engine.settings.ClassificationSettings`'; ``data``, ``logger`` and the
@@ -8,8 +9,8 @@ top-level keys are the command's own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,8 +24,18 @@ from cryotorch.engine.settings import (
 )
 from cryotorch.errors import InputError
 from cryotorch.physics.slices import KERNEL_CHOICES
+from cryotorch.simulate.particles import SimulationSettings
 
-__all__ = ["DataConfig", "LoggerConfig", "RunConfig", "read_run_config"]
+__all__ = [
+    "DataConfig",
+    "LoggerConfig",
+    "RunConfig",
+    "SimulateConfig",
+    "read_run_config",
+    "read_simulate_config",
+]
+
+Config = TypeVar("Config")
 
 
 @dataclass
@@ -114,14 +125,57 @@ class RunConfig:
 def read_run_config(cfg: DictConfig) -> RunConfig:
     """``cfg`` (as Hydra composed it) checked against the schema; an :class:`InputError`
     naming the key for a value of the wrong type, an unknown key or a value out of range."""
+    config = _read_config(cfg, RunConfig)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
-        config = OmegaConf.to_object(merged)
-        assert isinstance(config, RunConfig)  # what a structured RunConfig converts to
         config.settings()  # the checks across groups
+    except ValueError as exc:
+        raise InputError("configuration", None, str(exc)) from exc
+    return config
+
+
+@dataclass(frozen=True)
+class SimulateConfig(SimulationSettings):
+    """The whole configuration of ``cryotorch-simulate`` (``configs/simulate.yaml``): the
+    simulation's own settings, and the maps to simulate from."""
+
+    maps: list[str] | None = None  # None: the built-in pair
+    output_dir: str = "simulated"
+    box: int = 64  # atomic models only: pixels
+    pixel_size: float = 1.5  # Å
+    bfactor: float = 50.0  # Å²
+    superpose: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.box >= 8:
+            raise ValueError(f"box must be >= 8 pixels, got {self.box}")
+        if not 0 < self.pixel_size <= 100:
+            raise ValueError(f"pixel_size must be in (0, 100] Å, got {self.pixel_size}")
+        if not 0 <= self.bfactor <= 1000:
+            raise ValueError(f"bfactor must be in [0, 1000] Å², got {self.bfactor}")
+
+    def settings(self) -> SimulationSettings:
+        """The simulation's settings alone."""
+        return SimulationSettings(
+            **{f.name: getattr(self, f.name) for f in fields(SimulationSettings)}
+        )
+
+
+def read_simulate_config(cfg: DictConfig) -> SimulateConfig:
+    """``cfg`` checked against :class:`SimulateConfig`, as :func:`read_run_config` does."""
+    return _read_config(cfg, SimulateConfig)
+
+
+def _read_config(cfg: DictConfig, schema: type[Config]) -> Config:
+    """``cfg`` merged into the dataclass ``schema`` and made into one; an :class:`InputError`
+    naming the key for a wrong type or an unknown key, or giving ``__post_init__``'s message
+    for a value out of range."""
+    try:
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or None
         raise InputError("configuration", key, str(exc).splitlines()[0]) from exc
     except ValueError as exc:
         raise InputError("configuration", None, str(exc)) from exc
+    assert isinstance(config, schema)  # what a structured dataclass converts to
     return config

@@ -9,6 +9,7 @@ what is written.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -18,9 +19,12 @@ from omegaconf import DictConfig
 
 from cryotorch.cli.configs import (
     CONFIG_PATH,
+    check_command_line,
     job_output_dir,
     run_reporting_input_errors,
+    save_job_record,
 )
+from cryotorch.cli.schema import SimulateConfig, read_simulate_config
 from cryotorch.errors import InputError
 from cryotorch.io import read_map
 from cryotorch.simulate.atomic import (
@@ -28,7 +32,7 @@ from cryotorch.simulate.atomic import (
     builtin_structures,
     read_model_coordinates,
 )
-from cryotorch.simulate.particles import SimulationSettings, simulate_particles
+from cryotorch.simulate.particles import simulate_particles
 
 __all__ = ["load_class_maps", "main", "run"]
 
@@ -41,24 +45,24 @@ def _is_atomic_model(path: Path) -> bool:
     return Path(name).suffix in ATOMIC_SUFFIXES
 
 
-def load_class_maps(cfg: DictConfig) -> tuple[np.ndarray, float]:
-    """The class maps ``(k, d, d, d)`` and their voxel size (Å) that ``cfg.maps`` names."""
-    paths = [Path(p) for p in cfg.maps] if cfg.maps else builtin_structures()
+def load_class_maps(config: SimulateConfig) -> tuple[np.ndarray, float]:
+    """The class maps ``(k, d, d, d)`` and their voxel size (Å) that ``config.maps`` names."""
+    paths = [Path(p) for p in config.maps] if config.maps else builtin_structures()
     if all(_is_atomic_model(p) for p in paths):
         first = read_model_coordinates(paths[0])
-        reference = read_model_coordinates(paths[0], ca_only=True) if cfg.superpose else None
+        reference = read_model_coordinates(paths[0], ca_only=True) if config.superpose else None
         maps = [
             atomic_model_to_map(
                 p,
-                cfg.box,
-                cfg.pixel_size,
-                cfg.bfactor,
+                config.box,
+                config.pixel_size,
+                config.bfactor,
                 centre=first.mean(0),
                 superpose_onto=reference if i else None,
             )
             for i, p in enumerate(paths)
         ]
-        return np.stack(maps), float(cfg.pixel_size)
+        return np.stack(maps), float(config.pixel_size)
     maps, sizes = zip(*(read_map(p) for p in paths), strict=True)
     for p, m, s in zip(paths, maps, sizes, strict=True):
         if m.shape != maps[0].shape:
@@ -74,25 +78,15 @@ def load_class_maps(cfg: DictConfig) -> tuple[np.ndarray, float]:
 
 def run(cfg: DictConfig, output_dir: Path | None = None) -> Path:
     """Simulate the particle set ``cfg`` describes into ``output_dir`` (default: the job's
-    output folder); return the STAR file's path."""
-    maps, pixel_size = load_class_maps(cfg)
-    settings = SimulationSettings(
-        n_particles=int(cfg.n_particles),
-        snr=float(cfg.snr),
-        proportions=tuple(cfg.proportions) if cfg.proportions else None,
-        seed=int(cfg.seed),
-        shift_sigma_angstrom=float(cfg.shift_sigma_angstrom),
-        defocus_min_angstrom=float(cfg.defocus_min_angstrom),
-        defocus_max_angstrom=float(cfg.defocus_max_angstrom),
-        astigmatism_max_angstrom=float(cfg.astigmatism_max_angstrom),
-        voltage_kv=float(cfg.voltage_kv),
-        spherical_aberration_mm=float(cfg.spherical_aberration_mm),
-        amplitude_contrast=float(cfg.amplitude_contrast),
-        chunk_size=int(cfg.chunk_size),
-        pad=int(cfg.pad),
-    )
+    output folder, with the configuration recorded in its ``.hydra/``); return the STAR file's
+    path."""
+    config = read_simulate_config(cfg)
+    maps, pixel_size = load_class_maps(config)
+    settings = config.settings()
     t0 = time.perf_counter()
-    star = simulate_particles(maps, pixel_size, output_dir or job_output_dir(cfg), settings)
+    star = simulate_particles(maps, pixel_size, output_dir or job_output_dir(config), settings)
+    if output_dir is None:  # the command's own job, not a simulation inside another program
+        save_job_record(job_output_dir(config), config)
     k, d = maps.shape[0], maps.shape[-1]
     print(
         f"simulated {settings.n_particles} particles of {k} classes, box {d}, "
@@ -108,6 +102,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_command_line("cryotorch-simulate", "simulate", sys.argv[1:])
     _hydra_main()
 
 

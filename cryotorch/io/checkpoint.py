@@ -9,6 +9,7 @@ number of threads).
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -23,9 +24,13 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict) -> None:
-    """Write ``state`` to ``path`` atomically (a kill leaves the previous checkpoint)."""
+    """Write ``state`` to ``path`` atomically (a kill leaves the previous checkpoint). It is
+    serialised in memory first: torch's own file writer reports a full disk as a C++ error
+    ("unexpected pos"), Python's as the :class:`~cryotorch.errors.OutputError` it is."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike[str], checkpoint_format: int) -> dict:

@@ -30,6 +30,7 @@ from cryotorch import conventions
 from cryotorch.errors import InputError
 from cryotorch.evaluation import TRUE_CLASSES
 from cryotorch.io.atomic import atomic_path
+from cryotorch.io.checks import RANGES
 from cryotorch.io.mrc import label_header, write_map
 from cryotorch.io.star import write_star
 from cryotorch.particles import OpticsGroups, ParticleTable
@@ -59,6 +60,36 @@ class SimulationSettings:
     amplitude_contrast: float = 0.1
     chunk_size: int = 256
     pad: int = 2
+
+    def __post_init__(self) -> None:
+        """Refuse (ValueError naming the key, as in ``configs/simulate.yaml``) a value no
+        simulation can use; the CTF's ranges are those a particle file is checked against."""
+        for key in ("n_particles", "chunk_size", "pad"):
+            if not getattr(self, key) >= 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not self.snr > 0:  # inf: no noise
+            raise ValueError(f"snr must be > 0 (inf: no noise), got {self.snr}")
+        for key in ("shift_sigma_angstrom", "astigmatism_max_angstrom"):
+            if not 0 <= getattr(self, key) < 10_000:
+                raise ValueError(f"{key} must be in [0, 10000) Å, got {getattr(self, key)}")
+        for key, quantity in (
+            ("defocus_min_angstrom", "defocus_u_angstrom"),
+            ("defocus_max_angstrom", "defocus_u_angstrom"),
+            ("voltage_kv", "voltage_kv"),
+            ("spherical_aberration_mm", "spherical_aberration_mm"),
+            ("amplitude_contrast", "amplitude_contrast"),
+        ):
+            low, high, _, unit, what = RANGES[quantity]
+            if not low <= getattr(self, key) <= high:
+                raise ValueError(
+                    f"{key} must be in [{low:g}, {high:g}]{' ' + unit if unit else ''} ({what}), "
+                    f"got {getattr(self, key)}"
+                )
+        if not self.defocus_min_angstrom <= self.defocus_max_angstrom:
+            raise ValueError(
+                f"defocus_min_angstrom ({self.defocus_min_angstrom}) must be <= "
+                f"defocus_max_angstrom ({self.defocus_max_angstrom})"
+            )
 
 
 def sample_uniform_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -142,10 +173,6 @@ def simulate_particles(
     Returns the path of ``particles.star``. The same settings (seed included) give
     bit-identical files. Only one chunk of images is in memory at a time.
     """
-    if not settings.snr > 0:
-        raise InputError(
-            "simulation settings", "snr", f"expected > 0 (inf: no noise), got {settings.snr}"
-        )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     k, d = maps.shape[0], maps.shape[-1]
