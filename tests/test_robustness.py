@@ -4,6 +4,7 @@ classes that empty out, all-zero images, one optics group or many; same seed, sa
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 
@@ -184,3 +185,74 @@ def test_clean_data_classifies_perfectly_whatever_the_maps(tmp_path: Path, pair:
     star = simulate_particles(maps, pixel_size, tmp_path / "data", settings)
     summary = run_classify(star, tmp_path / "run", "logger=none", "logger.quiet=true")
     assert summary["accuracy"] == 1.0
+
+
+class _SpoiltImages:
+    """An image source that is not checked (the research API takes any): the image of table
+    row ``row`` set to ``value``."""
+
+    def __init__(self, images: ParticleImages, row: int, value: float) -> None:
+        self.table, self.image_shape = images.table, images.image_shape
+        self._images, self._row, self._value = images, row, value
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        out = self._images.read(rows).copy()
+        out[np.asarray(rows) == self._row] = self._value
+        return out
+
+
+@pytest.mark.parametrize(
+    ("spoil", "what"),
+    [
+        ("image=nan", "image"),
+        ("image=inf", "image"),
+        ("image=1e30", "image"),  # finite, but its square overflows float32
+        ("ctf_scale=1e30", r"CTF \(defocus, B-factor, scale\)"),
+        ("defocus_u_angstrom=nan", r"CTF \(defocus, B-factor, scale\)"),
+        ("origin_angstrom=inf", "shift or pose"),
+        ("rotation=nan", "shift or pose"),
+    ],
+)
+def test_a_particle_no_reader_checked_is_refused_by_row(tmp_path: Path, spoil: str, what: str):
+    """The second line of defence: a particle that no reader checked (the research API takes
+    any image source and table) whose image, CTF, shift or pose is not finite is refused by
+    its row before it can reach the sums and turn every map into NaN."""
+    from cryotorch import ClassificationSettings, ModelSettings, OptimSettings
+    from cryotorch.engine.classify import classify as classify_engine
+    from cryotorch.errors import InputError
+
+    star = simulate(tmp_path, 1.0, n=120)
+    settings = ClassificationSettings(
+        model=ModelSettings(num_classes=2), optim=OptimSettings(max_iterations=2), progress=False
+    )
+    field, value = spoil.split("=")
+    with ParticleImages(read_particles(star)) as images:
+        source = _SpoiltImages(images, row=57 if field == "image" else -1, value=float(value))
+        if field != "image":  # the table's value, as no reader would have let it through
+            values = getattr(images.table, field).copy()
+            values[57] = float(value)
+            source.table = dataclasses.replace(images.table, **{field: values})
+        batcher = BatchMaker(source, 12, torch.device("cpu"))
+        with pytest.raises(
+            InputError,
+            match=rf"particles\.mrcs: image 58 \(row 58 of the .*its {what} is not finite",
+        ):
+            classify_engine(batcher, settings)
+
+
+def test_a_non_finite_log_likelihood_is_refused_by_its_row(tmp_path: Path):
+    """Behind the batches' checks, the E-step's scores ``(b, k)`` are checked too, before the
+    sums: the first row whose score for any class is not finite is named."""
+    from types import SimpleNamespace
+
+    from cryotorch.engine.passes import _refuse_non_finite
+    from cryotorch.errors import InputError
+
+    table = read_particles(simulate(tmp_path, 1.0, n=20))
+    run = SimpleNamespace(batcher=SimpleNamespace(table=table))
+    rows = np.array([4, 9, 13, 2])
+    loglik = torch.zeros(4, 3)
+    _refuse_non_finite(run, rows, loglik)  # all finite: nothing to say
+    loglik[2, 1], loglik[3, 0] = -torch.inf, torch.nan
+    with pytest.raises(InputError, match=r"particles\.star: row 14: the particle's log-lik"):
+        _refuse_non_finite(run, rows, loglik)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cryotorch.errors import InputError
 from cryotorch.particles import ImageSource
 from cryotorch.physics.forward_model import particle_ctf, particle_shift_px
 from cryotorch.physics.fourier import cropped_rfft_2d
@@ -111,14 +112,53 @@ class BatchMaker:
         )
         shift_px = particle_shift_px(t, rows, self.device, self.dtype, self.pixel_size)
         rotations = torch.as_tensor(t.rotation[rows], dtype=self.dtype, device=self.device)
+        shift = phase_shift_2d(self.d, shift_px)
+        self._refuse_non_finite(np.asarray(rows), spectra, ctf, shift, rotations)
         return ParticleBatch(
             rows=np.asarray(rows),
             spectra=spectra,
             ctf=ctf,
-            shift=phase_shift_2d(self.d, shift_px),
+            shift=shift,
             rotations=rotations,
             optics_group=torch.as_tensor(t.optics_group[rows], device=self.device),
             geometry=None,
+        )
+
+    def _refuse_non_finite(
+        self,
+        rows: np.ndarray,
+        spectra: torch.Tensor,
+        ctf: torch.Tensor,
+        shift: torch.Tensor,
+        rotations: torch.Tensor,
+    ) -> None:
+        """An :class:`InputError` naming the first of ``rows (b,)`` whose image power, CTF²,
+        shift or pose is not finite in the working precision (NaN, inf, or a square that
+        overflows), before any sum takes it: the readers check the files, but an image source
+        or table given through the API is not checked, and one such particle would turn every
+        map into NaN."""
+
+        def per_row(x: torch.Tensor) -> torch.Tensor:  # (b,) bool: Σ |x|² is finite
+            real = torch.view_as_real(x) if x.is_complex() else x
+            return torch.isfinite(real.square().flatten(1).sum(1))
+
+        finite = per_row(spectra) & per_row(ctf) & per_row(shift) & per_row(rotations)
+        if bool(finite.all()):
+            return
+        i = int(torch.nonzero(~finite)[0, 0])
+        row, t = int(rows[i]), self.table
+        what = (
+            "image"
+            if not per_row(spectra[i : i + 1]).all()
+            else "CTF (defocus, B-factor, scale)"
+            if not per_row(ctf[i : i + 1]).all()
+            else "shift or pose"
+        )
+        raise InputError(
+            t.image_path[row],
+            f"image {int(t.image_index[row]) + 1} (row {row + 1} of the particle table)",
+            f"its {what} is not finite in {self.dtype} (NaN, inf, or a square past "
+            "float range): no data set has such values",
         )
 
     def _spectra(self, rows: np.ndarray) -> torch.Tensor:

@@ -21,6 +21,7 @@ from cryotorch.engine.estep import EStepResult, log_posterior
 from cryotorch.engine.mstep import SufficientStatistics, accumulate_statistics
 from cryotorch.engine.noise import NoiseModel
 from cryotorch.engine.state import RunState
+from cryotorch.errors import InputError
 from cryotorch.physics.projector import prepare_volumes
 
 __all__ = ["Objective", "PassResult", "assignment_statistics", "estep_pass"]
@@ -84,6 +85,7 @@ def estep_pass(
     done = 0
     for batch in run.batches(rows, label):
         result = run.estep(volumes, batch, noise, max_shell)
+        _refuse_non_finite(run, batch.rows, result.loglik)
         scores = result.loglik + log_prior
         weights = run.layers(scores, batch.rows, state)
         if objective is not None:
@@ -101,6 +103,26 @@ def estep_pass(
     sums = [gamma, loglik] + ([] if gamma_estep is None else [gamma_estep])
     run.group.sum_(*([] if stats is None else stats.tensors()), *sums)
     return PassResult(gamma, gamma_estep, float(loglik[0]), int(loglik[1]), total)
+
+
+def _refuse_non_finite(run: RunContext, rows: np.ndarray, loglik: torch.Tensor) -> None:
+    """An :class:`InputError` naming the first particle of ``rows (b,)`` whose log-likelihood
+    ``(b, k)`` is not finite, before it reaches the sums: the second line of defence behind
+    the readers' checks (an image source that is not checked, or values the checks let
+    through but the arithmetic does not)."""
+    finite = torch.isfinite(loglik).all(dim=1)
+    if bool(finite.all()):
+        return
+    row = int(rows[int(torch.nonzero(~finite)[0, 0])])
+    table = run.batcher.table
+    source = table.source.path if table.source is not None else "particles"
+    stack = f"{table.image_path[row]} image {int(table.image_index[row]) + 1}"
+    raise InputError(
+        source,
+        f"row {row + 1}",
+        f"the particle's log-likelihood is not finite (its image, {stack}, or its CTF holds "
+        "values no data set has)",
+    )
 
 
 def assignment_statistics(
