@@ -74,7 +74,9 @@ class RunMonitor:
             accuracy = classification_accuracy(assignment[seen], self.truth[seen], self.num_classes)
             entry["accuracy_percent"] = 100 * accuracy
 
-    def __call__(self, entry: dict, maps: torch.Tensor, assignment=None) -> None:
+    def __call__(
+        self, entry: dict, maps: torch.Tensor, assignment: np.ndarray | None = None
+    ) -> None:
         self.rows.append(entry)
         if not self.quiet:
             print(self.format_row(entry), flush=True)

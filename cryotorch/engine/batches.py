@@ -74,7 +74,7 @@ class BatchMaker:
         images: ImageSource,
         d_work: int,
         device: torch.device,
-        dtype=torch.float32,
+        dtype: torch.dtype = torch.float32,
         pad: int = 2,
         use_ctf_scale: bool = True,
         cache_bytes: int = 0,

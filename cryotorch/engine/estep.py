@@ -27,7 +27,13 @@ class EStepResult:
     ``scale (b, k)`` the contrast ``s`` (None: 1).
     """
 
-    def __init__(self, loglik, residual_shells, projections, scale=None):
+    def __init__(
+        self,
+        loglik: torch.Tensor,
+        residual_shells: torch.Tensor,
+        projections: torch.Tensor,
+        scale: torch.Tensor | None = None,
+    ) -> None:
         self.loglik = loglik
         self.residual_shells = residual_shells
         self.projections = projections

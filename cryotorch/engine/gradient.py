@@ -19,7 +19,7 @@ once through autograd, E-step and layers included.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -134,6 +134,8 @@ def optimizer_class(name: str) -> Callable[..., torch.optim.Optimizer]:
     return cls
 
 
-def make_optimizer(name: str, params, learning_rate: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, params: Iterable[torch.Tensor], learning_rate: float
+) -> torch.optim.Optimizer:
     """``torch.optim.<name>(params, lr=learning_rate)``, with a plain error for a wrong name."""
     return optimizer_class(name)(params, lr=learning_rate)

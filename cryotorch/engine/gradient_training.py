@@ -12,7 +12,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from cryotorch.engine.batches import ParticleBatch
 from cryotorch.engine.context import RunContext
+from cryotorch.engine.estep import EStepResult
 from cryotorch.engine.gradient import ClassMaps, free_energy, gaussian_normaliser, make_optimizer
 from cryotorch.engine.iteration import finish_iteration, iteration_row
 from cryotorch.engine.mstep import SufficientStatistics
@@ -90,7 +92,9 @@ def _objective(run: RunContext, state: RunState, noise: NoiseModel, train_noise:
     """The free energy of a batch, plus the Gaussian normaliser when the noise is trained."""
     max_shell = run.resolution.max_shell(state.iteration, run.d, run.pixel_size)
 
-    def objective(scores, gamma, result, batch) -> torch.Tensor:
+    def objective(
+        scores: torch.Tensor, gamma: torch.Tensor, result: EStepResult, batch: ParticleBatch
+    ) -> torch.Tensor:
         value = free_energy(scores, gamma)
         if train_noise:
             counts = noise.pixels_per_shell()

@@ -61,7 +61,14 @@ class SufficientStatistics:
 
     @classmethod
     def zeros(
-        cls, k: int, d: int, pad: int, n_groups: int, device, dtype, with_maps: bool = True
+        cls,
+        k: int,
+        d: int,
+        pad: int,
+        n_groups: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        with_maps: bool = True,
     ) -> SufficientStatistics:
         """Zero sums of ``k`` classes; ``with_maps=False``: no voxels (``data (0, 2k)``), for
         the class weights and noise alone (gradient training makes its maps otherwise)."""

@@ -74,7 +74,7 @@ class NoiseModel:
 
     @classmethod
     def from_power_sums(
-        cls, sums: torch.Tensor, counts: torch.Tensor, dtype=torch.float32
+        cls, sums: torch.Tensor, counts: torch.Tensor, dtype: torch.dtype = torch.float32
     ) -> NoiseModel:
         """From ``(g, n_shells)`` sums of ``|residual|²`` and their pixel counts, in ``dtype``
         (shells with no pixels take the value of the nearest shell below; never exactly 0)."""
@@ -94,6 +94,8 @@ class NoiseModel:
         return cls.from_power_sums(*probe.sums_by_group(power, optics_group), spectra.real.dtype)
 
     @classmethod
-    def flat(cls, n_groups: int, d: int, dtype, device) -> NoiseModel:
+    def flat(
+        cls, n_groups: int, d: int, dtype: torch.dtype, device: torch.device | str
+    ) -> NoiseModel:
         """Power 1 in every shell: a probe for :meth:`shell_sums` and :meth:`sums_by_group`."""
         return cls(torch.ones(n_groups, d // 2 + 1, dtype=dtype, device=device))

@@ -80,7 +80,15 @@ class TauSquaredPrior(Regulariser):
         super().__init__()
         self.tau2_fudge = tau2_fudge
 
-    def forward(self, stats, k, d, pad, mask, pixel_size):
+    def forward(
+        self,
+        stats: SufficientStatistics,
+        k: int,
+        d: int,
+        pad: int,
+        mask: torch.Tensor,
+        pixel_size: float,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         return update_maps(stats.merged_halves(k), d, pad, self.tau2_fudge, mask), {}
 
     def penalty(self, maps: torch.Tensor) -> torch.Tensor:
@@ -107,7 +115,15 @@ class HalfSetFSCFilter(Regulariser):
 
     half_sets = True
 
-    def forward(self, stats, k, d, pad, mask, pixel_size):
+    def forward(
+        self,
+        stats: SufficientStatistics,
+        k: int,
+        d: int,
+        pad: int,
+        mask: torch.Tensor,
+        pixel_size: float,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         halves = []
         for h in (0, 1):
             half = stats.half(h, k)
@@ -148,7 +164,15 @@ class LocalWienerDenoiser(TauSquaredPrior):
         super().__init__(tau2_fudge)
         self.window = window
 
-    def forward(self, stats, k, d, pad, mask, pixel_size):
+    def forward(
+        self,
+        stats: SufficientStatistics,
+        k: int,
+        d: int,
+        pad: int,
+        mask: torch.Tensor,
+        pixel_size: float,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         maps, columns = super().forward(stats, k, d, pad, mask, pixel_size)
         return self.filter_maps(maps, mask), columns
 

@@ -185,7 +185,7 @@ def _cpu_or_none(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.cpu()
 
 
-def _to_cpu(tree):
+def _to_cpu(tree: object) -> object:
     """A copy of nested dicts / lists of tensors with every tensor on the CPU."""
     if isinstance(tree, torch.Tensor):
         return tree.detach().cpu().clone()

@@ -73,7 +73,9 @@ def particle_block(
     return candidates[0], "3.0"
 
 
-def optics_from_31(optics: pd.DataFrame, particles: pd.DataFrame, path: Path):
+def optics_from_31(
+    optics: pd.DataFrame, particles: pd.DataFrame, path: Path
+) -> tuple[OpticsGroups, np.ndarray]:
     require_columns(optics, REQUIRED_OPTICS_COLUMNS, path, "optics")
     if "rlnImagePixelSize" in optics.columns:
         pixel_size = numeric_column(optics, "rlnImagePixelSize", path)

@@ -24,8 +24,8 @@ def particle_ctf(
     table: ParticleTable,
     rows: np.ndarray,
     d: int,
-    device=None,
-    dtype=torch.float32,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
     pixel_size_angstrom: np.ndarray | None = None,
     use_scale: bool = True,
 ) -> torch.Tensor:
@@ -58,8 +58,8 @@ def particle_ctf(
 def particle_shift_px(
     table: ParticleTable,
     rows: np.ndarray,
-    device=None,
-    dtype=torch.float32,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
     pixel_size_angstrom: np.ndarray | None = None,
 ) -> torch.Tensor:
     """``(b, 2)`` in-plane shift (pixels of ``pixel_size_angstrom (n,)``, default the table's)
@@ -75,7 +75,7 @@ def particle_spectra(
     rows: np.ndarray,
     d: int,
     pad: int = 2,
-    dtype=torch.float32,
+    dtype: torch.dtype = torch.float32,
     kernels: str | Kernels = "numba",
 ) -> torch.Tensor:
     """Noise-free spectra ``(b, k, d, d // 2 + 1)`` of table ``rows`` from interleaved volumes

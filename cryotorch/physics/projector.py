@@ -33,7 +33,12 @@ __all__ = [
 ]
 
 
-def gridding_kernel(d: int, pad: int, device=None, dtype=torch.float32) -> torch.Tensor:
+def gridding_kernel(
+    d: int,
+    pad: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """``(d, d, d)``: the real-space weight ``Π sinc²(x_i / (pad d))`` that trilinear
     interpolation on the padded grid imposes (``sinc t = sin πt / πt``)."""
     x = (torch.arange(d, device=device, dtype=dtype) - d // 2) / (pad * d)

@@ -102,7 +102,9 @@ def sample_uniform_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
     return conventions.rotvec_to_matrix(axis * angle[:, None])
 
 
-def _draw_particles(settings: SimulationSettings, k: int, d: int, pixel_size: float, rng) -> tuple:
+def _draw_particles(
+    settings: SimulationSettings, k: int, d: int, pixel_size: float, rng: np.random.Generator
+) -> tuple[ParticleTable, np.ndarray]:
     """The per-particle parameters as a ParticleTable (image paths filled in later) and classes."""
     n = settings.n_particles
     p = (
@@ -147,13 +149,13 @@ def _draw_particles(settings: SimulationSettings, k: int, d: int, pixel_size: fl
 
 
 def _signal(
-    class_volumes: list,
+    class_volumes: list[torch.Tensor],
     table: ParticleTable,
     classes: np.ndarray,
     rows: np.ndarray,
     d: int,
     pad: int,
-):
+) -> torch.Tensor:
     """Noise-free images ``(b, d, d)`` float32 of ``rows``, each from its own class's volume."""
     out = torch.empty((len(rows), d, d))
     for k, volumes in enumerate(class_volumes):

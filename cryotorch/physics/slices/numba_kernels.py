@@ -39,7 +39,9 @@ __all__ = ["gather", "scatter"]
 
 
 @njit(inline="always", cache=True)
-def _grid_point(rotation, kx, ky, pad, half):  # pragma: no cover (JIT)
+def _grid_point(
+    rotation: np.ndarray, kx: float, ky: float, pad: int, half: int
+) -> tuple[int, int, int, float, float, float, float]:  # pragma: no cover (JIT)
     """``q = pad · Aᵀ (kx, ky, 0)``, folded to ``qx >= 0``: lower corner ``(x0, y0, z0)`` on the
     grid, fractions ``(fx, fy, fz)``, and ``-1`` where the point was read at ``-q``, else 1."""
     qx = pad * (kx * rotation[0, 0] + ky * rotation[1, 0])
@@ -54,7 +56,16 @@ def _grid_point(rotation, kx, ky, pad, half):  # pragma: no cover (JIT)
 
 
 @njit(parallel=True, cache=True)
-def _gather(rotations, k, pixels, pad, p, table, out, starts):  # pragma: no cover (JIT)
+def _gather(
+    rotations: np.ndarray,
+    k: np.ndarray,
+    pixels: np.ndarray,
+    pad: int,
+    p: int,
+    table: np.ndarray,
+    out: np.ndarray,
+    starts: np.ndarray,
+) -> None:  # pragma: no cover (JIT)
     n_channels = table.shape[1]
     n_classes = n_channels // 2
     px, half = p // 2 + 1, p // 2
@@ -107,22 +118,22 @@ def _gather(rotations, k, pixels, pad, p, table, out, starts):  # pragma: no cov
 
 @njit(parallel=True, cache=True)
 def _scatter(
-    rotations,
-    k,
-    pixels,
-    pad,
-    p,
-    slices,
-    weights,
-    has_weights,
-    factors,
-    has_factors,
-    data,
-    weight,
-    bands,
-    work,
-    n_work,
-):  # pragma: no cover (JIT)
+    rotations: np.ndarray,
+    k: np.ndarray,
+    pixels: np.ndarray,
+    pad: int,
+    p: int,
+    slices: np.ndarray,
+    weights: np.ndarray,
+    has_weights: bool,
+    factors: np.ndarray,
+    has_factors: bool,
+    data: np.ndarray,
+    weight: np.ndarray,
+    bands: np.ndarray,
+    work: np.ndarray,
+    n_work: np.ndarray,
+) -> None:  # pragma: no cover (JIT)
     n_classes = data.shape[1] // 2
     last_source = slices.shape[1] - 1  # 0: one image for all the classes, else n_classes - 1
     n_channels = 2 * n_classes
@@ -213,7 +224,9 @@ def _radii(k: np.ndarray) -> np.ndarray:
     return radius
 
 
-def _bands(radius: np.ndarray, pad: int, n_threads: int):
+def _bands(
+    radius: np.ndarray, pad: int, n_threads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Radial bands of the sorted points and their assignment to threads, per phase.
 
     Band ``n`` holds ``n w <= |k| < (n + 1) w`` with ``pad · w > 2√3`` voxels, so that the
@@ -281,11 +294,13 @@ def scatter(
     n_threads = _threads()
     bands, work, n_work = _bands(_radii(k), pad, n_threads)
     has_weights = weights is not None
-    if not has_weights:  # typed placeholders: numba compiles one version for both cases
+    if weights is None:  # typed placeholders: numba compiles one version for both cases
         weights = np.zeros((1, 1, 1), dtype=slices.dtype)
         weight = np.zeros((1, 1), dtype=data.dtype)
+    elif weight is None:
+        raise ValueError("scatter: weights given without the array weight to add them into")
     has_factors = factors is not None
-    if not has_factors:
+    if factors is None:
         factors = np.zeros((1, 1), dtype=data.dtype)
     geometry = (rotations, k, pixels, pad, p)
     _scatter(
