@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from contextlib import closing, nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -127,7 +128,7 @@ def _prepare_output_dir(output_dir: Path, resume: bool) -> Path | None:
     return checkpoint if resume and checkpoint.is_file() else None
 
 
-def _truth(star: str | Path, n: int, say=print) -> np.ndarray | None:
+def _truth(star: str | Path, n: int, say: Callable[[str], None] = print) -> np.ndarray | None:
     """The true classes ``(n,)`` (0-based) of simulated particles: ``true_classes.txt`` beside
     the particle file (written by ``cryotorch-simulate``), if there is one for all ``n``."""
     path = Path(star).parent / TRUE_CLASSES
@@ -275,7 +276,7 @@ def _summary(
     num_classes: int,
     device: torch.device,
     output_dir: Path,
-    say,
+    say: Callable[[str], None],
 ) -> dict:
     """The run's summary (printed): iterations, time, accuracy if known, peak GPU memory."""
     summary = {"seconds": seconds, "iterations": len(result.history)}

@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -75,7 +75,14 @@ def print_input_warnings(program: str) -> None:
     ``program: warning: message``, on standard error (no source line, no category)."""
     show = warnings.showwarning
 
-    def one_line(message, category, filename, lineno, file=None, line=None):
+    def one_line(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         if issubclass(category, InputWarning):
             print(f"{program}: warning: {message}", file=sys.stderr)
         else:
@@ -85,7 +92,7 @@ def print_input_warnings(program: str) -> None:
 
 
 def run_reporting_input_errors(
-    program: str, run: Callable[[DictConfig], object], cfg, resumable: bool = False
+    program: str, run: Callable[[DictConfig], object], cfg: DictConfig, resumable: bool = False
 ) -> None:
     """``run(cfg)`` inside a ``@hydra.main`` function: Hydra would report an exception with a
     traceback, so bad input is printed as one line and the process exits with status 2, and

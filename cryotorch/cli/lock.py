@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cryotorch.errors import InputError
@@ -42,7 +42,9 @@ def _holder(lock: Path) -> tuple[int, str] | None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, say=print, made: bool = False) -> Iterator[None]:
+def folder_lock(
+    folder: Path, say: Callable[[str], None] = print, made: bool = False
+) -> Iterator[None]:
     """Hold ``folder/.cryotorch.lock`` while the block runs; an :class:`InputError` if a live
     run holds it. A folder made for the lock (or ``made`` just before, by Hydra for a job of a
     sweep) and left empty is removed again."""
