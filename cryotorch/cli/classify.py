@@ -178,7 +178,7 @@ def _run(config: RunConfig, device: torch.device) -> dict:
         # Everything the run reads is checked before anything is written.
         check = not config.data.ignore_stack_pixel_size
         with ParticleImages(table, check_pixel_size=check) as images:
-            return _classify_images(config, images, star, output_dir, resume_from, device)
+            return _classify_images(config, images, star, output_dir, resume_from, group)
 
 
 def _classify_images(
@@ -187,11 +187,11 @@ def _classify_images(
     star: Path,
     output_dir: Path,
     resume_from: Path | None,
-    device: torch.device,
+    group: ProcessGroup,
 ) -> dict:
     """The run on the opened particle images: the maps and masks it is given, checked and
     cropped; the classification; the outputs (rank 0)."""
-    settings, group = config.settings(), ProcessGroup(device)
+    settings, device = config.settings(), group.device
     say = print if group.is_main else (lambda *args, **kwargs: None)
     table = images.table  # with the box of every optics group, from the stacks if need be
     d_full, psize = images.image_shape[-1], float(table.pixel_size_angstrom[0])

@@ -22,6 +22,7 @@ import numpy as np
 from cryotorch.cli.configs import print_input_warnings
 from cryotorch.errors import InputError
 from cryotorch.io import ParticleImages, read_particles, write_particles
+from cryotorch.io.cs import REQUIRED_FIELDS
 from cryotorch.io.cs_arrays import field_names
 from cryotorch.io.example import write_example_star
 from cryotorch.io.mrc import with_image_sizes
@@ -85,19 +86,10 @@ def max_differences(a: ParticleTable, b: ParticleTable) -> dict[str, float]:
 
 # The .cs fields a ParticleTable holds, and so a STAR output carries (RELION 3.0: but the last two).
 CS_TABLE_FIELDS = (
-    "blob/path",
-    "blob/idx",
-    "blob/psize_A",
-    "ctf/accel_kv",
-    "ctf/cs_mm",
-    "ctf/amp_contrast",
-    "ctf/df1_A",
-    "ctf/df2_A",
-    "ctf/df_angle_rad",
+    *REQUIRED_FIELDS,  # those every .cs input has
     "ctf/phase_shift_rad",
     "ctf/bfactor",
     "ctf/scale",
-    "alignments3D/pose",
     "alignments3D/shift",
     "alignments3D/psize_A",
     "alignments3D/split",
