@@ -233,3 +233,56 @@ def test_a_focused_run_on_a_given_reference_resumes_exactly(star: Path):
         resumed = classify_particles(batcher, settings, masks=masks, resume=saved[-1])
     np.testing.assert_array_equal(resumed.posteriors, whole.posteriors)
     assert torch.equal(resumed.maps, whole.maps)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_killed_at_write(star: Path, out: Path, n: int, before: bool, *extra: str) -> int:
+    """The run of ``start``, SIGKILLed at its ``n``-th file rename (0: not killed); returns
+    the exit status (the number of renames is in ``out``'s sibling ``.count``)."""
+    count = out.parent / f"{out.name}.count"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.kill_at_write", str(count), str(n), str(int(before)),
+         f"data.particles={star}", f"output_dir={out}", *ARGS, *extra],
+        capture_output=True, text=True, check=False, cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert done.returncode in (0, -signal.SIGKILL), done.stderr
+    return done.returncode
+
+
+@pytest.fixture(scope="module")
+def renames(star: Path, tmp_path_factory) -> int:
+    """How many file renames the uninterrupted run makes (checkpoints, then the result set)."""
+    out = tmp_path_factory.mktemp("counted") / "run"
+    assert run_killed_at_write(star, out, 0, False) == 0
+    return int((out.parent / "run.count").read_text())
+
+
+# Kill points drawn at random (seeded, so that CI is reproducible): three anywhere in the run,
+# one among the final writes; each before or after its rename.
+_RNG = np.random.default_rng(21)
+RANDOM_POINTS = [(float(_RNG.random()), bool(_RNG.integers(2))) for _ in range(3)]
+FINAL_POINT = (float(_RNG.random()), bool(_RNG.integers(2)))
+
+
+@pytest.mark.parametrize("where", ["random_1", "random_2", "random_3", "final_writes"])
+def test_killed_at_a_random_write_and_resumed_is_bit_identical(
+    star: Path, reference: Path, renames: int, tmp_path: Path, where: str
+):
+    """A run SIGKILLed at a randomly drawn file rename (before or after it: a temporary file
+    left, or the new file in place and the next not yet), then resumed: the result is the
+    uninterrupted run's, byte for byte, and no temporary file is left."""
+    assert renames > 10  # every iteration's checkpoint, then the result set's files
+    fraction, before = FINAL_POINT if where == "final_writes" else RANDOM_POINTS[int(where[-1]) - 1]
+    final = 9  # the last renames: 4 maps, particles.star, 2 posteriors, iterations.csv, ...
+    first, last = (renames - final, renames) if where == "final_writes" else (1, renames)
+    point = first + int(fraction * (last - first))
+    out = tmp_path / "run"
+    assert run_killed_at_write(star, out, point, before) == -signal.SIGKILL
+    assert run_killed_at_write(star, out, 0, False, "resume=true") == 0
+    for name in (*OUTPUTS, "class_001_hard.mrc", "class_002_hard.mrc", "particles.star"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), (name, point)
+    assert iterations_without_time(out) == iterations_without_time(reference)
+    assert not list(out.glob(".*cryotorch-tmp*")), point
