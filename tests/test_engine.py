@@ -8,6 +8,7 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
 import starfile
@@ -81,8 +82,17 @@ def test_tiny_run_writes_every_output_and_classifies(tiny_star: Path, tmp_path: 
     assert post.shape == (300, 2) and post.dtype == np.float32
     np.testing.assert_allclose(post.sum(1), 1, atol=1e-5)
     np.testing.assert_array_equal(star["rlnClassNumber"].to_numpy(), post.argmax(1) + 1)
-    vol, voxel = read_map(tmp_path / "class_002.mrc")
-    assert vol.shape == (12, 12, 12) and voxel == pytest.approx(6.0)
+    # The maps at the particles' box and pixel size (24 at 3 Å), refined at the working box
+    # (12 at 6 Å): no power beyond its Nyquist, which the header says.
+    for name in ("class_002.mrc", "class_002_hard.mrc"):
+        vol, voxel = read_map(tmp_path / name)
+        assert vol.shape == (24, 24, 24) and voxel == pytest.approx(3.0)
+        power = np.abs(np.fft.fftn(vol)) ** 2
+        f = np.meshgrid(*[np.abs(np.fft.fftfreq(24))] * 3, indexing="ij")
+        beyond = np.maximum(np.maximum(f[0], f[1]), f[2]) >= 0.25  # the working box's Nyquist
+        assert power[beyond].sum() < 1e-10 * power.sum()
+        with mrcfile.open(tmp_path / name) as mrc:
+            assert "to 12.0 A, box 12 at 6.000 A padded to 24" in mrc.header.label[1].decode()
     assert np.load(tmp_path / "posteriors_estep.npy").shape == (300, 2)
     rows = read_iterations(tmp_path)
     assert len(rows) == summary["iterations"]
@@ -298,7 +308,7 @@ def test_given_initial_maps_any_greyscale_keep_their_class_order(tiny_star: Path
     )
     truth = np.loadtxt(folder / "true_classes.txt", dtype=int) - 1
     assert (np.load(out / "posteriors.npy").argmax(1) == 1 - truth).mean() >= 0.95
-    fitted = read_map(out / "class_002.mrc")[0]  # the first true map, as reconstructed
+    fitted = fourier_crop_3d(torch.as_tensor(read_map(out / "class_002.mrc")[0]), 12).numpy()
     given = fourier_crop_3d(torch.as_tensor(read_map(folder / "class_001.mrc")[0]), 12).numpy()
     assert 0.5 < np.abs(fitted).max() / np.abs(given).max() < 2  # the 1000x is gone
 
@@ -399,6 +409,31 @@ def test_auto_tuned_similarity_starts_at_the_target_ess(tiny_star: Path, tmp_pat
     assert float(first["beta"]) > 0
     assert float(first["beta"]) == pytest.approx(float(first["notes"].split("= ")[1][:5]), abs=1e-3)
     assert float(first["mean_class_ess"]) == pytest.approx(1.9, abs=1e-3)
+
+
+@pytest.mark.parametrize("suffix", [".star", ".cs"])
+def test_a_runs_outputs_are_the_next_runs_inputs(tiny_star: Path, tmp_path: Path, suffix: str):
+    """The next job takes a run's files as they are: its particle file as ``data.particles``
+    (with the classes it added), its class maps as ``data.initial_maps`` and one as
+    ``data.reference`` (they are at the particles' box and pixel size); it starts where the
+    first ended (classes kept in order) and ends where it did."""
+    particles = tiny_star
+    if suffix == ".cs":
+        particles = tmp_path / "J1_particles.cs"
+        write_particles(read_particles(tiny_star), particles)
+    first = tmp_path / "first"
+    classify(particles, first)
+    maps = [first / "class_001.mrc", first / "class_002.mrc"]
+    second = tmp_path / "second"
+    classify(
+        first / f"particles{suffix}",
+        second,
+        f"data.initial_maps=[{maps[0]},{maps[1]}]",
+        f"data.reference={maps[0]}",
+        "optim.online_epochs=0",
+    )
+    before, after = (np.load(d / "posteriors.npy").argmax(1) for d in (first, second))
+    assert (before == after).mean() >= 0.95
 
 
 def test_cs_in_gives_cs_out_with_every_field_kept(tiny_star: Path, tmp_path: Path):

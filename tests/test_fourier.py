@@ -13,6 +13,7 @@ from cryotorch.physics.fourier import (
     fourier_crop_2d,
     fourier_crop_3d,
     fourier_pad_2d,
+    fourier_pad_3d,
     irfft_2d,
     irfft_3d,
     rfft_2d,
@@ -119,6 +120,42 @@ def test_crop_3d_samples_a_smooth_volume_on_the_coarser_grid():
     coarse = blob_volume(16, (1.0, -2.0, 1.5), 1.5)
     torch.testing.assert_close(fourier_crop_3d(fine, 16), coarse, atol=2e-3, rtol=0)
     assert fourier_crop_3d(fine, 32) is fine
+
+
+def test_pad_3d_samples_a_smooth_volume_on_the_finer_grid():
+    """The adjoint direction of the test above: the Gaussian at box 16 padded to 32 is the
+    Gaussian sampled at half the pixel size; an odd box too."""
+    coarse = blob_volume(16, (1.0, -2.0, 1.5), 1.5)
+    fine = blob_volume(32, (2.0, -4.0, 3.0), 3.0)
+    torch.testing.assert_close(fourier_pad_3d(coarse, 32), fine, atol=3e-3, rtol=0)
+    odd = blob_volume(15, (1.0, -2.0, 1.5), 1.5)
+    torch.testing.assert_close(fourier_pad_3d(odd, 30), blob_volume(30, (2.0, -4.0, 3.0), 3.0),
+                               atol=3e-3, rtol=0)  # fmt: skip
+    assert fourier_pad_3d(coarse, 16) is coarse
+
+
+@pytest.mark.parametrize(("d", "d_out"), [(12, 20), (12, 13), (11, 24), (20, 64)])
+def test_crop_undoes_pad_but_for_the_nyquist_planes(d: int, d_out: int):
+    """Any volume padded and cropped back is itself, without its Nyquist planes (an even
+    box's frequency -d/2, which has no partner to be padded with); the padded volume is real
+    and has no power beyond the small box's Nyquist."""
+    torch.manual_seed(d + d_out)
+    volume = torch.randn(2, d, d, d, dtype=torch.float64)
+    padded = fourier_pad_3d(volume, d_out)
+    assert padded.shape == (2, d_out, d_out, d_out) and padded.dtype == torch.float64
+    without_nyquist = rfft_3d(volume)
+    if d % 2 == 0:
+        without_nyquist[..., 0, :, :] = 0
+        without_nyquist[..., :, 0, :] = 0
+        without_nyquist[..., d // 2] = 0
+    expected = irfft_3d(without_nyquist, d)
+    torch.testing.assert_close(fourier_crop_3d(padded, d), expected, atol=1e-12, rtol=0)
+    # The padding's spectrum is the small one's, scaled, and zero elsewhere.
+    big = rfft_3d(padded)
+    start = d_out // 2 - d // 2
+    inside = torch.zeros_like(big, dtype=torch.bool)
+    inside[..., start : start + d, start : start + d, : d // 2 + 1] = True
+    assert big[~inside].abs().max() < 1e-10
 
 
 def test_cropped_box_for_resolution():

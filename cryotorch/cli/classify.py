@@ -239,7 +239,7 @@ def _classify_images(
         result = classify(batcher, settings, monitor, initial_maps, checkpoint, resume_state, masks)
         seconds = time.perf_counter() - t0
         if group.is_main:
-            write_outputs(output_dir, table, result, monitor)
+            write_outputs(output_dir, table, result, monitor, d_full)
             ess = effective_sample_size(result.posteriors.astype(np.float64))
             monitor.log_ess(torch.as_tensor(ess), len(result.history))
     return _summary(result, seconds, truth, k, device, output_dir, say)

@@ -1,7 +1,9 @@
 """What a classification run writes, each file atomically.
 
-``class_001.mrc``, ... (posterior-weighted maps at the working box and pixel size);
-``class_001_hard.mrc``, ... (each class from the particles assigned to it only);
+``class_001.mrc``, ... (posterior-weighted maps at the particles' box and pixel size:
+the working-box maps Fourier-padded, so no detail beyond the resolution the run used, which
+the header's second label states); ``class_001_hard.mrc``, ... (each class from the
+particles assigned to it only, the same way);
 ``particles.star`` (every input column, plus ``rlnClassNumber`` 1-based,
 ``rlnMaxValueProbDistribution`` and ``rlnCryotorchClassESS``); ``particles.cs`` too when the
 input was a ``.cs`` (``alignments3D/class`` 0-based, ``alignments3D/class_ess``,
@@ -23,6 +25,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cryotorch.engine.posterior import effective_sample_size
 from cryotorch.engine.state import ClassificationResult
@@ -31,6 +34,7 @@ from cryotorch.io import write_map, write_particles
 from cryotorch.io.atomic import TEMPORARY_MARK, atomic_path
 from cryotorch.monitor import RunMonitor
 from cryotorch.particles import ParticleTable
+from cryotorch.physics.fourier import fourier_pad_3d
 
 __all__ = ["write_outputs"]
 
@@ -55,16 +59,20 @@ RESULT_PATTERNS = (
 
 
 def write_outputs(
-    output_dir: Path, table: ParticleTable, result: ClassificationResult, monitor: RunMonitor
+    output_dir: Path,
+    table: ParticleTable,
+    result: ClassificationResult,
+    monitor: RunMonitor,
+    box: int,
 ) -> None:
     """Write the run's result set into ``output_dir``, all of it or (if a write fails)
-    nothing; see the module's docstring."""
+    nothing; see the module's docstring. ``box``: the particles' (the maps' size)."""
     output_dir = Path(output_dir)
     staging = output_dir / STAGING_NAME
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        _write_result_set(staging, table, result, monitor)
+        _write_result_set(staging, table, result, monitor, box)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OutputError):  # name the file the user would have had
@@ -82,17 +90,42 @@ def write_outputs(
     staging.rmdir()
 
 
+def _write_maps(
+    folder: Path,
+    name: str,
+    maps: torch.Tensor,
+    result: ClassificationResult,
+    box: int,
+    kind: str,
+) -> None:
+    """The class maps ``(k, d, d, d)`` at the working box, Fourier-padded to the particles'
+    ``box`` (and so their pixel size), each labelled with what it is and the resolution the
+    run used; ``name``: e.g. ``"class_{:03d}.mrc"``."""
+    d, k = maps.shape[-1], maps.shape[0]
+    full = fourier_pad_3d(maps.detach().cpu().double(), box).float().numpy()
+    pixel_size = result.pixel_size * d / box
+    resolution = result.history[-1]["resolution"] if result.history else 2 * result.pixel_size
+    for i, volume in enumerate(full):
+        label = (
+            f"class {i + 1}/{k} {kind}: to {resolution:.1f} A, box {d} at "
+            f"{result.pixel_size:.3f} A padded to {box}"
+        )
+        write_map(folder / name.format(i + 1), volume, pixel_size, labels=[label])
+
+
 def _write_result_set(
-    output_dir: Path, table: ParticleTable, result: ClassificationResult, monitor: RunMonitor
+    output_dir: Path,
+    table: ParticleTable,
+    result: ClassificationResult,
+    monitor: RunMonitor,
+    box: int,
 ) -> None:
     posteriors = result.posteriors
     ess = effective_sample_size(posteriors.astype(np.float64))
     best = posteriors.argmax(axis=1)
-    for k, volume in enumerate(result.maps.detach().cpu().numpy()):
-        write_map(output_dir / f"class_{k + 1:03d}.mrc", volume, result.pixel_size)
+    _write_maps(output_dir, "class_{:03d}.mrc", result.maps, result, box, "soft")
     if result.hard_maps is not None:
-        for k, volume in enumerate(result.hard_maps.detach().cpu().numpy()):
-            write_map(output_dir / f"class_{k + 1:03d}_hard.mrc", volume, result.pixel_size)
+        _write_maps(output_dir, "class_{:03d}_hard.mrc", result.hard_maps, result, box, "hard")
     write_particles(
         table,
         output_dir / "particles.star",

@@ -10,6 +10,7 @@ Particle images are read lazily by :class:`ParticleImages`
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import mrcfile
@@ -53,19 +54,30 @@ def read_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
     return data, voxel
 
 
-def label_header(mrc: mrcfile.mrcfile.MrcFile) -> None:
-    """Replace mrcfile's time-stamped first label with a fixed one (reproducible files)."""
-    mrc.header.label[0] = b"Created by cryotorch"
-    mrc.header.nlabl = 1
+def label_header(mrc: mrcfile.mrcfile.MrcFile, labels: Sequence[str] = ()) -> None:
+    """Replace mrcfile's time-stamped first label with a fixed one (reproducible files), and
+    add ``labels`` (ASCII, 80 characters each at most, 9 at most)."""
+    texts = ["Created by cryotorch", *labels]
+    if len(texts) > 10 or any(len(text.encode("ascii")) > 80 for text in texts):
+        raise ValueError(f"MRC labels are at most 10 of 80 ASCII characters: {texts}")
+    for i, text in enumerate(texts):
+        mrc.header.label[i] = text.encode("ascii")
+    mrc.header.nlabl = len(texts)
 
 
-def write_map(path: str | os.PathLike[str], volume: np.ndarray, voxel_size: float) -> None:
-    """Write a 3D map (float32, indexed [z, y, x]) with its voxel size (Å), atomically."""
+def write_map(
+    path: str | os.PathLike[str],
+    volume: np.ndarray,
+    voxel_size: float,
+    labels: Sequence[str] = (),
+) -> None:
+    """Write a 3D map (float32, indexed [z, y, x]) with its voxel size (Å), atomically;
+    ``labels``: header labels after cryotorch's own (80 ASCII characters each at most)."""
     with atomic_path(path) as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
             mrc.voxel_size = voxel_size
-            label_header(mrc)
+            label_header(mrc, labels)
 
 
 def write_stack(path: str | os.PathLike[str], images: np.ndarray, pixel_size: float) -> None:

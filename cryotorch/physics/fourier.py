@@ -120,6 +120,30 @@ def fourier_crop_3d(volumes: torch.Tensor, d_out: int) -> torch.Tensor:
     return irfft_3d(f * (d_out / d) ** 3, d_out)
 
 
+def fourier_pad_3d(volumes: torch.Tensor, d_out: int) -> torch.Tensor:
+    """Upsample real volumes ``(..., d, d, d)`` to ``(..., d_out, d_out, d_out)`` (pixel size
+    ``p * d / d_out``) by zero-padding their spectra: the map at the finer sampling, with no
+    frequency beyond the small box's Nyquist; real-space values are kept, as in
+    :func:`fourier_crop_3d`. The small box's Nyquist planes (an even ``d``) are left out:
+    their partners at ``+d / 2`` are not in it, so they cannot be placed Hermitian-symmetric
+    in the larger box. :func:`fourier_crop_3d` back to ``d`` gives the volume without them."""
+    d = volumes.shape[-1]
+    if d_out < d:
+        raise ValueError(f"cannot pad a box of {d} to {d_out}")
+    if d_out == d:
+        return volumes
+    f = rfft_3d(volumes)
+    if d % 2 == 0:
+        f = f.clone()
+        f[..., 0, :, :] = 0  # z = -d/2
+        f[..., :, 0, :] = 0  # y = -d/2
+        f[..., :, :, d // 2] = 0  # x = d/2
+    out = f.new_zeros((*f.shape[:-3], d_out, d_out, d_out // 2 + 1))
+    start = d_out // 2 - d // 2
+    out[..., start : start + d, start : start + d, : d // 2 + 1] = f
+    return irfft_3d(out * (d_out / d) ** 3, d_out)
+
+
 def fourier_pad_2d(spectra: torch.Tensor, d_out: int) -> torch.Tensor:
     """Zero-pad ``(..., d, d // 2 + 1)`` spectra to ``(..., d_out, d_out // 2 + 1)`` (upsampling).
 
