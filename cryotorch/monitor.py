@@ -22,8 +22,9 @@ __all__ = ["RunMonitor"]
 class RunMonitor:
     """Prints each iteration's row, keeps the table, and logs to TensorBoard if asked.
 
-    TensorBoard gets every scalar of the row, the class sizes, the ESS histogram (through
-    :meth:`log_ess`) and the central z, y and x sections of each class map as images.
+    TensorBoard gets every scalar of the row, the class sizes, the histograms of both ESS
+    every iteration (through :meth:`log_histograms`) and the central z, y and x sections of
+    each class map as images.
 
     With the true classes ``truth (n,)`` (0-based; simulated data), each row gets
     ``accuracy_percent``: the particles' current classes against the truth, best matching of
@@ -98,9 +99,12 @@ class RunMonitor:
                     f"maps/class_{k + 1:03d}", ((sections - lo) / (hi - lo + 1e-12))[None], step
                 )
 
-    def log_ess(self, ess: torch.Tensor, step: int) -> None:
+    def log_histograms(self, values: dict[str, torch.Tensor], step: int) -> None:
+        """A TensorBoard histogram of each per-particle quantity of ``values`` (name ->
+        ``(m,)``: the ESS after the layers, ``class_ess``, and the E-step's, ``estep_ess``)."""
         if self.writer is not None:
-            self.writer.add_histogram("run/class_ess", ess, step)
+            for name, value in values.items():
+                self.writer.add_histogram(f"run/{name}", value, step)
 
     @staticmethod
     def format_row(entry: dict) -> str:
@@ -112,7 +116,9 @@ class RunMonitor:
         return (
             f"it {entry['iteration']:3d} {entry['phase']:6s} β {entry['beta']:.3f} "
             f"{'hard' if entry['hard'] else 'soft'} {entry['resolution']:5.1f} Å  "
-            f"changed {changed}%  ESS {entry['mean_class_ess']:.3f}  sizes {fractions}  "
+            f"changed {changed}%  ESS {entry['mean_class_ess']:.3f}"
+            + (f" (E-step {entry['mean_estep_ess']:.3f})" if "mean_estep_ess" in entry else "")
+            + f"  sizes {fractions}  "
             f"{entry.get('seconds', float('nan')):.1f} s"
             + (f"  FSC {fsc} Å" if fsc else "")
             + (f"  accuracy {accuracy:.2f} %" if accuracy is not None else "")

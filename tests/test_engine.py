@@ -348,6 +348,36 @@ def test_identical_classes_are_reported_and_reseeding_separates_them(
     assert int(rows[-1]["duplicate_classes"]) == 0
 
 
+def test_both_ess_are_reported_and_force_hard_leaves_the_esteps_spread(
+    tiny_star: Path, tmp_path: Path
+):
+    """The forum's question: under force hard the ESS after the layers is 1 for every
+    particle, and the E-step's own ESS still shows how sure the data are. Both are in the
+    table (per iteration), in particles.star (per particle, agreeing with the two posterior
+    files) and in TensorBoard as a histogram every iteration."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    noisy = simulate_two_blob_classes(tmp_path / "data", 300, 0.05, seed=4)  # not all sure
+    out = tmp_path / "run"
+    classify(noisy, out, "posterior.hard=always", "logger=tensorboard")
+    rows = read_iterations(out)
+    assert all(float(row["mean_class_ess"]) == pytest.approx(1.0) for row in rows)
+    assert all(float(row["mean_estep_ess"]) >= 1.0 for row in rows)
+    star = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    np.testing.assert_allclose(star["rlnCryotorchClassESS"], 1.0, atol=1e-6)
+    estep = np.load(out / "posteriors_estep.npy").astype(np.float64)
+    np.testing.assert_allclose(star["rlnCryotorchEStepESS"], 1 / (estep**2).sum(1), rtol=1e-5)
+    assert star["rlnCryotorchEStepESS"].max() > 1.2  # some particles the data leave unsure
+    assert float(rows[-1]["mean_estep_ess"]) == pytest.approx(
+        star["rlnCryotorchEStepESS"].mean(), rel=1e-5
+    )  # the last full pass's E-step is the one the files hold
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"histograms": 0})
+    events.Reload()
+    for tag in ("run/class_ess", "run/estep_ess"):
+        assert len(events.Histograms(tag)) == len(rows), tag
+    assert len(events.Scalars("run/mean_estep_ess")) == len(rows)
+
+
 def test_hard_assignment_maps_are_written_and_equal_soft_maps_under_force_hard(
     tiny_star: Path, tmp_path: Path
 ):

@@ -40,7 +40,6 @@ from cryotorch.cli.schema import RunConfig, read_run_config
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.classify import classify
 from cryotorch.engine.distributed import ProcessGroup, init_from_environment
-from cryotorch.engine.posterior import effective_sample_size
 from cryotorch.engine.state import CHECKPOINT_FORMAT, ClassificationResult, check_resumable
 from cryotorch.errors import InputError
 from cryotorch.evaluation import TRUE_CLASSES, classification_accuracy, read_true_classes
@@ -240,8 +239,6 @@ def _classify_images(
         seconds = time.perf_counter() - t0
         if group.is_main:
             write_outputs(output_dir, table, result, monitor, d_full)
-            ess = effective_sample_size(result.posteriors.astype(np.float64))
-            monitor.log_ess(torch.as_tensor(ess), len(result.history))
     return _summary(result, seconds, truth, k, device, output_dir, say)
 
 

@@ -5,8 +5,10 @@ the working-box maps Fourier-padded, so no detail beyond the resolution the run 
 the header's second label states); ``class_001_hard.mrc``, ... (each class from the
 particles assigned to it only, the same way);
 ``particles.star`` (every input column, plus ``rlnClassNumber`` 1-based,
-``rlnMaxValueProbDistribution`` and ``rlnCryotorchClassESS``); ``particles.cs`` too when the
-input was a ``.cs`` (``alignments3D/class`` 0-based, ``alignments3D/class_ess``,
+``rlnMaxValueProbDistribution``, ``rlnCryotorchClassESS`` (after the layers) and
+``rlnCryotorchEStepESS`` (of the E-step's posterior)); ``particles.cs`` too when the input
+was a ``.cs`` (``alignments3D/class`` 0-based, ``alignments3D/class_ess``,
+``alignments3D/class_ess_estep``,
 ``alignments_class3D_{k}/class_posterior``); ``posteriors.npy`` ``(n, K)`` float32 (after the
 class-similarity and force-hard layers, as the last M-step used them) and
 ``posteriors_estep.npy`` (the E-step's own); ``iterations.csv``.
@@ -122,6 +124,7 @@ def _write_result_set(
 ) -> None:
     posteriors = result.posteriors
     ess = effective_sample_size(posteriors.astype(np.float64))
+    ess_estep = effective_sample_size(result.posteriors_estep.astype(np.float64))
     best = posteriors.argmax(axis=1)
     _write_maps(output_dir, "class_{:03d}.mrc", result.maps, result, box, "soft")
     if result.hard_maps is not None:
@@ -133,12 +136,14 @@ def _write_result_set(
             "rlnClassNumber": best + 1,
             "rlnMaxValueProbDistribution": posteriors.max(axis=1),
             "rlnCryotorchClassESS": ess,
+            "rlnCryotorchEStepESS": ess_estep,
         },
     )
     if table.source is not None and table.source.format == "cs":
         fields = {
             "alignments3D/class": best.astype(np.uint32),
             "alignments3D/class_ess": ess.astype(np.float32),
+            "alignments3D/class_ess_estep": ess_estep.astype(np.float32),
         }
         for k in range(posteriors.shape[1]):
             fields[f"alignments_class3D_{k}/class_posterior"] = posteriors[:, k].astype(np.float32)

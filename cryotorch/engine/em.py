@@ -45,7 +45,7 @@ def online_em(run: RunContext, state: RunState, checkpoint: Checkpoint) -> None:
             start = 0
         rows = state.order[start : start + batch_n]
         batch_stats = run.zeros()
-        result = estep_pass(run, state, rows, stats=batch_stats)
+        result = estep_pass(run, state, rows, stats=batch_stats, estep_posteriors=True)
         batch_stats.scale_(run.n / len(rows))
         rate = online_learning_rate(
             step, n_online, settings.optim.learning_rate, settings.optim.half_life_percent
@@ -57,11 +57,14 @@ def online_em(run: RunContext, state: RunState, checkpoint: Checkpoint) -> None:
         )
         state.consensus = consensus_from(run, state, state.running, state.noise)
         state.maps, state.prior, state.noise = run.m_step(state.running, state.noise)
-        row = iteration_row(run, state, "online", rows, result.gamma, result.mean_loglik)
+        assert result.gamma_estep is not None  # asked for: estep_posteriors=True
+        row, ess = iteration_row(
+            run, state, "online", rows, result.gamma, result.mean_loglik, result.gamma_estep
+        )
         state.online_step += 1
         if state.online_step == n_online:
             state.running = None  # not needed any more: keeps the checkpoints small
-        finish_iteration(run, state, row, checkpoint)
+        finish_iteration(run, state, row, checkpoint, ess)
 
 
 def full_em(run: RunContext, state: RunState, checkpoint: Checkpoint) -> None:
@@ -83,7 +86,9 @@ def full_em(run: RunContext, state: RunState, checkpoint: Checkpoint) -> None:
         state.consensus = consensus_from(run, state, stats, state.noise)
         state.maps, state.prior, state.noise = run.m_step(stats, state.noise)
         gamma = torch.as_tensor(state.posteriors)
-        row = iteration_row(run, state, "full", everyone, gamma, result.mean_loglik)
+        row, ess = iteration_row(
+            run, state, "full", everyone, gamma, result.mean_loglik, result.gamma_estep
+        )
         state.full_pass += 1
         schedules_done = (
             (hard or beta == 0.0)  # with force-hard on, β has no effect
@@ -98,4 +103,4 @@ def full_em(run: RunContext, state: RunState, checkpoint: Checkpoint) -> None:
             and not state.splits
         )
         state.finished = converged or state.full_pass == settings.optim.max_iterations
-        finish_iteration(run, state, row, checkpoint)
+        finish_iteration(run, state, row, checkpoint, ess)

@@ -81,11 +81,19 @@ def gradient_epochs(
             loglik_sum, count = loglik_sum + step.loglik_sum, count + step.count
         _end_epoch(run, state, model, stats, trained_noise=g.train_noise)
         gamma = torch.as_tensor(state.posteriors)
-        row = iteration_row(run, state, "gradient", np.arange(run.n), gamma, loglik_sum / count)
+        row, ess = iteration_row(
+            run,
+            state,
+            "gradient",
+            np.arange(run.n),
+            gamma,
+            loglik_sum / count,
+            torch.as_tensor(state.posteriors_estep),
+        )
         state.full_pass += 1
         state.finished = state.full_pass == g.epochs
         state.gradient = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-        finish_iteration(run, state, row, checkpoint)
+        finish_iteration(run, state, row, checkpoint, ess)
 
 
 def _objective(run: RunContext, state: RunState, noise: NoiseModel, train_noise: bool) -> Objective:

@@ -25,13 +25,20 @@ def iteration_row(
     rows: np.ndarray,
     gamma: torch.Tensor,
     loglik_mean: float,
-) -> dict:
-    """This iteration's row of ``iterations.csv``, after its M-step: ``gamma (len(rows), k)``
-    the class weights of ``rows`` after the layers. Records the particles' new classes in
-    ``state.assignment`` and plans a re-seed for the next iteration (``state.splits``)."""
+    gamma_estep: torch.Tensor,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """This iteration's row of ``iterations.csv``, after its M-step, and the ESS of each of
+    ``rows`` (for histograms): ``gamma (len(rows), k)`` the class weights of ``rows`` after the
+    layers, ``gamma_estep`` the E-step's posterior before them. Both ESS are kept, because
+    they answer different questions: the E-step's says how sure the data are (a spread of it
+    at β = 0 is the data's), the other what the M-step used (1 for every particle under force
+    hard). Records the particles' new classes in ``state.assignment`` and plans a re-seed for
+    the next iteration (``state.splits``)."""
     beta, hard = run.beta_and_hard(state)
     changed = _switched(state, rows, gamma.argmax(1).cpu().numpy())
     sizes = gamma.sum(0).double()
+    ess = effective_sample_size(gamma.double())
+    ess_estep = effective_sample_size(gamma_estep.double())
     row = {
         "iteration": state.iteration,
         "phase": phase,
@@ -39,7 +46,8 @@ def iteration_row(
         "hard": hard,
         "resolution": run.resolution.resolution(state.iteration),
         "percent_changed": changed,
-        "mean_class_ess": float(effective_sample_size(gamma.double()).mean()),
+        "mean_class_ess": float(ess.mean()),
+        "mean_estep_ess": float(ess_estep.mean()),
         "log_likelihood": loglik_mean,
         **{f"class_{i + 1:03d}_fraction": float(sizes[i] / sizes.sum()) for i in range(run.k)},
         **run.regulariser_columns,
@@ -48,14 +56,19 @@ def iteration_row(
     row["seconds"] = now - run.clock
     run.clock = now
     row.update(_check_classes(run, state))
-    return row
+    return row, {"class_ess": ess.float(), "estep_ess": ess_estep.float()}
 
 
 def finish_iteration(
-    run: RunContext, state: RunState, row: dict, checkpoint: Callable[[dict], None] | None
+    run: RunContext,
+    state: RunState,
+    row: dict,
+    checkpoint: Callable[[dict], None] | None,
+    histograms: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Record ``row`` (with the columns the monitor's ``annotate`` adds, if it has one), count
-    the iteration, checkpoint the state, then tell the monitor."""
+    the iteration, checkpoint the state, then tell the monitor (and give it ``histograms``,
+    per-particle values by name, if it has a ``log_histograms``)."""
     monitor = run.monitor
     if run.group.is_main and monitor is not None and hasattr(monitor, "annotate"):
         monitor.annotate(row, state.assignment)
@@ -67,6 +80,8 @@ def finish_iteration(
         checkpoint(state.state_dict(run.settings))
     if monitor is not None:
         monitor(row, state.maps, state.assignment.copy())
+        if histograms and hasattr(monitor, "log_histograms"):
+            monitor.log_histograms(histograms, row["iteration"])
 
 
 def _switched(state: RunState, rows: np.ndarray, classes: np.ndarray) -> float | None:
