@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
 import starfile
 import torch
@@ -466,6 +467,29 @@ def test_a_runs_outputs_are_the_next_runs_inputs(tiny_star: Path, tmp_path: Path
     assert (before == after).mean() >= 0.95
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.99])
+def test_one_particle_file_per_class_with_a_probability_threshold(
+    tiny_star: Path, tmp_path: Path, threshold: float
+):
+    """particles_class00k.star holds exactly the particles whose class is k and whose E-step
+    probability of k exceeds the threshold, each row as particles.star has it (every input
+    column and the class columns), in the input's order; a classifier reads it as input."""
+    noisy = simulate_two_blob_classes(tmp_path / "data", 300, 0.05, seed=4)  # not all sure
+    out = tmp_path / "run"
+    classify(noisy, out, f"outputs.class_min_probability={threshold}")
+    everyone = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    estep = np.load(out / "posteriors_estep.npy")
+    best = everyone["rlnClassNumber"].to_numpy() - 1
+    kept = estep[np.arange(len(best)), best] > threshold
+    assert kept.all() if threshold == 0 else 0 < kept.sum() < len(best)
+    for k in (0, 1):
+        name = out / f"particles_class{k + 1:03d}.star"
+        expected = everyone[(best == k) & kept].reset_index(drop=True)
+        mine = starfile.read(name, always_dict=True)["particles"]
+        pd.testing.assert_frame_equal(mine, expected, check_dtype=False)
+        assert len(read_particles(name)) == len(expected)
+
+
 def test_cs_in_gives_cs_out_with_every_field_kept(tiny_star: Path, tmp_path: Path):
     # A .cs made from the tiny set, with an extra field cryotorch does not know; classified with
     # the FSC regulariser (its half-sets from alignments3D/split).
@@ -492,6 +516,13 @@ def test_cs_in_gives_cs_out_with_every_field_kept(tiny_star: Path, tmp_path: Pat
         )
     cryosparc = pytest.importorskip("cryosparc.dataset", reason="cryosparc-tools: dev dependency")
     assert len(cryosparc.Dataset.load(out / "particles.cs")) == 300
+    for k in range(2):  # each class's particles as a .cs too, every field kept
+        mine = np.load(out / f"particles_class{k + 1:03d}.cs")
+        rows = np.flatnonzero(result["alignments3D/class"] == k)
+        assert mine.dtype == result.dtype
+        for name in mine.dtype.names:
+            np.testing.assert_array_equal(mine[name], result[name][rows], err_msg=name)
+        assert len(cryosparc.Dataset.load(out / f"particles_class{k + 1:03d}.cs")) == len(rows)
 
 
 def test_bad_maps_and_masks_are_refused_before_anything_is_written(tiny_star: Path, tmp_path: Path):

@@ -238,7 +238,7 @@ def _classify_images(
         result = classify(batcher, settings, monitor, initial_maps, checkpoint, resume_state, masks)
         seconds = time.perf_counter() - t0
         if group.is_main:
-            write_outputs(output_dir, table, result, monitor, d_full)
+            write_outputs(output_dir, table, result, monitor, d_full, config.outputs)
     return _summary(result, seconds, truth, k, device, output_dir, say)
 
 

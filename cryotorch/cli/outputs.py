@@ -11,7 +11,11 @@ was a ``.cs`` (``alignments3D/class`` 0-based, ``alignments3D/class_ess``,
 ``alignments3D/class_ess_estep``,
 ``alignments_class3D_{k}/class_posterior``); ``posteriors.npy`` ``(n, K)`` float32 (after the
 class-similarity and force-hard layers, as the last M-step used them) and
-``posteriors_estep.npy`` (the E-step's own); ``iterations.csv``.
+``posteriors_estep.npy`` (the E-step's own); ``iterations.csv``; and, unless
+``outputs.class_files`` is false, ``particles_class001.star``, ... (``.cs`` too for a ``.cs``
+input): each class's particles (its most probable class, and an E-step probability of it
+above ``outputs.class_min_probability``) with the same columns, ready for the next job; a
+class left with no particle has no file.
 
 The set is complete or absent: the files are written into a hidden folder in ``output_dir``
 (``.outputs.cryotorch-tmp``) and moved into place, a rename each, only once all are written;
@@ -29,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryotorch.cli.schema import OutputsConfig
 from cryotorch.engine.posterior import effective_sample_size
 from cryotorch.engine.state import ClassificationResult
 from cryotorch.errors import OutputError
@@ -39,6 +44,35 @@ from cryotorch.particles import ParticleTable
 from cryotorch.physics.fourier import fourier_pad_3d
 
 __all__ = ["write_outputs"]
+
+
+def _class_columns(
+    table: ParticleTable, posteriors: np.ndarray, posteriors_estep: np.ndarray
+) -> dict[str, dict[str, np.ndarray]]:
+    """The columns a run adds to its particle files, by suffix: ``.star`` always, ``.cs`` too
+    when the input was a ``.cs``; ``posteriors`` ``(n, k)`` after the layers, ``_estep``
+    before them."""
+    ess = effective_sample_size(posteriors.astype(np.float64))
+    ess_estep = effective_sample_size(posteriors_estep.astype(np.float64))
+    best = posteriors.argmax(axis=1)
+    columns = {
+        ".star": {
+            "rlnClassNumber": best + 1,
+            "rlnMaxValueProbDistribution": posteriors.max(axis=1),
+            "rlnCryotorchClassESS": ess,
+            "rlnCryotorchEStepESS": ess_estep,
+        }
+    }
+    if table.source is not None and table.source.format == "cs":
+        fields = {
+            "alignments3D/class": best.astype(np.uint32),
+            "alignments3D/class_ess": ess.astype(np.float32),
+            "alignments3D/class_ess_estep": ess_estep.astype(np.float32),
+        }
+        for k in range(posteriors.shape[1]):
+            fields[f"alignments_class3D_{k}/class_posterior"] = posteriors[:, k].astype(np.float32)
+        columns[".cs"] = fields
+    return columns
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -54,6 +88,8 @@ RESULT_PATTERNS = (
     "class_[0-9][0-9][0-9]_hard.mrc",
     "particles.star",
     "particles.cs",
+    "particles_class[0-9][0-9][0-9].star",
+    "particles_class[0-9][0-9][0-9].cs",
     "posteriors.npy",
     "posteriors_estep.npy",
     "iterations.csv",
@@ -66,15 +102,17 @@ def write_outputs(
     result: ClassificationResult,
     monitor: RunMonitor,
     box: int,
+    outputs: OutputsConfig | None = None,
 ) -> None:
     """Write the run's result set into ``output_dir``, all of it or (if a write fails)
-    nothing; see the module's docstring. ``box``: the particles' (the maps' size)."""
+    nothing; see the module's docstring. ``box``: the particles' (the maps' size);
+    ``outputs``: the per-class files' settings (default: written, no threshold)."""
     output_dir = Path(output_dir)
     staging = output_dir / STAGING_NAME
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        _write_result_set(staging, table, result, monitor, box)
+        _write_result_set(staging, table, result, monitor, box, outputs or OutputsConfig())
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OutputError):  # name the file the user would have had
@@ -121,33 +159,27 @@ def _write_result_set(
     result: ClassificationResult,
     monitor: RunMonitor,
     box: int,
+    outputs: OutputsConfig,
 ) -> None:
-    posteriors = result.posteriors
-    ess = effective_sample_size(posteriors.astype(np.float64))
-    ess_estep = effective_sample_size(result.posteriors_estep.astype(np.float64))
+    posteriors, posteriors_estep = result.posteriors, result.posteriors_estep
     best = posteriors.argmax(axis=1)
     _write_maps(output_dir, "class_{:03d}.mrc", result.maps, result, box, "soft")
     if result.hard_maps is not None:
         _write_maps(output_dir, "class_{:03d}_hard.mrc", result.hard_maps, result, box, "hard")
-    write_particles(
-        table,
-        output_dir / "particles.star",
-        {
-            "rlnClassNumber": best + 1,
-            "rlnMaxValueProbDistribution": posteriors.max(axis=1),
-            "rlnCryotorchClassESS": ess,
-            "rlnCryotorchEStepESS": ess_estep,
-        },
-    )
-    if table.source is not None and table.source.format == "cs":
-        fields = {
-            "alignments3D/class": best.astype(np.uint32),
-            "alignments3D/class_ess": ess.astype(np.float32),
-            "alignments3D/class_ess_estep": ess_estep.astype(np.float32),
-        }
+    columns = _class_columns(table, posteriors, posteriors_estep)
+    for suffix, new_columns in columns.items():
+        write_particles(table, output_dir / f"particles{suffix}", new_columns)
+    if outputs.class_files:
+        confident = posteriors_estep[np.arange(len(best)), best] > outputs.class_min_probability
         for k in range(posteriors.shape[1]):
-            fields[f"alignments_class3D_{k}/class_posterior"] = posteriors[:, k].astype(np.float32)
-        write_particles(table, output_dir / "particles.cs", fields)
+            rows = np.flatnonzero((best == k) & confident)
+            if not len(rows):  # an empty class: no file (nothing for a next job to read)
+                continue
+            for suffix, new_columns in columns.items():
+                mine = {name: values[rows] for name, values in new_columns.items()}
+                write_particles(
+                    table.take(rows), output_dir / f"particles_class{k + 1:03d}{suffix}", mine
+                )
     _save_npy(output_dir / "posteriors.npy", posteriors)
     _save_npy(output_dir / "posteriors_estep.npy", result.posteriors_estep)
     monitor.write_csv(output_dir / "iterations.csv")

@@ -29,6 +29,7 @@ from cryotorch.simulate.particles import SimulationSettings
 __all__ = [
     "DataConfig",
     "LoggerConfig",
+    "OutputsConfig",
     "RunConfig",
     "SimulateConfig",
     "read_run_config",
@@ -87,6 +88,20 @@ class LoggerConfig:
 
 
 @dataclass
+class OutputsConfig:
+    """``outputs.*``: what a run writes beyond its maps, particle file and posteriors."""
+
+    class_files: bool = True  # particles_class001.star, ...: each class's particles
+    class_min_probability: float = 0.0  # of the E-step's posterior, for the class files
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.class_min_probability < 1:
+            raise ValueError(
+                f"outputs.class_min_probability must be in [0, 1), got {self.class_min_probability}"
+            )
+
+
+@dataclass
 class RunConfig:
     """The whole configuration of ``cryotorch-classify``."""
 
@@ -96,6 +111,7 @@ class RunConfig:
     posterior: PosteriorSettings = field(default_factory=PosteriorSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
     output_dir: str = "classify"
     resume: bool = False
     seed: int = 0
