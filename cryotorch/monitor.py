@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,9 +40,13 @@ class RunMonitor:
         first_step: int = 0,
         truth: np.ndarray | None = None,
         num_classes: int = 0,
+        report_every: int = 0,
+        report_header: tuple[str, str] = ("", ""),
     ) -> None:
         """``first_step > 0`` for a resumed run: TensorBoard drops what an earlier attempt
-        logged from that step on."""
+        logged from that step on. ``report_every > 0``: refresh ``output_dir/report``
+        (:mod:`cryotorch.report`) every that many iterations and at :meth:`write_report`;
+        ``report_header``: the command and the configuration (YAML) it shows."""
         self.output_dir = Path(output_dir)
         self.rows: list[dict] = []
         self.quiet = quiet
@@ -50,6 +55,10 @@ class RunMonitor:
         self.truth = truth
         self.num_classes = num_classes
         self._writer: SummaryWriter | None = None
+        self.report_every = report_every
+        self.report_header = report_header
+        self._latest_maps: torch.Tensor | None = None
+        self._latest_ess: dict[str, np.ndarray] = {}
 
     @property
     def writer(self) -> SummaryWriter | None:
@@ -79,6 +88,7 @@ class RunMonitor:
         self, entry: dict, maps: torch.Tensor, assignment: np.ndarray | None = None
     ) -> None:
         self.rows.append(entry)
+        self._latest_maps = maps.detach()
         if not self.quiet:
             print(self.format_row(entry), flush=True)
         if self.writer is not None:
@@ -101,10 +111,30 @@ class RunMonitor:
 
     def log_histograms(self, values: dict[str, torch.Tensor], step: int) -> None:
         """A TensorBoard histogram of each per-particle quantity of ``values`` (name ->
-        ``(m,)``: the ESS after the layers, ``class_ess``, and the E-step's, ``estep_ess``)."""
+        ``(m,)``: the ESS after the layers, ``class_ess``, and the E-step's, ``estep_ess``);
+        the report's every ``report_every`` iterations (called after the row's ``__call__``)."""
+        self._latest_ess = {name: value.detach().cpu().numpy() for name, value in values.items()}
         if self.writer is not None:
             for name, value in values.items():
                 self.writer.add_histogram(f"run/{name}", value, step)
+        if self.report_every and (step + 1) % self.report_every == 0:
+            self.write_report()
+
+    def write_report(self) -> Path | None:
+        """Write ``output_dir/report`` now (if asked for and there is an iteration to show);
+        its ``report.md``'s path."""
+        if not self.report_every or self._latest_maps is None:
+            return None
+        from cryotorch.report import write_report  # matplotlib: only for runs with a report
+
+        maps = self._latest_maps.float().cpu().numpy()
+        command, config = self.report_header
+        try:
+            return write_report(self.output_dir, self.rows, maps, self._latest_ess, command, config)
+        except Exception as exc:  # the report is for reading: it never stops a run
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"cryotorch: warning: the report was not written ({first})", file=sys.stderr)
+            return None
 
     @staticmethod
     def format_row(entry: dict) -> str:

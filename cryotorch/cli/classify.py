@@ -28,7 +28,9 @@ from omegaconf import DictConfig
 from cryotorch.cli.configs import (
     CONFIG_PATH,
     check_command_line,
+    command_line,
     compose_config,
+    config_yaml,
     in_sweep,
     job_output_dir,
     run_reporting_input_errors,
@@ -217,6 +219,8 @@ def _classify_images(
         first_step=0 if resume_state is None else int(resume_state["iteration"]),
         truth=truth,
         num_classes=k,
+        report_every=config.logger.report_every if group.is_main else 0,
+        report_header=(command_line("cryotorch-classify"), config_yaml(config)),
     )
     with closing(monitor):
         t0 = time.perf_counter()
@@ -239,6 +243,7 @@ def _classify_images(
         seconds = time.perf_counter() - t0
         if group.is_main:
             write_outputs(output_dir, table, result, monitor, d_full, config.outputs)
+            monitor.write_report()
     return _summary(result, seconds, truth, k, device, output_dir, say)
 
 

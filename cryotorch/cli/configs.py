@@ -53,6 +53,19 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def command_line(program: str) -> str:
+    """The command line of this Hydra job, ``program`` and its overrides quoted for a shell
+    (outside a Hydra application, e.g. from Python: ``program`` and "(from Python)")."""
+    if not HydraConfig.initialized():
+        return f"{program} (from Python)"
+    return shlex.join([program, *HydraConfig.get().overrides.task])
+
+
+def config_yaml(config: Any) -> str:
+    """The checked configuration ``config`` (a dataclass or DictConfig) as YAML, every key."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
 def save_job_record(output_dir: Path, config: Any) -> None:
     """Record the run's whole configuration in ``output_dir/.hydra/config.yaml`` (every key,
     defaults included: ``config`` is the checked config, a dataclass or DictConfig) and the
@@ -63,7 +76,7 @@ def save_job_record(output_dir: Path, config: Any) -> None:
     record.mkdir(parents=True, exist_ok=True)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     for name, text in (
-        ("config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config))),
+        ("config.yaml", config_yaml(config)),
         ("overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides))),
     ):
         with atomic_path(record / name) as tmp:

@@ -85,6 +85,11 @@ class LoggerConfig:
 
     tensorboard: bool = True
     quiet: bool = False
+    report_every: int = 5  # iterations between refreshes of output_dir/report; 0: none
+
+    def __post_init__(self) -> None:
+        if not self.report_every >= 0:
+            raise ValueError(f"logger.report_every must be >= 0, got {self.report_every}")
 
 
 @dataclass
