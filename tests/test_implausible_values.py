@@ -187,3 +187,51 @@ def test_any_value_is_read_in_range_or_refused_naming_the_field(
         values = getattr(table, quantity)
         assert np.all(values >= low if inclusive else values > low), quantity
         assert np.all(values <= high), quantity
+
+
+def star31_with(block: str, column: str, row: int, value: str, text: str = files.STAR31) -> str:
+    """``text`` (STAR31) with ``column`` of row ``row`` (1-based) of ``data_<block>`` set to
+    ``value``."""
+    lines, current, columns, rows = text.split("\n"), None, [], 0
+    for i, line in enumerate(lines):
+        if line.startswith("data_"):
+            current, columns, rows = line[5:], [], 0
+        elif line.startswith("_"):
+            columns.append(line.split()[0][1:])
+        elif current == block and line.strip() and not line.startswith(("#", "loop_")):
+            rows += 1
+            if rows == row:
+                fields = line.split()
+                fields[columns.index(column)] = value
+                lines[i] = " ".join(fields)
+    return "\n".join(lines)
+
+
+# Found by tests/test_generated_bad_input.py (issue 21): values that were read as others, or
+# that the engine ignored without a word.
+@pytest.mark.parametrize(
+    ("block", "column", "row", "value", "message"),
+    [
+        # was read as optics group 1
+        ("particles", "rlnOpticsGroup", 1, "1.5", r"rlnOpticsGroup: row 1: optics group 1\.5 is"),
+        # was named 'optics group -9223372036854775808' (int64 wraps)
+        ("particles", "rlnOpticsGroup", 2, "1e19", r"row 2: optics group 1e\+19 is not in"),
+        # was a 'half-set' the engine replaced with its own
+        ("particles", "rlnRandomSubset", 2, "3", r"rlnRandomSubset: row 2: 3 is not a half-set"),
+        ("particles", "rlnRandomSubset", 3, "1.5", r"rlnRandomSubset: row 3: 1\.5 is not a half"),
+        # was read as a box of 16, and of -16
+        ("optics", "rlnImageSize", 1, "16.5", r"rlnImageSize: optics group 1: 16\.5 is not a box"),
+        ("optics", "rlnImageSize", 2, "-16", r"rlnImageSize: optics group 2: -16 is not a box"),
+    ],
+)
+def test_values_read_as_others_are_refused(tmp_path: Path, block, column, row, value, message):
+    star = files.write_star31(tmp_path, star31_with(block, column, row, value))
+    with pytest.raises(InputError, match=message):
+        read_particles(star)
+
+
+def test_a_random_subset_of_zeros_is_still_read_as_not_given(tmp_path: Path):
+    text = files.STAR31
+    for row in (1, 2, 3):
+        text = star31_with("particles", "rlnRandomSubset", row, "0", text)
+    assert read_particles(files.write_star31(tmp_path, text)).random_subset.tolist() == [0] * 3

@@ -87,7 +87,17 @@ def _parse_image_names(
 
 def _half_sets(subset: np.ndarray, path: Path) -> np.ndarray:
     """``rlnRandomSubset`` as int64, or all 0 ("not given") when every particle has the same
-    half-set 1 or 2: the other half would be empty, so the engine's own split is used."""
+    half-set 1 or 2: the other half would be empty, so the engine's own split is used.
+
+    Any other value is refused (a column of 0 aside: cryotorch's "not given"): the engine
+    would replace a file's half-sets with its own without a word."""
+    bad = np.flatnonzero(~np.isin(subset, (1, 2)))
+    if bad.size and (subset != 0).any():
+        raise InputError(
+            path,
+            "rlnRandomSubset",
+            f"row {bad[0] + 1}: {subset[bad[0]]:g} is not a half-set: expected 1 or 2",
+        )
     subset = subset.astype(np.int64)
     values = np.unique(subset)
     if len(values) == 1 and values[0] in (1, 2):

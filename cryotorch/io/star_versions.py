@@ -84,14 +84,14 @@ def optics_from_31(
     else:
         raise InputError(path, "data_optics", "missing required column rlnImagePixelSize")
     numbers = numeric_column(optics, "rlnOpticsGroup", path)
-    group_ids = numbers.astype(np.int64)
-    bad = np.flatnonzero(group_ids != numbers)
+    bad = np.flatnonzero(~_whole(numbers))
     if bad.size:
         raise InputError(
             path,
             "data_optics: rlnOpticsGroup",
-            f"row {bad[0] + 1}: expected an integer group number, got {numbers[bad[0]]}",
+            f"row {bad[0] + 1}: expected an integer group number, got {_shown(numbers[bad[0]])}",
         )
+    group_ids = numbers.astype(np.int64)
     ids, counts = np.unique(group_ids, return_counts=True)
     if (counts > 1).any():
         raise InputError(
@@ -108,7 +108,7 @@ def optics_from_31(
     groups = OpticsGroups(
         name=names,
         pixel_size_angstrom=pixel_size,
-        image_size=numeric_column(optics, "rlnImageSize", path, default=0).astype(np.int64),
+        image_size=_image_sizes(optics, path, group_ids),
         voltage_kv=numeric_column(optics, "rlnVoltage", path),
         spherical_aberration_mm=numeric_column(optics, "rlnSphericalAberration", path),
         amplitude_contrast=numeric_column(optics, "rlnAmplitudeContrast", path),
@@ -120,7 +120,8 @@ def optics_from_31(
                 path, "rlnOpticsGroup", "missing, and the optics block has several groups"
             )
         return groups, np.zeros(len(particles), dtype=np.int64)
-    wanted = numeric_column(particles, "rlnOpticsGroup", path).astype(np.int64)
+    # Compared as read (float64), so that 1.5 is not group 1 and 1e19 no wrapped integer.
+    wanted = numeric_column(particles, "rlnOpticsGroup", path)
     order = np.argsort(group_ids)
     pos = np.searchsorted(group_ids[order], wanted).clip(0, len(group_ids) - 1)
     row = order[pos]
@@ -129,10 +130,40 @@ def optics_from_31(
         raise InputError(
             path,
             "rlnOpticsGroup",
-            f"row {bad[0] + 1}: optics group {wanted[bad[0]]} is not in data_optics "
+            f"row {bad[0] + 1}: optics group {_shown(wanted[bad[0]])} is not in data_optics "
             f"(which has {sorted(group_ids.tolist())})",
         )
     return groups, row
+
+
+# Largest group number or box size read: past 2**53 a float64 (as pandas reads them) no longer
+# holds every integer, and an int64 not every float64.
+LARGEST_INTEGER = 2**53
+
+
+def _whole(values: np.ndarray) -> np.ndarray:
+    """Which of ``values`` (float64) are integers that an int64 holds exactly."""
+    return (values == np.round(values)) & (np.abs(values) <= LARGEST_INTEGER)
+
+
+def _shown(value: float) -> str:
+    """A number read as float64, as the file wrote it: 3 (not 3.0), 1.5, 1e+19."""
+    return str(int(value)) if _whole(np.asarray(value)) else f"{value:g}"
+
+
+def _image_sizes(optics: pd.DataFrame, path: Path, group_ids: np.ndarray) -> np.ndarray:
+    """``rlnImageSize`` of each optics group (0 where the file gives none: the stacks' box is
+    used); a value that is no box (negative, a fraction) is refused naming its group."""
+    sizes = numeric_column(optics, "rlnImageSize", path, default=0)
+    bad = np.flatnonzero(~_whole(sizes) | (sizes < 0))
+    if bad.size:
+        raise InputError(
+            path,
+            "data_optics: rlnImageSize",
+            f"optics group {group_ids[bad[0]]}: {_shown(sizes[bad[0]])} is not a box size: "
+            "expected a whole number of pixels",
+        )
+    return sizes.astype(np.int64)
 
 
 def optics_from_30(
