@@ -253,3 +253,46 @@ def test_star_with_tables_but_no_particles_lists_its_blocks(tmp_path: Path):
 def test_empty_or_garbage_is_not_a_star_file(tmp_path: Path, text: str):
     with pytest.raises(InputError, match=r"p\.star: not a STAR file"):
         _read(tmp_path, text, "p.star")
+
+
+# --- 4. Rows with fewer or more values than columns (issue 21) -------------------------------
+# Found by tests/test_generated_bad_input.py. starfile fills a short row's missing values with
+# NaN from the right: a file cut in its last row, or a value deleted from a row, was read with
+# a micrograph named 'nan' (and, for a value deleted mid-row, the row's later values under the
+# wrong columns); pandas' message for a long row ended in a newline: two lines on stderr.
+ROW_2 = "000003@Stacks/a.mrcs -120.0 100.0 -60.0 0.0 0.8 15000.0 14800.0 -30.0 90.0 1 2 mic1.mrc"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (  # cut short in its last row
+            files.STAR31.rstrip("\n")[: -len(" mic2.mrc")],
+            r"data_particles: row 3: no value in its last column rlnMicrographName \(nan, or "
+            r"fewer values than the table's 13 columns\)",
+        ),
+        (
+            files.STAR31.replace(ROW_2, ROW_2.rsplit(" ", 1)[0]),
+            r"data_particles: row 2: no value in its last column rlnMicrographName",
+        ),
+        (  # a row longer than the first, or the first shorter than the next
+            files.STAR31.replace(ROW_2, ROW_2 + " 7"),
+            r"not a readable STAR file \(row 2 of a loop table has 14 values, its first row 13: "
+            r"expected one value per column in every row\)$",
+        ),
+        (
+            files.STAR31.replace("2.7 0.1 1.6 16 2", "2.7 0.1 1.6 16"),
+            r"not a readable STAR file \(row 2 of a loop table has 9 values, its first row 8: "
+            r"expected one value per column in every row\)$",
+        ),
+        (  # was "got np.float64(nan)"
+            files.STAR31.replace(" 12000.0 11500.0", " nan 11500.0"),
+            r"rlnDefocusU: row 1: expected a finite number, got nan$",
+        ),
+    ],
+)
+def test_rows_of_the_wrong_length_are_refused_in_one_line(tmp_path: Path, text: str, message):
+    assert text != files.STAR31
+    with pytest.raises(InputError, match=message) as err:
+        _read(tmp_path, text)
+    assert "\n" not in str(err.value)

@@ -8,6 +8,7 @@ as key/value pairs; messages name blocks as the file names them (``data_images``
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ def read_blocks(path: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile/pandas raise many types on garbage
-        raise InputError(path, None, f"not a readable STAR file ({exc})") from exc
+        raise InputError(path, None, f"not a readable STAR file ({_why(exc)})") from exc
     blocks = dict(blocks or {})
     if not blocks:
         raise InputError(path, None, "not a STAR file: no data_ block found")
@@ -57,7 +58,54 @@ def read_blocks(path: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
             "key/value pairs only); expected a RELION particle file, whose particles are a "
             "loop_ table with rlnImageName",
         )
+    for name, table in tables.items():
+        _refuse_rows_short_of_values(path, name, table)
     return tables, list(blocks)
+
+
+def _refuse_rows_short_of_values(path: Path, name: str, table: pd.DataFrame) -> None:
+    """Refuse a loop row with no value in the table's last column: a row with fewer values
+    than the table has columns (a file cut short, a value deleted), whose missing values
+    starfile fills from the right (NaN, or '' in a text column), so that every value after
+    the gap sits under the wrong column. (A literal ``nan`` there reads the same; no program
+    writes one.)"""
+    if len(table) == 0 or not len(table.columns):
+        return
+    last = table.columns[-1]
+    missing = table[last].isna() | (table[last].astype(str) == "")  # '' in a text column
+    short = np.flatnonzero(missing.to_numpy())
+    if short.size:
+        raise InputError(
+            path,
+            f"data_{name}",
+            f"row {short[0] + 1}: no value in its last column {last} (nan, or fewer values "
+            f"than the table's {len(table.columns)} columns): expected one value per column "
+            "(is the file cut short, or a value missing?)",
+        )
+
+
+def _why(exc: Exception) -> str:
+    """What starfile or pandas said, on one line, in the file's terms where it can be: a loop
+    row with more or fewer values than the table's first row, or than its columns."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
+    if fields:
+        expected, row, saw = fields.groups()
+        return (
+            f"row {row} of a loop table has {saw} values, its first row {expected}: expected "
+            "one value per column in every row"
+        )
+    length = re.search(
+        r"Length mismatch: Expected axis has (\d+) elements, new values have (\d+)", text
+    )
+    if length:
+        values, columns = length.groups()
+        short = " (is the file cut short?)" if int(values) < int(columns) else ""
+        return (
+            f"the first row of a loop table has {values} values for its {columns} columns: "
+            f"expected one value per column{short}"
+        )
+    return text
 
 
 def require_columns(df: pd.DataFrame, columns: tuple[str, ...], path: Path, block: str) -> None:
@@ -78,11 +126,12 @@ def numeric_column(
     values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
-        raise InputError(
-            path,
-            column,
-            f"row {bad[0] + 1}: expected a finite number, got {df[column].iloc[bad[0]]!r}",
-        )
+        got = df[column].iloc[bad[0]]
+        try:  # nan, not np.float64(nan)
+            shown = repr(got) if isinstance(got, str) else f"{float(got):g}"
+        except (TypeError, ValueError):
+            shown = repr(got)
+        raise InputError(path, column, f"row {bad[0] + 1}: expected a finite number, got {shown}")
     return values
 
 
