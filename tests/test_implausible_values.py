@@ -99,8 +99,9 @@ def _save_cs(path: Path, data: np.ndarray) -> Path:
 
 
 def _with_field(data: np.ndarray, name: str, dtype, values) -> np.ndarray:
-    """``data`` with field ``name`` replaced by one of another dtype/shape."""
-    descr = [f if f[0] != name else (name, dtype) for f in data.dtype.descr]
+    """``data`` with field ``name`` replaced by one of another dtype (or ``(dtype, shape)``)."""
+    new = (name, *dtype) if isinstance(dtype, tuple) else (name, dtype)
+    descr = [f if f[0] != name else new for f in data.dtype.descr]
     out = np.zeros(len(data), dtype=descr)
     for n in data.dtype.names:
         if n != name:
@@ -119,6 +120,34 @@ def _with_field(data: np.ndarray, name: str, dtype, values) -> np.ndarray:
     ],
 )
 def test_malformed_cs_fields_are_refused(tmp_path: Path, name, dtype, values, message):
+    data = _with_field(files.cs_for_star31(), name, dtype, values)
+    with pytest.raises(InputError, match=message):
+        read_particles(_save_cs(tmp_path / "p.cs", data))
+
+
+# Found by tests/test_generated_bad_input.py (issue 21): read as numbers, arrays of the wrong
+# shape or half-sets; a traceback (UnicodeDecodeError, a 2-D path array) for the last two.
+@pytest.mark.parametrize(
+    ("name", "dtype", "values", "message"),
+    [
+        ("ctf/df_angle_rad", "<U8", ["0.1", "0.2", "0.3"], r"expected numbers, got .* <U8"),
+        ("ctf/df1_A", "<c8", [12000, 15000, 20000], r"ctf/df1_A: expected numbers, got .*complex"),
+        ("ctf/df2_A", ("<f4", (1,)), 11500, r"ctf/df2_A: has 1 number\(s\) .*\(shape \(1,\)\)"),
+        ("alignments3D/split", "<u4", [0, 7, 1], r"split: row 2: 7 is not a half-set: expected 0"),
+        ("alignments3D/split", "<f4", [0, 1, 0], r"alignments3D/split: expected integers"),
+        ("alignments3D/psize_A", "<f4", [1.6, -1.6, 2], r"psize_A: row 2: -1\.6 Å is not a plaus"),
+        ("alignments3D/psize_A", "<f4", [0, 1.6, 2], r"alignments3D/psize_A: row 1: 0 Å is not"),
+        ("blob/path", "<f8", [1, 2, 3], r"blob/path: expected paths \(text\), got float64"),
+        (
+            "blob/path",
+            "S16",
+            [b"\xff\xfe", b"a", b"b"],
+            r"row 1: b'\\xff\\xfe' is not a UTF-8 path",
+        ),
+        ("blob/path", ("S16", (2,)), b"Stacks/a.mrcs", r"blob/path: has 2 path\(s\) per particle"),
+    ],
+)
+def test_cs_fields_read_as_others_are_refused(tmp_path: Path, name, dtype, values, message):
     data = _with_field(files.cs_for_star31(), name, dtype, values)
     with pytest.raises(InputError, match=message):
         read_particles(_save_cs(tmp_path / "p.cs", data))

@@ -26,7 +26,7 @@ import numpy as np
 
 from cryotorch import conventions
 from cryotorch.errors import InputError, warn_input
-from cryotorch.io.checks import CS_NAMES, check_physical_ranges
+from cryotorch.io.checks import CS_NAMES, RANGES, check_physical_ranges
 from cryotorch.io.cs_arrays import (
     add_fields,
     check_field_shapes,
@@ -123,6 +123,15 @@ def _half_sets(data: np.ndarray, path: Path) -> np.ndarray:
     if "alignments3D/split" not in field_names(data):
         return np.zeros(len(data), dtype=np.int64)
     split = data["alignments3D/split"]
+    if split.dtype.kind not in "iu":
+        raise InputError(path, "alignments3D/split", f"expected integers, got {split.dtype}")
+    bad = np.flatnonzero(~np.isin(split, (0, 1)))
+    if bad.size:  # the engine would replace the file's halves with its own without a word
+        raise InputError(
+            path,
+            "alignments3D/split",
+            f"row {bad[0] + 1}: {split[bad[0]]} is not a half-set: expected 0 or 1",
+        )
     values = np.unique(split)
     if len(values) == 1:
         warn_input(
@@ -133,6 +142,40 @@ def _half_sets(data: np.ndarray, path: Path) -> np.ndarray:
         )
         return np.zeros(len(data), dtype=np.int64)
     return conventions.split_to_random_subset(split)
+
+
+def _stack_paths(data: np.ndarray, path: Path) -> np.ndarray:
+    """``blob/path`` as ``(n,)`` str; bytes are UTF-8, anything but text is refused."""
+    raw = data["blob/path"]
+    if raw.dtype.kind == "U":
+        return raw.astype(str)
+    if raw.dtype.kind != "S":
+        raise InputError(path, "blob/path", f"expected paths (text), got {raw.dtype}")
+    try:
+        return np.char.decode(raw, "utf-8").astype(str)
+    except UnicodeDecodeError:
+        for row, value in enumerate(raw.tolist()):
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(
+                    path, "blob/path", f"row {row + 1}: {value!r} is not a UTF-8 path"
+                ) from None
+        raise
+
+
+def _check_alignment_pixel_size(psize: np.ndarray, path: Path) -> None:
+    """Refuse an ``alignments3D/psize_A`` that is no pixel size: it turns the shifts (pixels)
+    into Å, and 0 or a negative one would zero or flip them without a word."""
+    low, high, _, unit, what = RANGES["pixel_size_angstrom"]
+    bad = np.flatnonzero((psize <= low) | (psize > high))
+    if bad.size:
+        raise InputError(
+            path,
+            "alignments3D/psize_A",
+            f"row {bad[0] + 1}: {psize[bad[0]]:g} {unit} is not a plausible {what}: expected "
+            f"({low:g}, {high:g}] {unit}",
+        )
 
 
 def read_cs(
@@ -165,13 +208,8 @@ def read_cs(
         raise InputError(path, ", ".join(missing), f"required field(s) missing{hint}")
     check_field_shapes(data, path)
 
-    raw_paths = (
-        np.char.decode(data["blob/path"], "utf-8")
-        if data["blob/path"].dtype.kind == "S"
-        else data["blob/path"]
-    )
     stacks, root = resolve_stack_paths(
-        np.asarray(raw_paths, dtype=str),
+        _stack_paths(data, path),
         path.parent,
         Path(data_dir) if data_dir else None,
         (path.parent.parent,),
@@ -184,6 +222,8 @@ def read_cs(
     )
     optics, group = _optics(data, path, psize, image_size)
     has_align_psize = "alignments3D/psize_A" in field_names(data)
+    if has_align_psize:
+        _check_alignment_pixel_size(float_field(data, "alignments3D/psize_A", path), path)
     shift = (
         float_field(data, "alignments3D/shift", path)
         if "alignments3D/shift" in field_names(data)

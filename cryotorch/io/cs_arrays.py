@@ -138,6 +138,9 @@ def float_field(
         if default is None:
             raise InputError(path, name, "required field is missing")
         return np.full(len(data), default, dtype=np.float64)
+    dtype = data.dtype[name].base
+    if dtype.kind not in "iuf":  # numpy would parse text, drop imaginary parts, take bools
+        raise InputError(path, name, f"expected numbers, got values of dtype {dtype}")
     values = data[name].astype(np.float64)
     bad = np.flatnonzero(~np.isfinite(values).reshape(len(values), -1).all(axis=1))
     if bad.size:
@@ -147,12 +150,26 @@ def float_field(
     return values
 
 
-# Numbers per particle of the fields whose shape matters, as cryoSPARC writes them.
+# Numbers per particle of the fields cryotorch reads, as cryoSPARC writes them.
 FIELD_SHAPES = {
+    "blob/path": (),
     "blob/idx": (),
     "blob/shape": (2,),
+    "blob/psize_A": (),
+    "ctf/accel_kv": (),
+    "ctf/cs_mm": (),
+    "ctf/amp_contrast": (),
+    "ctf/df1_A": (),
+    "ctf/df2_A": (),
+    "ctf/df_angle_rad": (),
+    "ctf/phase_shift_rad": (),
+    "ctf/bfactor": (),
+    "ctf/scale": (),
+    "ctf/exp_group_id": (),
     "alignments3D/pose": (3,),
     "alignments3D/shift": (2,),
+    "alignments3D/psize_A": (),
+    "alignments3D/split": (),
 }
 
 
@@ -165,11 +182,12 @@ def check_field_shapes(data: np.ndarray, path: Path) -> None:
         got = data.dtype[name].shape
         if got != shape:
             count = int(np.prod(shape)) if shape else 1
+            what = "path(s)" if name == "blob/path" else "number(s)"
             raise InputError(
                 path,
                 name,
-                f"has {int(np.prod(got)) if got else 1} number(s) per particle {got}, "
-                f"expected {count}",
+                f"has {int(np.prod(got)) if got else 1} {what} per particle (shape {got}), "
+                f"expected {count} (shape {shape})",
             )
     idx = data["blob/idx"]
     if idx.dtype.kind not in "iu":
