@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import mrcfile
@@ -95,3 +96,94 @@ def test_stack_problems_are_named(tmp_path: Path, damage: str, pattern: str):
     t = read_particles(files.write_star31(tmp_path))
     with pytest.raises(InputError, match=pattern):
         ParticleImages(t)
+
+
+# --- Found by tests/test_generated_bad_input.py (issue 21) ----------------------------------
+
+
+def _poke(path: Path, offset: int, value: int) -> None:
+    """Set the int32 header word at byte ``offset`` of MRC file ``path``."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack("<i", value))
+
+
+@pytest.mark.parametrize(
+    ("damage", "pattern"),
+    [
+        (  # was read: only a run read the data, and refused it half-way
+            "cut",
+            r"a\.mrcs: header: says 16 x 16 x 3 values of mode 2 after a 0-byte extended header, "
+            r"4096 bytes, but the file has 2000: is it cut short\?",
+        ),
+        (  # the pixels were read as int16
+            "mode 1",
+            r"a\.mrcs: header: says 16 x 16 x 3 values of mode 1 .*expected a header that fits",
+        ),
+        ("nx 8", r"a\.mrcs: header: says 8 x 16 x 3 values"),  # was "images are 8x16"
+        ("axes", r"b\.mrcs: header\.mapc/mapr/maps: axis order 2, 1, 3; cryotorch reads"),
+        (  # named no particle
+            "text",
+            r"b\.mrcs: not a readable MRC file .*\(the stack of .*particles\.star row 3, "
+            r"rlnImageName\)",
+        ),
+    ],
+)
+def test_stack_headers_that_do_not_describe_the_file_are_refused(tmp_path, damage, pattern):
+    files.write_stacks(tmp_path)
+    a, b = tmp_path / "Stacks" / "a.mrcs", tmp_path / "Stacks" / "b.mrcs"
+    if damage == "cut":
+        a.write_bytes(a.read_bytes()[:2000])
+    elif damage == "mode 1":
+        _poke(a, 12, 1)
+    elif damage == "nx 8":
+        _poke(a, 0, 8)
+    elif damage == "axes":
+        _poke(b, 64, 2)
+        _poke(b, 68, 1)
+    else:
+        b.write_text("not an MRC file\n" * 100)
+    with pytest.raises(InputError, match=pattern):
+        ParticleImages(read_particles(files.write_star31(tmp_path)))
+
+
+def test_a_box_that_disagrees_names_the_particle_files_box_too(tmp_path: Path):
+    files.write_stacks(tmp_path)
+    text = files.STAR31.replace("2.0 16 2\n", "2.0 17 2\n")
+    pattern = r"b\.mrcs: header\.nx/ny: images are 16x16, the table's optics group says 17 "
+    pattern += r"\(rlnImageSize of optics group 2 in .*particles\.star, row 3\)"
+    with pytest.raises(InputError, match=pattern):
+        ParticleImages(read_particles(files.write_star31(tmp_path, text)))
+
+
+def test_a_stack_marked_as_a_stack_of_volumes_is_read_image_by_image(tmp_path: Path):
+    """ispg 401: mrcfile gives (1, 2, 16, 16); every section is an image (was an IndexError)."""
+    stacks = files.write_stacks(tmp_path)
+    _poke(tmp_path / "Stacks" / "b.mrcs", 88, 401)
+    with ParticleImages(read_particles(files.write_star31(tmp_path))) as images:
+        np.testing.assert_array_equal(images.read(np.array([2])), stacks["b"][1:2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "pattern"),
+    [
+        # a traceback, or NaN posteriors, in a run that used it
+        ("huge", r"m\.mrc: data: holds a value of 1e\+30; expected at most 1e\+10 in magnitude"),
+        # was "not a readable MRC file (Expected 2048 bytes in data block but limit is 2044)"
+        ("nsymbt", r"m\.mrc: header: says 8 x 8 x 8 values of mode 2 after a 4-byte extended"),
+        ("axes", r"m\.mrc: header\.mapc/mapr/maps: axis order 3, 2, 1"),  # was read transposed
+    ],
+)
+def test_maps_that_cannot_be_read_as_they_are_are_refused(tmp_path, damage, pattern):
+    volume = np.random.default_rng(0).normal(size=(8, 8, 8)).astype(np.float32)
+    if damage == "huge":
+        volume[1, 2, 3] = 1e30
+    path = tmp_path / "m.mrc"
+    write_map(path, volume, 1.6)
+    if damage == "nsymbt":
+        _poke(path, 92, 4)
+    elif damage == "axes":
+        _poke(path, 64, 3)
+        _poke(path, 72, 1)
+    with pytest.raises(InputError, match=pattern):
+        read_map(path)

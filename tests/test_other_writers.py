@@ -91,7 +91,7 @@ def test_a_map_of_an_older_writer_is_read(tmp_path: Path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("truncated", "bytes in data block"),
+        ("truncated", "is it cut short"),
         ("garbage", "not a readable MRC file"),
     ],
 )

@@ -20,6 +20,7 @@ from cryotorch.errors import InputError
 from cryotorch.io.atomic import atomic_path
 from cryotorch.io.mrc_header import check_mode, open_mrc
 from cryotorch.io.particle_images import (
+    MAX_PIXEL_VALUE,
     PIXEL_SIZE_RTOL,
     UNSET_PIXEL_SIZES,
     ParticleImages,
@@ -41,8 +42,13 @@ __all__ = [
 
 
 def read_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
-    """Read a 3D map: ``(volume (d, d, d) float32 indexed [z, y, x], voxel size in Å)``."""
+    """Read a 3D map: ``(volume (d, d, d) float32 indexed [z, y, x], voxel size in Å)``.
+
+    The header is checked first (:func:`~cryotorch.io.mrc_header.open_mrc`: mode, axis order,
+    the file's size), so that a corrupt header is named as such; a map holding NaN, Inf or
+    values past :data:`MAX_PIXEL_VALUE` in magnitude (whose squares overflow) is refused."""
     path = Path(path)
+    open_mrc(path, header_only=True).close()
     with open_mrc(path) as mrc:
         check_mode(path, int(mrc.header.mode))
         data = np.array(mrc.data, dtype=np.float32)  # a writable copy
@@ -51,6 +57,14 @@ def read_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
         raise InputError(path, "header.nz", f"expected a 3D map, got shape {data.shape}")
     if not np.isfinite(data).all():
         raise InputError(path, "data", "contains NaN or Inf")
+    peak = float(np.abs(data).max(initial=0.0))
+    if peak > MAX_PIXEL_VALUE:
+        raise InputError(
+            path,
+            "data",
+            f"holds a value of {peak:.3g}; expected at most {MAX_PIXEL_VALUE:.0e} in magnitude "
+            "(squares of larger values overflow)",
+        )
     return data, voxel
 
 

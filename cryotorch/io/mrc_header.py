@@ -51,6 +51,7 @@ def open_mrc(path: Path, header_only: bool = False) -> mrcfile.mrcfile.MrcFile:
             raise InputError(path, None, f"not a readable MRC file ({exc})") from exc
     else:
         check_mode(path, int(mrc.header.mode), mrc)
+        _check_layout(path, mrc)
         return mrc
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -66,10 +67,7 @@ def open_mrc(path: Path, header_only: bool = False) -> mrcfile.mrcfile.MrcFile:
         why = "; ".join(serious) or f"dimensions {int(h.nx)} x {int(h.ny)} x {int(h.nz)}"
         raise InputError(path, None, f"not a readable MRC file ({why})")
     check_mode(path, int(h.mode), mrc)
-    size = 1024 + int(h.nsymbt) + int(h.nx) * int(h.ny) * int(h.nz) * _itemsize(int(h.mode))
-    if path.stat().st_size < size:
-        mrc.close()
-        raise InputError(path, "data", "file is shorter than its header says")
+    _check_layout(path, mrc)
     said = "no 'MAP ' id string" if any("Map ID" in m for m in problems) else ""
     if any("machine stamp" in m.lower() for m in problems):
         said += (" and " if said else "") + f"machine stamp {bytes(h.machst)!r}"
@@ -80,6 +78,38 @@ def open_mrc(path: Path, header_only: bool = False) -> mrcfile.mrcfile.MrcFile:
         f"{said} (an older MRC writer); read as {order}-endian MRC, as RELION and cryoDRGN do",
     )
     return mrc
+
+
+def _check_layout(path: Path, mrc: mrcfile.mrcfile.MrcFile) -> None:
+    """An InputError (closing ``mrc`` first) unless the data lie as cryotorch reads them: x
+    fastest, then y, then z (``mapc/mapr/maps`` 1, 2, 3; 0, 0, 0 is taken as that, with a
+    warning), and the file holds exactly the data its header describes. A file of another
+    size has a header that does not describe it (a corrupt mode, size or extended-header
+    length: its pixels would be read as garbage), or was cut short."""
+    h = mrc.header
+    order = (int(h.mapc), int(h.mapr), int(h.maps))
+    if order == (0, 0, 0):
+        warn_input(path, "header.mapc/mapr/maps", "0, 0, 0 (not set); read as 1, 2, 3")
+    elif order != (1, 2, 3):
+        mrc.close()
+        raise InputError(
+            path,
+            "header.mapc/mapr/maps",
+            f"axis order {order[0]}, {order[1]}, {order[2]}; cryotorch reads files stored x "
+            "fastest, then y, then z (1, 2, 3): reorder it first",
+        )
+    nx, ny, nz, nsymbt = int(h.nx), int(h.ny), int(h.nz), int(h.nsymbt)
+    expected = 1024 + nsymbt + nx * ny * nz * _itemsize(int(h.mode))
+    size = path.stat().st_size
+    if size != expected or nsymbt < 0:
+        mrc.close()
+        raise InputError(
+            path,
+            "header",
+            f"says {nx} x {ny} x {nz} values of mode {int(h.mode)} after a {nsymbt}-byte "
+            f"extended header, {expected} bytes, but the file has {size}: "
+            + ("is it cut short?" if size < expected else "expected a header that fits the data"),
+        )
 
 
 def _itemsize(mode: int) -> int:

@@ -56,6 +56,20 @@ def _image_number(table: ParticleTable, row: int) -> str:
     return f"image {table.image_index[row] + 1}"
 
 
+def _open_stack(table: ParticleTable, stack: Path, row: int):
+    """The header of ``stack``, the stack of ``table``'s row ``row`` (0-based); an InputError
+    about the stack also names the particle file's row that refers to it."""
+    try:
+        return open_mrc(stack, header_only=True)
+    except InputError as exc:
+        raise InputError(
+            exc.file,
+            exc.field,
+            f"{exc.problem} (the stack of {_table_file(table)} row {row + 1}, "
+            f"{_image_fields(table)[0]})",
+        ) from exc
+
+
 def with_image_sizes(table: ParticleTable, box: int | None = None) -> ParticleTable:
     """``table`` with every optics group's box (``image_size`` 0: not given by the file) set:
     to ``box`` when given (the stacks' common size), else from the header of the group's
@@ -78,7 +92,7 @@ def with_image_sizes(table: ParticleTable, box: int | None = None) -> ParticleTa
                     f"row {rows[0] + 1}: stack file {stack} does not exist, and the file gives "
                     f"no box size for optics group {table.optics.number[group]}",
                 )
-            with open_mrc(stack, header_only=True) as mrc:
+            with _open_stack(table, stack, int(rows[0])) as mrc:
                 sizes[group] = int(mrc.header.nx)
         else:
             sizes[group] = box
@@ -142,7 +156,7 @@ class ParticleImages:
                     "relative to another folder, give it: cryotorch-convert --data-dir, "
                     "cryotorch-classify data.data_dir)",
                 )
-            with open_mrc(stack, header_only=True) as mrc:
+            with _open_stack(self.table, stack, row) as mrc:
                 h = mrc.header
                 n_images, ny, nx = int(h.nz), int(h.ny), int(h.nx)
                 header_psize = float(mrc.voxel_size.x)
@@ -159,10 +173,17 @@ class ParticleImages:
             group = self.table.optics_group[row]
             expected_size = int(self.table.optics.image_size[group])
             if expected_size and (nx != expected_size or ny != expected_size):
+                assert self.table.optics.number is not None  # OpticsGroups sets it
+                said = (
+                    "blob/shape"
+                    if path_field == "blob/path"
+                    else f"rlnImageSize of optics group {self.table.optics.number[group]}"
+                )
                 raise InputError(
                     stack,
                     "header.nx/ny",
-                    f"images are {nx}x{ny}, the table's optics group says {expected_size}",
+                    f"images are {nx}x{ny}, the table's optics group says {expected_size} "
+                    f"({said} in {self._table_file}, row {row + 1})",
                 )
             psize = float(self.table.optics.pixel_size_angstrom[group])
             agrees = abs(header_psize - psize) <= PIXEL_SIZE_RTOL * psize

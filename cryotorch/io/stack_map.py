@@ -26,10 +26,12 @@ class StackMap:
 
     def __init__(self, path: Path) -> None:
         with open_mrc(path, header_only=True) as mrc:
-            dtype = mrcfile.utils.data_dtype_from_header(mrc.header)
-            shape = mrcfile.utils.data_shape_from_header(mrc.header)
-            offset = 1024 + int(mrc.header.nsymbt)
-        shape = shape if len(shape) == 3 else (1, *shape[-2:])
+            h = mrc.header
+            dtype = mrcfile.utils.data_dtype_from_header(h)
+            # Every section an image, whatever the space group says (a volume stack's
+            # sections too, as ParticleImages counts them).
+            shape = (int(h.nz), int(h.ny), int(h.nx))
+            offset = 1024 + int(h.nsymbt)
         with open(path, "rb") as f:  # the map keeps its own handle
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         count = int(np.prod(shape))
