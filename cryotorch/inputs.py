@@ -1,8 +1,8 @@
 """The maps a run is given, read, checked against the particles and brought to the working
 box: initial class maps, the consensus reference and the solvent and focus masks.
 
-Each map must have the particles' box and pixel size (a header pixel size of 1.0 Å, the usual
-"not set", is taken as the particles' with a warning); the maps are Fourier-cropped to the
+Each map must have the particles' box and pixel size (a header pixel size of 0, or 1.0 Å, the
+usual "not set", is taken as the particles' with a warning); the maps are Fourier-cropped to the
 working box ``d_work`` (``cryotorch.physics.fourier.fourier_crop_3d``).
 """
 
@@ -36,12 +36,12 @@ def read_matching_map(path: str, images: ParticleImages) -> np.ndarray:
             raise InputError(
                 path, "header.voxel_size", f"{voxel:.4f} Å, the particles have {psize:.4f} Å"
             )
-        if voxel:
-            warn_input(
-                path,
-                "header.voxel_size",
-                f"1.0 Å, the usual value for 'not set'; taken as the particles' {psize:.4f} Å",
-            )
+        usual = "the usual value for 'not set'" if voxel else "'not set'"
+        warn_input(
+            path,
+            "header.voxel_size",
+            f"{voxel:.1f} Å, {usual}; taken as the particles' {psize:.4f} Å",
+        )
     return volume
 
 
@@ -95,6 +95,17 @@ def read_masks(
             mask.soft_edge_angstrom,
             mask.lowpass_angstrom,
         )
+        assert reference is not None  # consensus is its map
+        if not bool(torch.isfinite(solvent).all()) or not bool((solvent > 0).any()):
+            # An empty mask would zero every class map; a map of zeros, of no positive
+            # density or a threshold past its maximum makes one.
+            raise InputError(
+                reference,
+                "data",
+                "the solvent mask made from this map (mask.solvent=from_reference, "
+                f"mask.threshold={mask.threshold:g}) is empty: expected a map whose low-passed "
+                "density rises above the threshold times its maximum",
+            )
     elif mask.solvent != "sphere":
         solvent = _read_mask(mask.solvent, images, d_work)
     focus = None if mask.focus is None else _read_mask(mask.focus, images, d_work)

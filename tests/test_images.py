@@ -9,7 +9,9 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryotorch.errors import InputError
+from cryotorch.engine.settings import MaskSettings
+from cryotorch.errors import InputError, InputWarning
+from cryotorch.inputs import read_masks, read_matching_map
 from cryotorch.io import ParticleImages, read_map, read_particles, write_map
 from tests import files
 
@@ -187,3 +189,35 @@ def test_maps_that_cannot_be_read_as_they_are_are_refused(tmp_path, damage, patt
         _poke(path, 72, 1)
     with pytest.raises(InputError, match=pattern):
         read_map(path)
+
+
+# --- The maps a run is given (cryotorch/inputs.py), found by the generated suite ------------
+
+
+@pytest.mark.parametrize(
+    ("volume", "threshold"),
+    [("zeros", 0.2), ("negative", 0.2), ("noise", 2.0)],
+)
+def test_a_reference_that_makes_an_empty_solvent_mask_is_refused(tmp_path, volume, threshold):
+    """mask.solvent=from_reference with a map of zeros, of no positive density, or a threshold
+    past its maximum made a mask of zeros, and every class map all zeros."""
+    files.write_stacks(tmp_path)
+    volume = {
+        "zeros": np.zeros((16, 16, 16), np.float32),
+        "negative": -np.ones((16, 16, 16), np.float32),
+        "noise": np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32),
+    }[volume]
+    write_map(tmp_path / "ref.mrc", volume, 1.6)
+    mask = MaskSettings(solvent="from_reference", threshold=threshold)
+    with ParticleImages(read_particles(files.write_star31(tmp_path))) as images:
+        with pytest.raises(InputError, match=r"ref\.mrc: data: the solvent mask made from this"):
+            read_masks(mask, str(tmp_path / "ref.mrc"), images, 16, 1.6)
+
+
+def test_a_map_whose_voxel_size_is_0_is_taken_as_not_set_with_a_warning(tmp_path: Path):
+    """As stacks are (it was taken silently)."""
+    files.write_stacks(tmp_path)
+    write_map(tmp_path / "m.mrc", np.ones((16, 16, 16), np.float32), 0.0)
+    with ParticleImages(read_particles(files.write_star31(tmp_path))) as images:
+        with pytest.warns(InputWarning, match=r"m\.mrc: header\.voxel_size: 0\.0 Å, 'not set'"):
+            read_matching_map(str(tmp_path / "m.mrc"), images)
