@@ -264,3 +264,16 @@ def test_a_random_subset_of_zeros_is_still_read_as_not_given(tmp_path: Path):
     for row in (1, 2, 3):
         text = star31_with("particles", "rlnRandomSubset", row, "0", text)
     assert read_particles(files.write_star31(tmp_path, text)).random_subset.tolist() == [0] * 3
+
+
+def test_image_indices_past_int64_are_refused(tmp_path: Path):
+    """Found by the generated suite: an rlnImageName index of 1e20 wrapped as int64 (the message
+    named 'image -9223372036854775807', with numpy's overflow warnings on stderr); a uint64
+    blob/idx of 2**64 - 1 became -1 and read the stack's last image without a word."""
+    files.write_stacks(tmp_path)
+    text = files.STAR31.replace("000003@Stacks/a.mrcs", "99999999999999999999@Stacks/a.mrcs")
+    with pytest.raises(InputError, match=r"rlnImageName: row 2: expected a 1-based integer"):
+        read_particles(files.write_star31(tmp_path, text))
+    data = _with_field(files.cs_for_star31(), "blob/idx", "<u8", [0, 2**64 - 1, 1])
+    with pytest.raises(InputError, match=r"blob/idx: row 2: 18446744073709551615 is too large"):
+        read_particles(_save_cs(tmp_path / "p.cs", data))

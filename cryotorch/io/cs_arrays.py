@@ -175,7 +175,7 @@ FIELD_SHAPES = {
 
 def check_field_shapes(data: np.ndarray, path: Path) -> None:
     """Refuse fields of the wrong shape or kind, and negative ``blob/idx`` (numpy would read
-    the stack's last images through negative indexing)."""
+    the stack's last images through negative indexing) or ones an int64 does not hold."""
     for name, shape in FIELD_SHAPES.items():
         if name not in field_names(data):
             continue
@@ -196,4 +196,9 @@ def check_field_shapes(data: np.ndarray, path: Path) -> None:
     if bad.size:
         raise InputError(
             path, "blob/idx", f"row {bad[0] + 1}: {idx[bad[0]]} is negative (0-based indices)"
+        )
+    bad = np.flatnonzero(idx > 2**53)  # as int64, 2**64 - 1 would be -1: the last image
+    if bad.size:
+        raise InputError(
+            path, "blob/idx", f"row {bad[0] + 1}: {idx[bad[0]]} is too large for an image index"
         )

@@ -68,7 +68,9 @@ def _parse_image_names(
             path, "rlnImageName", f"row {row + 1}: expected 'index@stack', got {names.iloc[row]!r}"
         )
     index = pd.to_numeric(parts[0], errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(index) | (index < 1) | (index != np.round(index)))
+    # Past 2**53 a float64 holds not every integer, and past 2**63 the int64 index wraps.
+    whole = (index == np.round(index)) & (index <= 2**53)
+    bad = np.flatnonzero(~np.isfinite(index) | (index < 1) | ~whole)
     if bad.size:
         raise InputError(
             path,
