@@ -54,9 +54,6 @@ from cryotorch.io import ParticleImages, read_map, read_particles
 from cryotorch.io.checks import RANGES
 from tests import files
 
-# This checkout's configs: an editable install elsewhere may map cryotorch.configs (which
-# @hydra.main reads) to another checkout's, whose Hydra settings need not fit this code.
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXAMPLES = os.environ.get("CRYOTORCH_BAD_INPUT_EXAMPLES")
 TALLY = os.environ.get("CRYOTORCH_BAD_INPUT_TALLY")
 
@@ -177,7 +174,7 @@ def run_program(program: str, args: list[str], capfd) -> Run:
             if program == "cryotorch-convert":
                 code = convert_cli.main(args)
             else:
-                sys.argv = [program, f"--config-path={CONFIGS}", *args]
+                sys.argv = [program, *args]  # as a user types it
                 classify_cli.main()
                 code = 0
         except SystemExit as exc:
@@ -203,9 +200,7 @@ def written(output: Path) -> list[str]:
     """What a refused run left in its output folder ``output``: nothing, as promised."""
     if not output.exists():
         return []
-    # known: Hydra writes these before validation; fixed in main
-    hydra = {".hydra", "classify.log"}
-    return sorted(p.name for p in output.iterdir() if p.name not in hydra)
+    return sorted(p.name for p in output.iterdir())
 
 
 def check_particle_file(path: Path) -> str | None:
@@ -1154,31 +1149,12 @@ PATHS = ["missing.mrc", "missing/", "Stacks", "particles.star", "Stacks/a.mrcs",
 # each fix is described in the report of this suite's campaign): a case that meets one is
 # tallied, but does not fail. Remove an entry when its fix lands.
 KNOWN_OUTSIDE_IO = {
-    "hydra-override": "an override of a key not in the config: Hydra exits 1 with six lines "
-    "before cryotorch's code runs (cli/classify.py main)",
-    "learning-rate": "optim.learning_rate past 1, or NaN: NaN posteriors (engine/settings.py)",
-    "half-life": "optim.half_life_percent NaN: NaN posteriors (engine/settings.py)",
     "batch-of-one": "optim.batch_per_class=1: NaN posteriors (engine/em.py)",
-    "online-epochs": "optim.online_epochs=inf: int(inf), a traceback (engine/settings.py)",
-    "cache-gb": "data.cache_gb past 1e299: int(inf), a traceback (cli/classify.py)",
-    "seed": "a seed outside 0 .. 2**63 - 1: numpy's or torch's traceback (cli/schema.py)",
-    "tau2-fudge": "model.tau2_fudge under 1e-30: T τ² underflows, all-zero maps "
-    "(engine/settings.py)",
-    "anneal": "anneal_start past anneal_end: the message names anneal_start without its group "
-    "(engine/schedules.py)",
-    "empty-path": "an empty path: named '.', not by its key (cli/schema.py)",
-    "number-as-path": "a path given as 1e999 or true: Hydra makes it the float inf or the bool "
-    "True, the file 'inf' or 'True' (cli/schema.py)",
-    "cs-pixel-size-name": "a .cs file's pixel sizes that differ are named rlnImagePixelSize "
-    "(cli/classify.py _read_table)",
 }
 
 
 # Messages of known failures outside cryotorch/io, as they read.
-KNOWN_MESSAGES = {
-    # cli/classify.py _read_table names a .cs file's pixel sizes by their STAR name
-    "cs-pixel-size-name": ".cs: rlnImagePixelSize: optics groups with different pixel sizes",
-}
+KNOWN_MESSAGES: dict[str, str] = {}
 
 
 def known_outside_io(override: str) -> str:
@@ -1186,17 +1162,7 @@ def known_outside_io(override: str) -> str:
     key, value = override.split("=", 1)
     x = number(value.strip("'"))
     meets = {
-        "hydra-override": key not in CONFIG_KEYS and not key.startswith("+"),
-        "learning-rate": key == "optim.learning_rate" and x is not None and not x <= 1,
-        "half-life": key == "optim.half_life_percent" and x is not None and math.isnan(x),
         "batch-of-one": key == "optim.batch_per_class" and x == 1,
-        "online-epochs": key == "optim.online_epochs" and x == math.inf,
-        "cache-gb": key == "data.cache_gb" and x is not None and x > 1e299,
-        "seed": key == "seed" and x is not None and not 0 <= x < 2**63,
-        "tau2-fudge": key == "model.tau2_fudge" and x is not None and 0 < x < 1e-30,
-        "anneal": key == "posterior.similarity.anneal_start" and x is not None and x > 10,
-        "empty-path": CONFIG_KEYS.get(key) in ("path", "folder") and not value.strip("'"),
-        "number-as-path": CONFIG_KEYS.get(key) in ("path", "folder") and value in ("1e999", "true"),
     }
     return ", ".join(name for name, met in meets.items() if met)
 

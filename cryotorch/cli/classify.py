@@ -265,7 +265,7 @@ def _read_table(config: RunConfig, star: Path, output_dir: Path) -> ParticleTabl
     if len(set(table.pixel_size_angstrom.round(4))) > 1:
         raise InputError(
             star,
-            "rlnImagePixelSize",
+            "blob/psize_A" if star.suffix.lower() == ".cs" else "rlnImagePixelSize",
             "optics groups with different pixel sizes are not supported yet",
         )
     return table

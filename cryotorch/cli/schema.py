@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cryotorch.engine.settings import (
@@ -65,8 +65,11 @@ class DataConfig:
     simulate: DemoConfig = field(default_factory=DemoConfig)
 
     def __post_init__(self) -> None:
-        if not self.cache_gb >= 0:
-            raise ValueError(f"data.cache_gb must be >= 0, got {self.cache_gb}")
+        if not 0 <= self.cache_gb <= 1e6:
+            raise ValueError(f"data.cache_gb must be in [0, 1e6] (GB), got {self.cache_gb}")
+        for key in ("particles", "reference", "data_dir", "passthrough"):
+            if getattr(self, key) == "":
+                raise ValueError(f"data.{key} is empty: give a path, or null")
         if self.pixel_size is not None and not self.pixel_size > 0:
             raise ValueError(f"data.pixel_size must be > 0, got {self.pixel_size}")
 
@@ -146,12 +149,34 @@ class RunConfig:
 def read_run_config(cfg: DictConfig) -> RunConfig:
     """``cfg`` (as Hydra composed it) checked against the schema; an :class:`InputError`
     naming the key for a value of the wrong type, an unknown key or a value out of range."""
+    _refuse_non_paths(cfg)
     config = _read_config(cfg, RunConfig)
     try:
         config.settings()  # the checks across groups
     except ValueError as exc:
         raise InputError("configuration", None, str(exc)) from exc
     return config
+
+
+# Keys whose values are paths: Hydra reads an unquoted 1e999 or true as a number or a bool,
+# which the schema would turn into a file named 'inf' or 'True'.
+PATH_KEYS = ("data.particles", "data.reference", "data.data_dir", "data.passthrough",
+             "data.initial_maps", "mask.solvent", "mask.focus")  # fmt: skip
+
+
+def _refuse_non_paths(cfg: DictConfig) -> None:
+    """An :class:`InputError` naming a path key given a number or a bool."""
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        for item in values:
+            if isinstance(item, bool | int | float):
+                raise InputError(
+                    "configuration",
+                    key,
+                    f"expected a path, got the {type(item).__name__} {item!r} (a file named "
+                    f"so: quote it, {key}='{item}')",
+                )
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,10 @@ class SimilaritySchedule:
         if not 0.0 <= self.start <= 1.0:
             raise ValueError(f"posterior.similarity.start must be in [0, 1], got {self.start}")
         if self.anneal_end < self.anneal_start:
-            raise ValueError("posterior.similarity.anneal_end must not be before anneal_start")
+            raise ValueError(
+                f"posterior.similarity.anneal_end ({self.anneal_end}) must not be before "
+                f"posterior.similarity.anneal_start ({self.anneal_start})"
+            )
 
     def beta(self, iteration: int) -> float:
         if iteration <= self.anneal_start:

@@ -40,6 +40,15 @@ def _positive(key: str, value: float | int | None, allow_zero: bool = False) -> 
         raise ValueError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _within(key: str, value: float, low: float, high: float, low_open: bool = False) -> None:
+    """Refuse ``value`` outside [``low``, ``high``] (``(low, high]`` if ``low_open``), NaN too."""
+    inside = (value > low if low_open else value >= low) and value <= high
+    if not inside:
+        bracket = "(" if low_open else "["
+        low_text, high_text = (f"{x}" if isinstance(x, int) else f"{x:g}" for x in (low, high))
+        raise ValueError(f"{key} must be in {bracket}{low_text}, {high_text}], got {value}")
+
+
 @dataclass
 class ModelSettings:
     """``model.*`` (``configs/model/default.yaml``)."""
@@ -68,7 +77,7 @@ class ModelSettings:
         _positive("model.resolution_reach_at", self.resolution_reach_at, allow_zero=True)
         _positive("model.particle_diameter", self.particle_diameter)
         _choice("model.regulariser", self.regulariser, REGULARISERS)
-        _positive("model.tau2_fudge", self.tau2_fudge)
+        _within("model.tau2_fudge", self.tau2_fudge, 1e-3, 1e3)  # T τ² underflows below
         _choice("model.contrast", self.contrast, ("none", "from_input", "optimal"))
         _positive("model.pad", self.pad)
         _positive("model.reseed", self.reseed, allow_zero=True)
@@ -132,8 +141,11 @@ class OptimSettings:
 
     def __post_init__(self) -> None:
         _choice("optim.method", self.method, ("em", "gradient"))
-        _positive("optim.online_epochs", self.online_epochs, allow_zero=True)
+        _within("optim.online_epochs", self.online_epochs, 0, 1000)
         _positive("optim.batch_per_class", self.batch_per_class)
+        _within("optim.learning_rate", self.learning_rate, 0, 1, low_open=True)
+        _within("optim.half_life_percent", self.half_life_percent, 0, 100, low_open=True)
+        _within("optim.convergence_percent", self.convergence_percent, 0, 100)
         _positive("optim.max_iterations", self.max_iterations)
         _positive("optim.batch_size", self.batch_size)
 
@@ -167,6 +179,7 @@ class ClassificationSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        _within("seed", self.seed, 0, 2**63 - 1)  # numpy's and torch's generators take these
         if self.optim.method == "gradient" and self.model.regulariser == "fsc":
             raise ValueError(
                 "model.regulariser=fsc filters with half-set reconstructions, which gradient "

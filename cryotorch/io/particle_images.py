@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pandas as pd
 
@@ -56,7 +57,7 @@ def _image_number(table: ParticleTable, row: int) -> str:
     return f"image {table.image_index[row] + 1}"
 
 
-def _open_stack(table: ParticleTable, stack: Path, row: int):
+def _open_stack(table: ParticleTable, stack: Path, row: int) -> mrcfile.mrcfile.MrcFile:
     """The header of ``stack``, the stack of ``table``'s row ``row`` (0-based); an InputError
     about the stack also names the particle file's row that refers to it."""
     try:
