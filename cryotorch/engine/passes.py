@@ -120,8 +120,8 @@ def _refuse_non_finite(run: RunContext, rows: np.ndarray, loglik: torch.Tensor) 
     raise InputError(
         source,
         f"row {row + 1}",
-        f"the particle's log-likelihood is not finite (its image, {stack}, or its CTF holds "
-        "values no data set has)",
+        f"the particle's log-likelihood is not finite: its image ({stack}) or CTF holds "
+        "values no data set has, or the particles are too few for the model",
     )
 
 
