@@ -277,3 +277,31 @@ def test_image_indices_past_int64_are_refused(tmp_path: Path):
     data = _with_field(files.cs_for_star31(), "blob/idx", "<u8", [0, 2**64 - 1, 1])
     with pytest.raises(InputError, match=r"blob/idx: row 2: 18446744073709551615 is too large"):
         read_particles(_save_cs(tmp_path / "p.cs", data))
+
+
+def test_angles_past_float32s_range_are_refused(tmp_path: Path):
+    """Found by the generated suite: a defocus angle or phase shift of 1e38 rad (5.7e39°) is
+    inf in the float32 CTF, and cos(inf) made every posterior NaN (exit 0)."""
+    text = star31_with("particles", "rlnDefocusAngle", 1, "1e308")
+    with pytest.raises(InputError, match=r"rlnDefocusAngle: row 1: 1e\+308 ° is not a plausible"):
+        read_particles(files.write_star31(tmp_path, text))
+    data = files.cs_for_star31()
+    data["ctf/phase_shift_rad"][1] = -1e38
+    with pytest.raises(InputError, match=r"ctf/phase_shift_rad: row 2: -5\.72958e\+39 ° is not"):
+        read_particles(_save_cs(tmp_path / "p.cs", data))
+
+
+def test_every_optics_group_of_a_stack_is_checked_against_it(tmp_path: Path):
+    """Found by the generated suite: a stack's header was checked against the optics group of
+    its first particle only, so a later particle of another group in the same stack kept a
+    box (blob/shape 2**32 - 1) or pixel size (2.0 Å for a 1.6 Å stack) the stack has not."""
+    files.write_stacks(tmp_path)
+    data = files.cs_for_star31()
+    data["blob/shape"][1] = [16, 2**32 - 1]  # row 2: a.mrcs, as row 1
+    table = read_particles(_save_cs(tmp_path / "p.cs", data))
+    with pytest.raises(InputError, match=r"a\.mrcs: header\.nx/ny: .* says 4294967295 \(blob/sh"):
+        ParticleImages(table)
+    text = star31_with("particles", "rlnOpticsGroup", 2, "2")  # group 2 (2.0 Å) in a.mrcs
+    with pytest.raises(InputError, match=r"a\.mrcs: header\.voxel_size: pixel size 1\.6000 Å "
+                       r"disagrees with 2\.0000 Å in .*particles\.star \(row 2;"):  # fmt: skip
+        ParticleImages(read_particles(files.write_star31(tmp_path, text)))

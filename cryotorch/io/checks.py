@@ -28,6 +28,9 @@ RANGES: dict[str, tuple[float, float, bool, str, str]] = {
     "defocus_v_angstrom": (-200_000.0, 200_000.0, True, "Å", "defocus (20 µm at most)"),
     "ctf_bfactor": (-1000.0, 1000.0, True, "Å²", "CTF B-factor"),
     "ctf_scale": (0.0, 100.0, False, "", "CTF scale factor"),
+    # Any angle is one, but past float32's range (the CTF's) cos() is NaN: 100 turns at most.
+    "astigmatism_angle_deg": (-36000.0, 36000.0, True, "°", "astigmatism angle (100 turns)"),
+    "phase_shift_deg": (-36000.0, 36000.0, True, "°", "phase shift (100 turns)"),
 }
 
 # Quantities of the optics block (RELION 3.1+): named by optics group, not by particle row.
@@ -47,6 +50,8 @@ STAR_NAMES = {
     "defocus_v_angstrom": "rlnDefocusV",
     "ctf_bfactor": "rlnCtfBfactor",
     "ctf_scale": "rlnCtfScalefactor",
+    "astigmatism_angle_deg": "rlnDefocusAngle",
+    "phase_shift_deg": "rlnPhaseShift",
 }
 CS_NAMES = {
     "pixel_size_angstrom": "blob/psize_A",
@@ -57,6 +62,8 @@ CS_NAMES = {
     "defocus_v_angstrom": "ctf/df2_A",
     "ctf_bfactor": "ctf/bfactor",
     "ctf_scale": "ctf/scale",
+    "astigmatism_angle_deg": "ctf/df_angle_rad",  # named in degrees, as the table holds it
+    "phase_shift_deg": "ctf/phase_shift_rad",
 }
 
 

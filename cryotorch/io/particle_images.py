@@ -145,6 +145,12 @@ class ParticleImages:
         np.maximum.at(max_index, self._codes, self.table.image_index)
         first_row = np.full(len(self._stacks), len(self.table), dtype=np.int64)
         np.minimum.at(first_row, self._codes, np.arange(len(self.table)))
+        # Each (stack, optics group) pair of the table and its first row, sorted by stack.
+        n_groups = len(self.table.optics)
+        pairs, pair_row = np.unique(
+            self._codes * n_groups + self.table.optics_group, return_index=True
+        )
+        pair_code, pair_group = pairs // n_groups, pairs % n_groups
         shapes = set()
         unset: list[tuple[Path, float]] = []  # stacks whose header pixel size means "not set"
         for code, stack in enumerate(self._stacks):
@@ -171,36 +177,40 @@ class ParticleImages:
                     f"row {bad + 1}: {_image_number(self.table, bad)} is past the end of "
                     f"{stack}, which holds {n_images} images",
                 )
-            group = self.table.optics_group[row]
-            expected_size = int(self.table.optics.image_size[group])
-            if expected_size and (nx != expected_size or ny != expected_size):
-                assert self.table.optics.number is not None  # OpticsGroups sets it
-                said = (
-                    "blob/shape"
-                    if path_field == "blob/path"
-                    else f"rlnImageSize of optics group {self.table.optics.number[group]}"
-                )
-                raise InputError(
-                    stack,
-                    "header.nx/ny",
-                    f"images are {nx}x{ny}, the table's optics group says {expected_size} "
-                    f"({said} in {self._table_file}, row {row + 1})",
-                )
-            psize = float(self.table.optics.pixel_size_angstrom[group])
-            agrees = abs(header_psize - psize) <= PIXEL_SIZE_RTOL * psize
-            if check_pixel_size and not agrees and header_psize in UNSET_PIXEL_SIZES:
-                unset.append((stack, header_psize))
-            elif check_pixel_size and not agrees:
-                raise InputError(
-                    stack,
-                    "header.voxel_size",
-                    f"pixel size {header_psize:.4f} Å disagrees with {psize:.4f} Å in "
-                    f"{self._table_file} (check the files; to use the particle file's pixel "
-                    "size, as RELION does: cryotorch-convert --ignore-stack-pixel-size, "
-                    "cryotorch-classify data.ignore_stack_pixel_size=true)",
-                )
+            # Every optics group of the stack's particles, not only its first particle's.
+            lo, hi = np.searchsorted(pair_code, [code, code + 1])
+            for group, row in zip(pair_group[lo:hi], pair_row[lo:hi], strict=True):
+                expected_size = int(self.table.optics.image_size[group])
+                if expected_size and (nx != expected_size or ny != expected_size):
+                    assert self.table.optics.number is not None  # OpticsGroups sets it
+                    said = (
+                        "blob/shape"
+                        if path_field == "blob/path"
+                        else f"rlnImageSize of optics group {self.table.optics.number[group]}"
+                    )
+                    raise InputError(
+                        stack,
+                        "header.nx/ny",
+                        f"images are {nx}x{ny}, the table's optics group says {expected_size} "
+                        f"({said} in {self._table_file}, row {row + 1})",
+                    )
+                psize = float(self.table.optics.pixel_size_angstrom[group])
+                agrees = abs(header_psize - psize) <= PIXEL_SIZE_RTOL * psize
+                if check_pixel_size and not agrees and header_psize in UNSET_PIXEL_SIZES:
+                    unset.append((stack, header_psize))
+                elif check_pixel_size and not agrees:
+                    raise InputError(
+                        stack,
+                        "header.voxel_size",
+                        f"pixel size {header_psize:.4f} Å disagrees with {psize:.4f} Å in "
+                        f"{self._table_file} (row {row + 1}; check the files; to use the "
+                        "particle file's pixel size, as RELION does: cryotorch-convert "
+                        "--ignore-stack-pixel-size, cryotorch-classify "
+                        "data.ignore_stack_pixel_size=true)",
+                    )
             shapes.add((ny, nx))
         if unset:
+            unset = list(dict.fromkeys(unset))  # a stack of several groups, once
             (stack, header_psize), others = unset[0], len(unset) - 1
             more = f" and {others} other stack(s)" if others else ""
             usual = "'not set'" if header_psize == 0 else "the usual value for 'not set'"
