@@ -174,6 +174,9 @@ def test_a_stack_marked_as_a_stack_of_volumes_is_read_image_by_image(tmp_path: P
         # was "not a readable MRC file (Expected 2048 bytes in data block but limit is 2044)"
         ("nsymbt", r"m\.mrc: header: says 8 x 8 x 8 values of mode 2 after a 4-byte extended"),
         ("axes", r"m\.mrc: header\.mapc/mapr/maps: axis order 3, 2, 1"),  # was read transposed
+        # were "not a readable MRC file (negative count)", and "... -256 bytes ..."
+        ("nsymbt -1", r"m\.mrc: header\.nsymbt: -1: expected the extended header's length"),
+        ("ny -5", r"m\.mrc: header\.nx/ny/nz: 8 x -5 x 8: expected sizes of at least 1"),
     ],
 )
 def test_maps_that_cannot_be_read_as_they_are_are_refused(tmp_path, damage, pattern):
@@ -184,6 +187,10 @@ def test_maps_that_cannot_be_read_as_they_are_are_refused(tmp_path, damage, patt
     write_map(path, volume, 1.6)
     if damage == "nsymbt":
         _poke(path, 92, 4)
+    elif damage == "nsymbt -1":
+        _poke(path, 92, -1)
+    elif damage == "ny -5":
+        _poke(path, 4, -5)
     elif damage == "axes":
         _poke(path, 64, 3)
         _poke(path, 72, 1)

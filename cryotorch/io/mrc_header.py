@@ -4,6 +4,7 @@ older writers (no ``MAP `` id string, no machine stamp) read leniently, as RELIO
 
 from __future__ import annotations
 
+import struct
 import warnings
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def open_mrc(path: Path, header_only: bool = False) -> mrcfile.mrcfile.MrcFile:
         if "mode" in str(exc).lower():
             raise InputError(path, "header.mode", f"unsupported MRC mode ({exc})") from exc
         if not any(k in str(exc).lower() for k in LENIENT_PROBLEMS):
-            raise InputError(path, None, f"not a readable MRC file ({exc})") from exc
+            field, problem = _header_fault(path)
+            raise InputError(path, field, problem or f"not a readable MRC file ({exc})") from exc
     else:
         check_mode(path, int(mrc.header.mode), mrc)
         _check_layout(path, mrc)
@@ -80,6 +82,24 @@ def open_mrc(path: Path, header_only: bool = False) -> mrcfile.mrcfile.MrcFile:
     return mrc
 
 
+def _header_fault(path: Path) -> tuple[str | None, str | None]:
+    """The header field that makes a file mrcfile refuses unreadable, as (field, problem):
+    a negative extended-header length or a size below 1 (mrcfile says 'negative count' or
+    'cannot reshape'); (None, None) when it is none of those."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if len(head) < 1024:
+        return None, None
+    order = ">" if head[212] == 0x11 else "<"  # the machine stamp: big- or little-endian
+    nx, ny, nz = struct.unpack(order + "3i", head[:12])
+    (nsymbt,) = struct.unpack(order + "i", head[92:96])
+    if min(nx, ny, nz) < 1:
+        return "header.nx/ny/nz", f"{nx} x {ny} x {nz}: expected sizes of at least 1"
+    if nsymbt < 0:
+        return "header.nsymbt", f"{nsymbt}: expected the extended header's length in bytes (>= 0)"
+    return None, None
+
+
 def _check_layout(path: Path, mrc: mrcfile.mrcfile.MrcFile) -> None:
     """An InputError (closing ``mrc`` first) unless the data lie as cryotorch reads them: x
     fastest, then y, then z (``mapc/mapr/maps`` 1, 2, 3; 0, 0, 0 is taken as that, with a
@@ -99,6 +119,11 @@ def _check_layout(path: Path, mrc: mrcfile.mrcfile.MrcFile) -> None:
             "fastest, then y, then z (1, 2, 3): reorder it first",
         )
     nx, ny, nz, nsymbt = int(h.nx), int(h.ny), int(h.nz), int(h.nsymbt)
+    if min(nx, ny, nz) < 1:
+        mrc.close()
+        raise InputError(
+            path, "header.nx/ny/nz", f"{nx} x {ny} x {nz}: expected sizes of at least 1"
+        )
     expected = 1024 + nsymbt + nx * ny * nz * _itemsize(int(h.mode))
     size = path.stat().st_size
     if size != expected or nsymbt < 0:
