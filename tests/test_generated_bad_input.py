@@ -763,8 +763,8 @@ def cs_value_must_be_refused(name: str, value: float, data: np.ndarray, row: int
         return not in_range("pixel_size_angstrom", value)
     if name == "alignments3D/shift":
         return abs(value) * PIXEL > BOX * PIXEL
-    if name == "ctf/exp_group_id":
-        return value < 0 or value != round(value)
+    if name == "ctf/exp_group_id":  # a negative one is shifted for RELION, with a warning
+        return value != round(value)
     return False  # angles, the pose's rotation vector
 
 
