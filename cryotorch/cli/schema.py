@@ -146,10 +146,11 @@ class RunConfig:
         )
 
 
-def read_run_config(cfg: DictConfig) -> RunConfig:
-    """``cfg`` (as Hydra composed it) checked against the schema; an :class:`InputError`
-    naming the key for a value of the wrong type, an unknown key or a value out of range."""
-    _refuse_non_paths(cfg)
+def read_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
+    """``cfg`` (as Hydra composed it, or a checkpoint's plain dict of settings) checked
+    against the schema; an :class:`InputError` naming the key for a value of the wrong type,
+    an unknown key or a value out of range."""
+    _refuse_non_paths(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg)
     config = _read_config(cfg, RunConfig)
     try:
         config.settings()  # the checks across groups
@@ -212,7 +213,7 @@ def read_simulate_config(cfg: DictConfig) -> SimulateConfig:
     return _read_config(cfg, SimulateConfig)
 
 
-def _read_config(cfg: DictConfig, schema: type[Config]) -> Config:
+def _read_config(cfg: DictConfig | dict[str, Any], schema: type[Config]) -> Config:
     """``cfg`` merged into the dataclass ``schema`` and made into one; an :class:`InputError`
     naming the key for a wrong type or an unknown key, or giving ``__post_init__``'s message
     for a value out of range."""
