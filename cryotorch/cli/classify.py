@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import closing, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import hydra
@@ -36,13 +36,19 @@ from cryotorch.cli.configs import (
     run_reporting_input_errors,
     save_job_record,
 )
+from cryotorch.cli.continuing import continue_arguments, continue_source, record_continuation
 from cryotorch.cli.lock import folder_lock
 from cryotorch.cli.outputs import STAGING_NAME, write_outputs
 from cryotorch.cli.schema import RunConfig, read_run_config
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.classify import classify
 from cryotorch.engine.distributed import ProcessGroup, init_from_environment
-from cryotorch.engine.state import CHECKPOINT_FORMAT, ClassificationResult, check_resumable
+from cryotorch.engine.state import (
+    CHECKPOINT_FORMAT,
+    ClassificationResult,
+    check_continuable,
+    check_resumable,
+)
 from cryotorch.errors import InputError
 from cryotorch.evaluation import TRUE_CLASSES, classification_accuracy, read_true_classes
 from cryotorch.inputs import read_initial_maps, read_masks
@@ -58,9 +64,12 @@ __all__ = ["main", "run"]
 
 def _particles(config: RunConfig, output_dir: Path, simulate: bool = True) -> Path:
     """The particle file to classify: the user's, or the built-in simulation (made now unless
-    ``simulate`` is false: then rank 0 has made it)."""
+    ``simulate`` is false: then rank 0 has made it; a continued run's is the run's own)."""
     if config.data.particles is not None:
         return Path(config.data.particles)
+    source = continue_source(config.continue_from)
+    if source is not None:
+        return source.parent / "simulated" / "particles.star"
     simulated = output_dir / "simulated" / "particles.star"
     if not simulate or (simulated.is_file() and config.resume):
         return simulated  # simulated by rank 0, or by the run resumed
@@ -109,11 +118,12 @@ def _particles_digest(star: Path, passthrough: str | None, images: ParticleImage
 RUN_FILES = (CHECKPOINT_NAME, "iterations.csv", "posteriors.npy", "particles.star", "simulated")
 
 
-def _prepare_output_dir(output_dir: Path, resume: bool) -> Path | None:
+def _prepare_output_dir(output_dir: Path, resume: bool, in_place: bool = False) -> Path | None:
     """The checkpoint to resume from (None: start afresh). Refuses a folder holding another
-    run unless ``resume``; removes temporary files a killed run left."""
+    run unless ``resume`` or the run continues there (``in_place``); removes temporary files a
+    killed run left."""
     found = [name for name in RUN_FILES if (output_dir / name).exists()]
-    if found and not resume:
+    if found and not (resume or in_place):
         raise InputError(
             output_dir,
             None,
@@ -124,7 +134,7 @@ def _prepare_output_dir(output_dir: Path, resume: bool) -> Path | None:
         stale.unlink()
     shutil.rmtree(output_dir / STAGING_NAME, ignore_errors=True)  # outputs cut short by one
     checkpoint = output_dir / CHECKPOINT_NAME
-    if resume and not checkpoint.is_file():
+    if resume and not in_place and not checkpoint.is_file():
         print(f"resume=true: no {CHECKPOINT_NAME} in {output_dir}, starting from the beginning")
     return checkpoint if resume and checkpoint.is_file() else None
 
@@ -169,7 +179,9 @@ def _run(config: RunConfig, device: torch.device) -> dict:
     # One run at a time in a folder (rank 0 holds the lock for all ranks).
     made = in_sweep() and output_dir.is_dir() and not any(output_dir.iterdir())
     with folder_lock(output_dir, made=made) if group.is_main else nullcontext():
-        resume_from = _prepare_output_dir(output_dir, config.resume)
+        source = continue_source(config.continue_from)
+        in_place = source is not None and source.parent.resolve() == output_dir.resolve()
+        resume_from = _prepare_output_dir(output_dir, config.resume, in_place)
         group.barrier()  # every rank has checked the folder before rank 0 writes to it
         torch.manual_seed(config.seed)
         star = _particles(config, output_dir) if group.is_main else None
@@ -179,7 +191,56 @@ def _run(config: RunConfig, device: torch.device) -> dict:
         # Everything the run reads is checked before anything is written.
         check = not config.data.ignore_stack_pixel_size
         with ParticleImages(table, check_pixel_size=check) as images:
-            return _classify_images(config, images, star, output_dir, resume_from, group)
+            start = _start(config, images, star, resume_from, source, in_place)
+            return _classify_images(config, images, star, output_dir, start, group)
+
+
+def _start(
+    config: RunConfig,
+    images: ParticleImages,
+    star: Path,
+    resume_from: Path | None,
+    source: Path | None,
+    in_place: bool,
+) -> Start:
+    """Where the run starts: afresh, from its own checkpoint (``resume=true``: the settings
+    must be the same), or from a run it continues (``continue_from``: what changed is
+    printed and recorded)."""
+    settings = config.settings()
+    d_full, psize = images.image_shape[-1], float(images.table.pixel_size_angstrom[0])
+    d_work, _ = cropped_box_for_resolution(d_full, psize, settings.model.target_resolution)
+    inputs = _inputs_dict(config, star, images)
+    n = len(images.table)
+    if resume_from is not None and not in_place:  # this run's own checkpoint: exact
+        state = load_checkpoint(resume_from, CHECKPOINT_FORMAT)
+        check_resumable(resume_from, state, settings, n, d_work, inputs)
+        return Start(
+            inputs, state, f"resuming {resume_from} after iteration {state['iteration'] - 1}"
+        )
+    if source is None:
+        return Start(inputs)
+    state = load_checkpoint(source, CHECKPOINT_FORMAT)
+    changes = check_continuable(source, state, settings, n, d_work, inputs)
+    state["finished"] = False
+    said = "; ".join(changes) if changes else "no setting changed"
+    return Start(
+        inputs,
+        state,
+        f"continuing {source} after iteration {state['iteration'] - 1}: {said}",
+        continued=(source, int(state["iteration"]) - 1, changes),
+    )
+
+
+@dataclass
+class Start:
+    """What a run starts from: ``inputs`` (:func:`_inputs_dict`), a checkpoint's ``state``
+    (None: afresh) and the line that says so; ``continued``: the run continued and what
+    changed."""
+
+    inputs: dict
+    state: dict | None = None
+    message: str = ""
+    continued: tuple[Path, int, list[str]] | None = None
 
 
 def _classify_images(
@@ -187,7 +248,7 @@ def _classify_images(
     images: ParticleImages,
     star: Path,
     output_dir: Path,
-    resume_from: Path | None,
+    start: Start,
     group: ProcessGroup,
 ) -> dict:
     """The run on the opened particle images: the maps and masks it is given, checked and
@@ -200,17 +261,13 @@ def _classify_images(
     masks = read_masks(config.mask, config.data.reference, images, d_work, work_psize)
     paths, k = config.data.initial_map_paths(), settings.model.num_classes
     initial_maps = read_initial_maps(paths, k, images, d_work)
-    inputs = _inputs_dict(config, star, images)
-    resume_state = None
-    if resume_from is not None:
-        resume_state = load_checkpoint(resume_from, CHECKPOINT_FORMAT)
-        check_resumable(resume_from, resume_state, settings, len(table), d_work, inputs)
+    inputs, resume_state = start.inputs, start.state
     say(
         f"{len(table)} particles, box {d_full} at {psize:.3f} Å -> working box {d_work} at "
         f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), K = {k}, {device}"
     )
-    if resume_state is not None:
-        say(f"resuming {resume_from} after iteration {resume_state['iteration'] - 1}")
+    if start.message:
+        say(start.message)
     truth = _truth(star, len(table), say)
     monitor = RunMonitor(
         output_dir,
@@ -234,9 +291,16 @@ def _classify_images(
             kernels=config.kernels,
         )
 
+        # The record is written with the first checkpoint, once the inputs are read and checked;
+        # a resumed run's record stands.
+        record = [start.state is None or start.continued is not None]
+
         def checkpoint(state: dict) -> None:
-            if not (output_dir / CHECKPOINT_NAME).is_file():  # the first: the inputs are read
+            if record[0]:
                 save_job_record(output_dir, config)
+                if start.continued is not None:
+                    record_continuation(output_dir, *start.continued)
+                record[0] = False
             save_checkpoint(output_dir / CHECKPOINT_NAME, {**state, "inputs": inputs})
 
         result = classify(batcher, settings, monitor, initial_maps, checkpoint, resume_state, masks)
@@ -306,6 +370,11 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    try:  # continue_from=DIR: DIR's command line, then this one
+        sys.argv[1:] = continue_arguments(sys.argv[1:])
+    except InputError as exc:
+        print(f"cryotorch-classify: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     check_command_line("cryotorch-classify", "classify", sys.argv[1:])
     _hydra_main()
 

@@ -122,6 +122,7 @@ class RunConfig:
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     output_dir: str = "classify"
     resume: bool = False
+    continue_from: str | None = None  # a run's folder (or checkpoint.pt) to continue
     seed: int = 0
     device: str = "cpu"
     kernels: str = "numba"
@@ -162,7 +163,7 @@ def read_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
 # Keys whose values are paths: Hydra reads an unquoted 1e999 or true as a number or a bool,
 # which the schema would turn into a file named 'inf' or 'True'.
 PATH_KEYS = ("data.particles", "data.reference", "data.data_dir", "data.passthrough",
-             "data.initial_maps", "mask.solvent", "mask.focus")  # fmt: skip
+             "data.initial_maps", "mask.solvent", "mask.focus", "continue_from")  # fmt: skip
 
 
 def _refuse_non_paths(cfg: DictConfig) -> None:

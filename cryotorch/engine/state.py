@@ -15,8 +15,16 @@ from cryotorch.engine.noise import NoiseModel
 from cryotorch.engine.settings import ClassificationSettings, settings_dict
 from cryotorch.errors import InputError
 
-__all__ = ["CHECKPOINT_FORMAT", "ClassificationResult", "RunState", "check_resumable"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "FIXED_ON_CONTINUE",
+    "ClassificationResult",
+    "RunState",
+    "check_continuable",
+    "check_resumable",
+]
 
+CONTINUE_HINT = "continue_from=<its folder> instead of resume=true"
 CHECKPOINT_FORMAT = 3  # bumped when the checkpoint's keys change (3: one RunState)
 
 
@@ -148,6 +156,90 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     return out
 
 
+def _changes(
+    state: dict, settings: ClassificationSettings, inputs: dict | None
+) -> dict[str, tuple[object, object]]:
+    """``{key: (in the checkpoint, now)}`` of every setting (and input) that differs."""
+    before, now = _flatten(state["settings"]), _flatten(settings_dict(settings))
+    if inputs is not None:
+        before.update(_flatten(state.get("inputs", {}), "inputs."))
+        now.update(_flatten(inputs, "inputs."))
+    return {
+        key: (before.get(key), now.get(key))
+        for key in sorted(set(before) | set(now))
+        if before.get(key) != now.get(key)
+    }
+
+
+def _check_shape(path: str | os.PathLike[str], state: dict, n_particles: int, box: int) -> None:
+    if state["n_particles"] != n_particles or state["box"] != box:
+        raise InputError(
+            path,
+            "n_particles/box",
+            f"the checkpoint is of {state['n_particles']} particles at working box "
+            f"{state['box']}, this run has {n_particles} at {box}",
+        )
+
+
+# What a continued run must keep: the checkpoint's classes, padded grid and kind of state,
+# and its particles (the working box, fixed by the target resolution, is checked apart).
+FIXED_ON_CONTINUE = (
+    "model.num_classes",
+    "model.pad",
+    "optim.method",
+    "inputs.particles",
+    "inputs.particles_sha256",
+)
+
+
+def check_continuable(
+    path: str | os.PathLike[str],
+    state: dict,
+    settings: ClassificationSettings,
+    n_particles: int,
+    box: int,
+    inputs: dict | None = None,
+) -> list[str]:
+    """What changed (``key: old -> new``) if ``state`` can be continued with ``settings``
+    (more iterations, other schedules, priors or layers); an :class:`InputError` naming the
+    key if it cannot: other particles, another working box, a fixed setting
+    (:data:`FIXED_ON_CONTINUE`) changed, or no iteration left to do."""
+    changes = _changes(state, settings, inputs)
+    if state["n_particles"] == n_particles and state["box"] != box:
+        old, new = changes.get("model.target_resolution", (None, None))
+        raise InputError(
+            path,
+            "model.target_resolution",
+            f"a continued run keeps its working box {state['box']} (target {old} Å); "
+            f"{new} Å needs box {box}",
+        )
+    _check_shape(path, state, n_particles, box)
+    for key in FIXED_ON_CONTINUE:
+        if key in changes:
+            old, new = changes[key]
+            raise InputError(
+                path, key, f"a continued run keeps {key} ({old!r}; this run has {new!r})"
+            )
+    optim = settings.optim
+    if optim.method == "gradient":
+        key, limit = "optim.gradient.epochs", optim.gradient.epochs
+    else:
+        key, limit = "optim.max_iterations", optim.max_iterations
+    if state["full_pass"] >= limit and not (optim.method == "em" and _online_left(state)):
+        raise InputError(
+            "configuration",
+            key,
+            f"the run has done {state['full_pass']} full passes ({key}={limit}): give more "
+            "to continue it",
+        )
+    return [f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()]
+
+
+def _online_left(state: dict) -> bool:
+    """Whether a stopped run is still in online EM (its running sums are kept until then)."""
+    return state["running"] is not None
+
+
 def check_resumable(
     path: str | os.PathLike[str],
     state: dict,
@@ -159,25 +251,18 @@ def check_resumable(
     """An :class:`InputError` naming what differs if ``state`` is not a run of these settings
     on these particles (and, if given, these ``inputs``: files and options the caller saved
     in the checkpoint under ``"inputs"``)."""
-    if state["n_particles"] != n_particles or state["box"] != box:
-        raise InputError(
-            path,
-            "n_particles/box",
-            f"the checkpoint is of {state['n_particles']} particles at working box "
-            f"{state['box']}, this run has {n_particles} at {box}",
-        )
-    before, now = _flatten(state["settings"]), _flatten(settings_dict(settings))
-    if inputs is not None:
-        before.update(_flatten(state.get("inputs", {}), "inputs."))
-        now.update(_flatten(inputs, "inputs."))
+    _check_shape(path, state, n_particles, box)
     changed = [
-        f"{key} was {before.get(key)!r}, now {now.get(key)!r}"
-        for key in sorted(set(before) | set(now))
-        if before.get(key) != now.get(key)
+        f"{key} was {old!r}, now {new!r}"
+        for key, (old, new) in _changes(state, settings, inputs).items()
     ]
     if changed:
         raise InputError(
-            path, "settings", "the run was started with other settings: " + "; ".join(changed)
+            path,
+            "settings",
+            "the run was started with other settings: "
+            + "; ".join(changed)
+            + f" (to continue it with these: {CONTINUE_HINT})",
         )
 
 
