@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from cryotorch.evaluation import classification_accuracy
 from cryotorch.io.atomic import atomic_path
@@ -42,11 +43,13 @@ class RunMonitor:
         num_classes: int = 0,
         report_every: int = 0,
         report_header: tuple[str, str] = ("", ""),
+        log_name: str | None = "classify.log",
     ) -> None:
         """``first_step > 0`` for a resumed run: TensorBoard drops what an earlier attempt
         logged from that step on. ``report_every > 0``: refresh ``output_dir/report``
         (:mod:`cryotorch.report`) every that many iterations and at :meth:`write_report`;
-        ``report_header``: the command and the configuration (YAML) it shows."""
+        ``report_header``: the command and the configuration (YAML) it shows. ``log_name``:
+        the log in ``output_dir`` that every line said goes to as well (None: none)."""
         self.output_dir = Path(output_dir)
         self.rows: list[dict] = []
         self.quiet = quiet
@@ -59,6 +62,8 @@ class RunMonitor:
         self.report_header = report_header
         self._latest_maps: torch.Tensor | None = None
         self._latest_ess: dict[str, np.ndarray] = {}
+        self.log_name = log_name
+        self._unlogged: list[str] = []
 
     @property
     def writer(self) -> SummaryWriter | None:
@@ -70,6 +75,19 @@ class RunMonitor:
                 str(self.output_dir / "tensorboard"), purge_step=self.first_step or None
             )
         return self._writer
+
+    def say(self, line: str, show: bool = True) -> None:
+        """Print ``line`` (if ``show``; above any progress bar) and log it in
+        ``output_dir/classify.log``, from the first iteration on: lines said before it wait,
+        so that a run refused before it starts writes no log."""
+        if show:
+            tqdm.write(line)
+            sys.stdout.flush()
+        self._unlogged.append(line)
+        if self.rows and self.log_name:
+            with open(self.output_dir / self.log_name, "a") as log:
+                log.write("".join(f"{text}\n" for text in self._unlogged))
+            self._unlogged = []
 
     def restore(self, rows: list[dict]) -> None:
         """The rows of the iterations a resumed run has already done."""
@@ -89,8 +107,7 @@ class RunMonitor:
     ) -> None:
         self.rows.append(entry)
         self._latest_maps = maps.detach()
-        if not self.quiet:
-            print(self.format_row(entry), flush=True)
+        self.say(self.format_row(entry), show=not self.quiet)
         if self.writer is not None:
             step = entry["iteration"]
             for key, value in entry.items():

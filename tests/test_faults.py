@@ -156,7 +156,8 @@ def test_a_full_disk_while_the_outputs_are_written_leaves_them_absent_then_resum
     assert lines[0].endswith("; once that is fixed, continue it: " + shlex.join(
         ["cryotorch-classify", *args, f"output_dir={out}", "resume=true"]))  # fmt: skip
     left = {p.name for p in out.iterdir()}
-    assert left == {".hydra", "checkpoint.pt"}, left  # and no .cryotorch.lock
+    # What each iteration wrote (its class table, the log), none of the result set, no lock:
+    assert left == {".hydra", "checkpoint.pt", "iterations", "classify.log"}, left
     status, lines = _cli(monkeypatch, capsys, *args, f"output_dir={out}", "resume=true")
     assert status == 0, lines
     for name in ("posteriors.npy", "class_003.mrc", "class_003_hard.mrc", "particles.star"):

@@ -38,7 +38,7 @@ from cryotorch.cli.configs import (
 )
 from cryotorch.cli.continuing import continue_arguments, continue_source, record_continuation
 from cryotorch.cli.lock import folder_lock
-from cryotorch.cli.outputs import STAGING_NAME, write_outputs
+from cryotorch.cli.outputs import STAGING_NAME, write_iteration, write_outputs
 from cryotorch.cli.schema import RunConfig, read_run_config
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.classify import classify
@@ -254,7 +254,6 @@ def _classify_images(
     """The run on the opened particle images: the maps and masks it is given, checked and
     cropped; the classification; the outputs (rank 0)."""
     settings, device = config.settings(), group.device
-    say = print if group.is_main else (lambda *args, **kwargs: None)
     table = images.table  # with the box of every optics group, from the stacks if need be
     d_full, psize = images.image_shape[-1], float(table.pixel_size_angstrom[0])
     d_work, work_psize = cropped_box_for_resolution(d_full, psize, settings.model.target_resolution)
@@ -262,23 +261,24 @@ def _classify_images(
     paths, k = config.data.initial_map_paths(), settings.model.num_classes
     initial_maps = read_initial_maps(paths, k, images, d_work)
     inputs, resume_state = start.inputs, start.state
+    monitor = RunMonitor(
+        output_dir,
+        tensorboard=config.logger.tensorboard and group.is_main,
+        quiet=config.logger.quiet or not group.is_main,
+        first_step=0 if resume_state is None else int(resume_state["iteration"]),
+        num_classes=k,
+        report_every=config.logger.report_every if group.is_main else 0,
+        report_header=(command_line("cryotorch-classify"), config_yaml(config)),
+        log_name="classify.log" if group.is_main else None,
+    )
+    say = monitor.say if group.is_main else (lambda *args, **kwargs: None)
     say(
         f"{len(table)} particles, box {d_full} at {psize:.3f} Å -> working box {d_work} at "
         f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), K = {k}, {device}"
     )
     if start.message:
         say(start.message)
-    truth = _truth(star, len(table), say)
-    monitor = RunMonitor(
-        output_dir,
-        tensorboard=config.logger.tensorboard and group.is_main,
-        quiet=config.logger.quiet or not group.is_main,
-        first_step=0 if resume_state is None else int(resume_state["iteration"]),
-        truth=truth,
-        num_classes=k,
-        report_every=config.logger.report_every if group.is_main else 0,
-        report_header=(command_line("cryotorch-classify"), config_yaml(config)),
-    )
+    monitor.truth = truth = _truth(star, len(table), say)
     with closing(monitor):
         t0 = time.perf_counter()
         batcher = BatchMaker(
@@ -301,6 +301,8 @@ def _classify_images(
                 if start.continued is not None:
                     record_continuation(output_dir, *start.continued)
                 record[0] = False
+            # Before the checkpoint: a run resumed from it rewrites them as they were.
+            write_iteration(output_dir, state, d_full, work_psize, config.outputs.iteration_maps)
             save_checkpoint(output_dir / CHECKPOINT_NAME, {**state, "inputs": inputs})
 
         result = classify(batcher, settings, monitor, initial_maps, checkpoint, resume_state, masks)
@@ -308,7 +310,7 @@ def _classify_images(
         if group.is_main:
             write_outputs(output_dir, table, result, monitor, d_full, config.outputs)
             monitor.write_report()
-    return _summary(result, seconds, truth, k, device, output_dir, say)
+        return _summary(result, seconds, truth, k, device, output_dir, say)
 
 
 def _read_table(config: RunConfig, star: Path, output_dir: Path) -> ParticleTable:

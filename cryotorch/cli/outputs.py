@@ -11,11 +11,16 @@ was a ``.cs`` (``alignments3D/class`` 0-based, ``alignments3D/class_ess``,
 ``alignments3D/class_ess_estep``,
 ``alignments_class3D_{k}/class_posterior``); ``posteriors.npy`` ``(n, K)`` float32 (after the
 class-similarity and force-hard layers, as the last M-step used them) and
-``posteriors_estep.npy`` (the E-step's own); ``iterations.csv``; and, unless
+``posteriors_estep.npy`` (the E-step's own); ``iterations.csv``; ``model.star`` (the last
+iteration's class table, RELION's layout: :func:`write_model_star`); and, unless
 ``outputs.class_files`` is false, ``particles_class001.star``, ... (``.cs`` too for a ``.cs``
 input): each class's particles (its most probable class, and an E-step probability of it
 above ``outputs.class_min_probability``) with the same columns, ready for the next job; a
 class left with no particle has no file.
+
+During the run, each iteration writes ``iterations/it007_model.star`` (and its class maps
+``iterations/it007_class001.mrc``, ... with ``outputs.iteration_maps``), before its
+checkpoint, so that a resumed run rewrites them as they were.
 
 The set is complete or absent: the files are written into a hidden folder in ``output_dir``
 (``.outputs.cryotorch-tmp``) and moved into place, a rename each, only once all are written;
@@ -31,6 +36,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cryotorch.cli.schema import OutputsConfig
@@ -39,11 +45,12 @@ from cryotorch.engine.state import ClassificationResult
 from cryotorch.errors import OutputError
 from cryotorch.io import write_map, write_particles
 from cryotorch.io.atomic import TEMPORARY_MARK, atomic_path
+from cryotorch.io.star_tables import write_star_blocks
 from cryotorch.monitor import RunMonitor
 from cryotorch.particles import ParticleTable
 from cryotorch.physics.fourier import fourier_pad_3d
 
-__all__ = ["write_outputs"]
+__all__ = ["ITERATIONS_FOLDER", "write_iteration", "write_model_star", "write_outputs"]
 
 
 def _class_columns(
@@ -93,6 +100,7 @@ RESULT_PATTERNS = (
     "posteriors.npy",
     "posteriors_estep.npy",
     "iterations.csv",
+    "model.star",
 )
 
 
@@ -134,23 +142,102 @@ def _write_maps(
     folder: Path,
     name: str,
     maps: torch.Tensor,
-    result: ClassificationResult,
+    work_pixel_size: float,
+    resolution: float,
     box: int,
     kind: str,
-) -> None:
-    """The class maps ``(k, d, d, d)`` at the working box, Fourier-padded to the particles'
-    ``box`` (and so their pixel size), each labelled with what it is and the resolution the
-    run used; ``name``: e.g. ``"class_{:03d}.mrc"``."""
+) -> list[str]:
+    """The class maps ``(k, d, d, d)`` at the working box (``work_pixel_size`` Å),
+    Fourier-padded to the particles' ``box`` (and so their pixel size), each labelled with
+    what it is and the ``resolution`` (Å) the run used; ``name``: e.g. ``"class_{:03d}.mrc"``.
+    Returns the file names."""
     d, k = maps.shape[-1], maps.shape[0]
     full = fourier_pad_3d(maps.detach().cpu().double(), box).float().numpy()
-    pixel_size = result.pixel_size * d / box
-    resolution = result.history[-1]["resolution"] if result.history else 2 * result.pixel_size
+    pixel_size = work_pixel_size * d / box
+    names = []
     for i, volume in enumerate(full):
         label = (
             f"class {i + 1}/{k} {kind}: to {resolution:.1f} A, box {d} at "
-            f"{result.pixel_size:.3f} A padded to {box}"
+            f"{work_pixel_size:.3f} A padded to {box}"
         )
-        write_map(folder / name.format(i + 1), volume, pixel_size, labels=[label])
+        names.append(name.format(i + 1))
+        write_map(folder / names[-1], volume, pixel_size, labels=[label])
+    return names
+
+
+def write_model_star(
+    path: Path,
+    row: dict,
+    prior: np.ndarray,
+    maps: list[str] | None,
+    box: int,
+    work_box: int,
+    work_pixel_size: float,
+) -> None:
+    """An iteration's (or the run's last) class table as RELION's ``model.star`` has it:
+    ``data_model_general`` (sizes, the E-step's resolution, log-likelihood, and cryotorch's
+    β, force hard, class changes and both mean ESS of the iteration) and
+    ``data_model_classes`` (``rlnReferenceImage`` where ``maps`` were written, names relative
+    to ``path``'s folder; ``rlnClassDistribution`` the class priors ``prior (k,)``; and the
+    fraction of the iteration's particles in each class). ``row``: the iteration's row of
+    ``iterations.csv``; ``rlnEstimatedResolution`` is the resolution the E-step used (no
+    per-class FSC is computed)."""
+    k = len(prior)
+    general = {
+        "rlnReferenceDimensionality": 3,
+        "rlnDataDimensionality": 2,
+        "rlnOriginalImageSize": box,
+        "rlnCurrentResolution": row["resolution"],
+        "rlnCurrentImageSize": work_box,
+        "rlnPixelSize": work_pixel_size * work_box / box,
+        "rlnNrClasses": k,
+        "rlnLogLikelihood": row["log_likelihood"],
+        "rlnCryotorchIteration": row["iteration"],
+        "rlnCryotorchPhase": row["phase"],
+        "rlnCryotorchBeta": row["beta"],
+        "rlnCryotorchForceHard": int(bool(row["hard"])),
+        "rlnCryotorchPercentChanged": -1.0
+        if row["percent_changed"] is None
+        else row["percent_changed"],
+        "rlnCryotorchMeanClassESS": row["mean_class_ess"],
+        "rlnCryotorchMeanEStepESS": row["mean_estep_ess"],
+    }
+    classes: dict[str, object] = {}
+    if maps is not None:
+        classes["rlnReferenceImage"] = maps
+    classes |= {
+        "rlnClassDistribution": np.asarray(prior, dtype=np.float64),
+        "rlnEstimatedResolution": np.full(k, row["resolution"], dtype=np.float64),
+        "rlnCryotorchClassFraction": [row[f"class_{i + 1:03d}_fraction"] for i in range(k)],
+    }
+    write_star_blocks({"model_general": general, "model_classes": pd.DataFrame(classes)}, path)
+
+
+ITERATIONS_FOLDER = "iterations"
+
+
+def write_iteration(
+    output_dir: Path, state: dict, box: int, work_pixel_size: float, keep_maps: bool
+) -> None:
+    """This iteration's ``iterations/it007_model.star`` and, if ``keep_maps``, its class maps
+    ``iterations/it007_class001.mrc``, ... at the particles' ``box``; ``state``: the run's
+    checkpoint state after the iteration (:meth:`~cryotorch.engine.state.RunState.state_dict`),
+    maps at the working box of ``work_pixel_size`` Å."""
+    row = state["history"][-1]
+    folder = Path(output_dir) / ITERATIONS_FOLDER
+    folder.mkdir(exist_ok=True)
+    stem = f"it{row['iteration']:03d}"
+    names = None
+    if keep_maps:
+        names = _write_maps(
+            folder, stem + "_class{:03d}.mrc", state["maps"], work_pixel_size,
+            row["resolution"], box, "soft",
+        )  # fmt: skip
+    work_box = state["maps"].shape[-1]
+    write_model_star(
+        folder / f"{stem}_model.star", row, state["prior"].numpy(), names, box, work_box,
+        work_pixel_size,
+    )  # fmt: skip
 
 
 def _write_result_set(
@@ -163,9 +250,19 @@ def _write_result_set(
 ) -> None:
     posteriors, posteriors_estep = result.posteriors, result.posteriors_estep
     best = posteriors.argmax(axis=1)
-    _write_maps(output_dir, "class_{:03d}.mrc", result.maps, result, box, "soft")
+    psize = result.pixel_size
+    resolution = result.history[-1]["resolution"] if result.history else 2 * psize
+    names = _write_maps(output_dir, "class_{:03d}.mrc", result.maps, psize, resolution, box, "soft")
     if result.hard_maps is not None:
-        _write_maps(output_dir, "class_{:03d}_hard.mrc", result.hard_maps, result, box, "hard")
+        _write_maps(
+            output_dir, "class_{:03d}_hard.mrc", result.hard_maps, psize, resolution, box, "hard"
+        )
+    if result.history:
+        prior = result.class_prior.detach().cpu().double().numpy()
+        work_box = result.maps.shape[-1]
+        write_model_star(
+            output_dir / "model.star", result.history[-1], prior, names, box, work_box, psize
+        )
     columns = _class_columns(table, posteriors, posteriors_estep)
     for suffix, new_columns in columns.items():
         write_particles(table, output_dir / f"particles{suffix}", new_columns)

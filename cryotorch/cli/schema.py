@@ -101,6 +101,7 @@ class OutputsConfig:
 
     class_files: bool = True  # particles_class001.star, ...: each class's particles
     class_min_probability: float = 0.0  # of the E-step's posterior, for the class files
+    iteration_maps: bool = False  # iterations/it007_class001.mrc, ...: every iteration's maps
 
     def __post_init__(self) -> None:
         if not 0 <= self.class_min_probability < 1:

@@ -77,7 +77,7 @@ def _result(run: RunContext, state: RunState) -> ClassificationResult:
     hard_maps = None
     if state.full_pass > 0:
         best = state.posteriors.argmax(1)
-        stats = assignment_statistics(run, best, state.noise)
+        stats = assignment_statistics(run, best, state.noise, label="hard maps")
         hard_maps, _, _ = run.m_step(stats, state.noise)
     return ClassificationResult(
         state.maps,

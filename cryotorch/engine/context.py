@@ -100,20 +100,28 @@ class RunContext:
         self.regulariser_columns: dict[str, float] = {}  # the last M-step's own columns
         self.clock = time.perf_counter()  # end of the last iteration
 
+    def progress(self, total: int, label: str | None, unit: str, done: int = 0) -> tqdm:
+        """A progress bar of ``total`` ``unit``, ``done`` of them already, with the time left;
+        shown on a terminal, by rank 0, with progress on, when there is a ``label``; it goes
+        when done (the table's rows stay)."""
+        show = self.settings.progress and label and self.group.is_main
+        return tqdm(
+            total=total,
+            initial=done,
+            desc=label,
+            unit=unit,
+            leave=False,
+            dynamic_ncols=True,
+            disable=None if show else True,  # None: off when not a terminal
+        )
+
     def batches(self, rows: np.ndarray, label: str | None = None) -> Iterator[ParticleBatch]:
         """Batches of this rank's share of ``rows`` (all of them in a single process); with a
         ``label``, under a progress bar (if progress is on). Callers sum what they add up over
         the ranks (``self.group.sum_``)."""
         rows = self.group.shard(rows)
         size = self.settings.optim.batch_size
-        show = self.settings.progress and label and self.group.is_main
-        bar = tqdm(
-            total=len(rows),
-            desc=label,
-            unit="particle",
-            leave=False,
-            disable=None if show else True,  # None: off when not a terminal
-        )
+        bar = self.progress(len(rows), label, "particle")
         chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
         if not self.prefetch or len(chunks) < 2:
             with bar:

@@ -37,6 +37,8 @@ def online_em(run: RunContext, state: RunState, checkpoint: Checkpoint) -> None:
     :func:`~cryotorch.engine.schedules.online_learning_rate`; the maps follow every step."""
     settings = run.settings
     batch_n, n_online = online_steps(run)
+    left = n_online - state.online_step
+    bar = run.progress(n_online, "online EM" if left > 1 else None, "step", state.online_step)
     while not state.finished and state.online_step < n_online:
         step = state.online_step
         start = (step * batch_n) % run.n
@@ -65,6 +67,8 @@ def online_em(run: RunContext, state: RunState, checkpoint: Checkpoint) -> None:
         if state.online_step == n_online:
             state.running = None  # not needed any more: keeps the checkpoints small
         finish_iteration(run, state, row, checkpoint, ess)
+        bar.update()
+    bar.close()
 
 
 def full_em(run: RunContext, state: RunState, checkpoint: Checkpoint) -> None:

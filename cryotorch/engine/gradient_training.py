@@ -44,6 +44,7 @@ def gradient_epochs(
         order = state.rng.permutation(run.n)
         stats = run.zeros(with_maps=False)  # class weights and noise sums of the epoch
         loglik_sum, count = 0.0, 0
+        bar = run.progress(run.n, f"epoch {state.full_pass}", "particle")
         for start in range(0, run.n, g.batch_size):
             rows = order[start : start + g.batch_size]
             optimizer.zero_grad()
@@ -79,6 +80,8 @@ def gradient_epochs(
             state.posteriors_estep[rows] = step.gamma_estep.cpu().numpy()
             stats.add_(step_stats)
             loglik_sum, count = loglik_sum + step.loglik_sum, count + step.count
+            bar.update(len(rows))
+        bar.close()
         _end_epoch(run, state, model, stats, trained_noise=g.train_noise)
         gamma = torch.as_tensor(state.posteriors)
         row, ess = iteration_row(

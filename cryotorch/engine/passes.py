@@ -126,11 +126,16 @@ def _refuse_non_finite(run: RunContext, rows: np.ndarray, loglik: torch.Tensor) 
 
 
 def assignment_statistics(
-    run: RunContext, classes: np.ndarray, noise: NoiseModel, n_classes: int | None = None
+    run: RunContext,
+    classes: np.ndarray,
+    noise: NoiseModel,
+    n_classes: int | None = None,
+    label: str | None = None,
 ) -> SufficientStatistics:
     """Statistics of the hard assignment ``classes (n,)`` (0-based) of every particle, summed
     over the ranks: into the K classes (per half-set if the regulariser wants them), or, with
-    ``n_classes``, into that many plain groups. No E-step, so no noise sums."""
+    ``n_classes``, into that many plain groups. No E-step, so no noise sums. ``label``: a
+    progress bar's."""
     groups = n_classes or run.k
     if n_classes is None:
         stats = run.zeros()
@@ -139,7 +144,7 @@ def assignment_statistics(
             groups, run.d, run.settings.model.pad, run.n_groups, run.device, run.dtype
         )
     labels = torch.as_tensor(classes, device=run.device)
-    for batch in run.batches(np.arange(run.n)):
+    for batch in run.batches(np.arange(run.n), label):
         gamma = torch.nn.functional.one_hot(labels[batch.rows], groups).to(run.dtype)
         if n_classes is None:
             run.accumulate(stats, batch, None, gamma, noise)

@@ -57,17 +57,17 @@ def initial_state(run: RunContext, initial_maps: torch.Tensor | None) -> RunStat
         # cryoSPARC's PCA start (see engine/initialisation.py).
         m = min(settings.model.pca_subsets, n)
         subsets = rng.permutation(np.arange(n) % m)
-        small = assignment_statistics(run, subsets, noise, n_classes=m)
+        small = assignment_statistics(run, subsets, noise, n_classes=m, label="PCA start")
         small_maps = update_maps(small, d, settings.model.pad, settings.model.tau2_fudge, run.mask)
         small_maps = lowpass_3d(small_maps, settings.model.initial_resolution, run.pixel_size)
         labels = cluster_maps(small_maps * run.mask, k, rng)
-        stats = assignment_statistics(run, labels[subsets], noise)
+        stats = assignment_statistics(run, labels[subsets], noise, label="PCA start maps")
         maps, _, _ = run.m_step(stats, noise)
         sizes = "/".join(str(int((labels == j).sum())) for j in range(k))
         run.notes.append(f"PCA start: subsets per class {sizes}")
     elif initial_maps is None:
         # RELION's start: reconstructions from a random assignment of the particles.
-        stats = assignment_statistics(run, rng.integers(0, k, n), noise)
+        stats = assignment_statistics(run, rng.integers(0, k, n), noise, label="initial maps")
         maps, _, _ = run.m_step(stats, noise)
     else:
         if initial_maps.shape != (k, d, d, d):
@@ -77,7 +77,7 @@ def initial_state(run: RunContext, initial_maps: torch.Tensor | None) -> RunStat
         maps = initial_maps.to(device=run.device, dtype=run.dtype) * run.mask
         maps = maps * fit_scale(run, maps, noise)[:, None, None, None]
         if run.focus is not None and run.reference is None:  # V̄ from all particles
-            stats = assignment_statistics(run, np.zeros(n, np.int64), noise)
+            stats = assignment_statistics(run, np.zeros(n, np.int64), noise, label="consensus")
     state.maps = lowpass_3d(maps, settings.model.initial_resolution, run.pixel_size) * run.mask
     consensus = consensus_from(run, state, stats, noise)
     if consensus is not None:

@@ -135,8 +135,11 @@ def numeric_column(
     return values
 
 
-def write_star_blocks(blocks: dict[str, pd.DataFrame], path: str | os.PathLike[str]) -> None:
-    """Write STAR data blocks atomically, with RELION's version line and no time stamp.
+def write_star_blocks(
+    blocks: dict[str, pd.DataFrame | dict[str, object]], path: str | os.PathLike[str]
+) -> None:
+    """Write STAR data blocks atomically (a table as a loop, a dict as ``_name value`` pairs),
+    with RELION's version line and no time stamp.
 
     starfile's first line names the time of writing; it is replaced by ``# version 30001`` so
     that the same tables always give the same bytes.
