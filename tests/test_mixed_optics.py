@@ -122,6 +122,25 @@ def test_every_group_reaches_the_working_grid_with_its_own_optics(tmp_path: Path
         assert not counts[1:, 12:].any()
 
 
+@pytest.mark.gpu
+def test_mixed_optics_batches_and_runs_on_cuda_are_those_on_the_cpu(tmp_path: Path):
+    # Every group's resampling (a crop, a zero-pad by whole pixels, a zoom DFT), the bands and
+    # the independent-pixel counts on the device; then a short run.
+    star = random_groups(tmp_path, [(32, 1.5, 6), (24, 2.0, 6), (35, 1.35, 6)])
+    with ParticleImages(read_particles(star)) as images:
+        rows = np.arange(18)[::-1].copy()
+        on_cpu = BatchMaker(images, 32, CPU)(rows)
+        on_cuda = BatchMaker(images, 32, torch.device("cuda"))(rows)
+    assert on_cuda.spectra.is_cuda and on_cuda.shell_counts is not None
+    assert on_cpu.shell_counts is not None and on_cuda.shell_counts.is_cuda
+    torch.testing.assert_close(on_cuda.spectra.cpu(), on_cpu.spectra, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(on_cuda.ctf.cpu(), on_cpu.ctf)
+    torch.testing.assert_close(on_cuda.shell_counts.cpu(), on_cpu.shell_counts)
+    quick = ["logger=none", "logger.quiet=true", "optim.max_iterations=2", "device=cuda"]
+    run_classify(star, tmp_path / "run", "model.target_resolution=6", *quick)
+    assert np.isfinite(np.load(tmp_path / "run" / "posteriors.npy")).all()
+
+
 def _assert_same_optics(a: ParticleTable, b: ParticleTable) -> None:
     """The same optics groups (every field, numbers and names), and each particle in the same
     one."""
