@@ -45,6 +45,7 @@ GROUPS = {
     "larger extent, zoom DFT (1.1 Å box 90)": (90, 1.1),
     "coarser pixel, same extent (2.0 Å box 48)": (48, 2.0),
     "odd box, zoom DFT (2.1 Å box 37)": (37, 2.1),
+    "magnification-refined, zoom DFT (1.5012 Å box 64)": (64, 1.5012),
     "the working sampling itself (2.4 Å box 40)": (40, 2.4),
 }
 
@@ -75,6 +76,8 @@ def test_what_the_working_grid_holds_of_each_group():
     assert not odd.exact and odd.information == pytest.approx((94.5 / 96) ** 2)
     finer = GroupResampling(100, 0.96, 80, 1.2)  # finer pixel: fills the grid
     assert finer.max_shell == 40 and finer.information == 1.0
+    refined = GroupResampling(64, 1.5012, 80, 1.2)  # 96.08 Å: every pixel kept
+    assert not refined.exact and refined.window == 64 and refined.information == 1.0
 
 
 def test_the_frames_own_group_is_the_one_group_fourier_crop_bit_for_bit():

@@ -12,9 +12,10 @@ box ``d_out`` at ``p_out``: steps of ``1 / L``, ``L = d_out p_out`` the working 
 - Another extent: the image is first cut to, or zero-padded to, the working extent in real
   space about its centre pixel ``d // 2``, then treated as above. Where ``L / p`` is a whole
   number of pixels that is a cut or pad by whole pixels and an FFT, exactly; otherwise the
-  discrete Fourier sums of the centred ``floor(L / p)``-pixel window (or of the whole image, if
+  discrete Fourier sums of the centred ``round(L / p)``-pixel window (or of the whole image, if
   smaller) are evaluated at the working frequencies directly, two matrix products per image (a
-  zoom DFT).
+  zoom DFT). A group whose pixel size differs a little from the frame's (magnification
+  refinement) at the same box thus keeps every pixel.
 
 The spectra are scaled by ``(p / p_out)²``, so that ``irfft_2d`` of them has the real-space
 values of the image (the convention of :func:`~cryotorch.physics.fourier.fourier_crop_2d`).
@@ -81,7 +82,7 @@ class GroupResampling:
         part that fits in the working extent."""
         n = self.whole_pixels
         if n is None:
-            n = math.floor(self.extent_out / self.pixel_size)
+            n = round(self.extent_out / self.pixel_size)
         return min(self.box, n)
 
     @property
