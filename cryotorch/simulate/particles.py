@@ -25,6 +25,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from cryotorch import conventions
 from cryotorch.errors import InputError
@@ -201,7 +202,8 @@ def simulate_particles(
             data_offset = 1024 + int(mrc.header.nsymbt)  # header + extended header
         # The images are written with plain file writes, not through a memory map, so that no
         # page of the (possibly huge) stack stays mapped in this process.
-        with open(tmp, "r+b") as f:
+        bar = tqdm(total=n, desc="simulating", unit="particle", leave=False, disable=None)
+        with open(tmp, "r+b") as f, bar:  # the bar: on a terminal only
             for c, start in enumerate(range(0, n, settings.chunk_size)):
                 rows = np.arange(start, min(n, start + settings.chunk_size))
                 images = _signal(class_volumes, table, classes, rows, d, settings.pad).numpy()
@@ -210,6 +212,7 @@ def simulate_particles(
                 )
                 f.seek(data_offset + start * d * d * 4)
                 f.write((images + np.float32(noise_sigma) * noise).astype("<f4").tobytes())
+                bar.update(len(rows))
     for i, volume in enumerate(maps):
         write_map(output_dir / f"class_{i + 1:03d}.mrc", volume, pixel_size)
     with atomic_path(output_dir / TRUE_CLASSES) as tmp:
