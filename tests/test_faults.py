@@ -75,6 +75,9 @@ def test_ctrl_c_prints_one_line_with_the_command_that_continues(star: Path, tmp_
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A suite started in the background (`pytest &`) ignores SIGINT, and so would the run
+        # (Python keeps an ignored SIGINT): give it the default, as on a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in process.stdout:
         if line.startswith("it   2"):
