@@ -148,6 +148,11 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     return out
 
 
+# Settings added after checkpoints were first written, with the value that gives the run such
+# a checkpoint was made by: a checkpoint without them resumes as that run.
+_ADDED_SETTINGS = {"model.symmetry": "C1"}
+
+
 def check_resumable(
     path: str | os.PathLike[str],
     state: dict,
@@ -167,6 +172,7 @@ def check_resumable(
             f"{state['box']}, this run has {n_particles} at {box}",
         )
     before, now = _flatten(state["settings"]), _flatten(settings_dict(settings))
+    before = {**_ADDED_SETTINGS, **before}
     if inputs is not None:
         before.update(_flatten(state.get("inputs", {}), "inputs."))
         now.update(_flatten(inputs, "inputs."))
