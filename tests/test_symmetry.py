@@ -344,7 +344,9 @@ def test_the_m_step_with_c4_gives_symmetric_maps_and_leaves_the_sums_as_they_wer
 # -- classification -----------------------------------------------------------------------------
 
 
-def test_a_c4_classification_classifies_at_least_as_well_and_gives_c4_maps(tmp_path: Path):
+def test_a_c4_classification_classifies_at_least_as_well_and_gives_c4_maps(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+):
     """Two C4-symmetric classes that differ little: with model.symmetry=C4 the classes come
     apart (measured 96 % against 60 % for C1, SNR 0.2) and the class maps have the symmetry
     (measured |turned - maps| / |maps| 0.005 against 0.42)."""
@@ -366,6 +368,8 @@ def test_a_c4_classification_classifies_at_least_as_well_and_gives_c4_maps(tmp_p
     for name in ("C1", "C4"):
         out = tmp_path / name
         accuracy[name] = run_classify(star, out, *fast, f"model.symmetry={name}")["accuracy"]
+        said = capsys.readouterr().out
+        assert (", symmetry C4, cpu" in said) == (name == "C4"), said  # the run says so
         maps = torch.from_numpy(
             np.stack([mrcfile.read(out / f"class_{k:03d}.mrc") for k in (1, 2)])
         ).double()

@@ -52,6 +52,7 @@ from cryotorch.io.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_check
 from cryotorch.monitor import RunMonitor
 from cryotorch.particles import ParticleTable
 from cryotorch.physics.fourier import cropped_box_for_resolution
+from cryotorch.physics.symmetry import canonical_symmetry
 
 __all__ = ["main", "run"]
 
@@ -205,9 +206,11 @@ def _classify_images(
     if resume_from is not None:
         resume_state = load_checkpoint(resume_from, CHECKPOINT_FORMAT)
         check_resumable(resume_from, resume_state, settings, len(table), d_work, inputs)
+    symmetry = canonical_symmetry(settings.model.symmetry)
     say(
         f"{len(table)} particles, box {d_full} at {psize:.3f} Å -> working box {d_work} at "
-        f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), K = {k}, {device}"
+        f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), K = {k}"
+        f"{'' if symmetry == 'C1' else f', symmetry {symmetry}'}, {device}"
     )
     if resume_state is not None:
         say(f"resuming {resume_from} after iteration {resume_state['iteration'] - 1}")
