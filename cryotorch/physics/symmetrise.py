@@ -73,13 +73,9 @@ def symmetrise_sums(
     """
     p, k = pad * d, weight.shape[1]
     px = p // 2 + 1
-    c = 3 * k  # channels: re, im of each class, then the weights
-    sign = torch.ones(c, dtype=data.dtype, device=data.device)
-    sign[1 : 2 * k : 2] = -1  # conjugation negates the imaginary parts
-    grids = torch.cat([data, weight], dim=1).T.reshape(c, p, p, px)  # a copy
-    plane = grids[..., 0]
-    mirror = torch.roll(plane.flip((-2, -1)), shifts=(1, 1), dims=(-2, -1))  # index i -> p - i
-    grids[..., 0] = plane + sign[:, None, None] * mirror
+    conjugate = torch.ones(2 * k, dtype=data.dtype, device=data.device)
+    conjugate[1::2] = -1  # the imaginary parts of the data change sign, the weights none
+    sums = [_with_friedel_mates(data, p, conjugate), _with_friedel_mates(weight, p, 1.0)]
     freq = frequency_grid_3d(p, data.device).to(data.dtype).reshape(-1, 3)  # (x, y, z)
     radius = freq.norm(dim=-1)
     # Slices reach p / 2, their trilinear neighbours √3 further: beyond, the sums are 0.
@@ -87,26 +83,50 @@ def symmetrise_sums(
     kept = radius[reach] <= p / 2
     points = freq[reach]  # (m, 3)
     _, cosets, chain = _plan(operators)
-    flat = grids.view(c, -1)
     integers = points.round().long()
-    partial = flat[:, reach]  # Σ over E of H(e k), E built up one small subgroup at a time
+    partial = [s[reach] for s in sums]  # Σ over E of H(e k), E one small subgroup at a time
     for i, step in enumerate(chain):
-        if i:
-            flat[:, reach] = partial  # the sums over the last subgroup, read by the next
-        partial = partial.clone()
+        if i:  # the sums over the last subgroup, which the next one reads
+            for table, values in zip(sums, partial, strict=True):
+                table[reach] = values
+        partial = [values.clone() for values in partial]
         for e in step:
-            partial += _gather(flat, integers, e, p, k)
-    total = partial[:, kept]
+            index, valid, flip = _exact_reads(integers, e, p)
+            for table, values, sign in zip(sums, partial, (conjugate, None), strict=True):
+                read = table.index_select(0, index) * valid[:, None]
+                if sign is not None:  # conjugated where read at -q
+                    read[:, 1::2] *= 1 - 2 * flip[:, None].to(read.dtype)
+                values += read
+    totals = [values[kept] for values in partial]
     if len(cosets) > 1:
-        flat.zero_()
-        flat[:, reach] = partial
+        grids = data.new_zeros(3 * k, p * p * px)  # channel-first, as grid_sample reads them
+        grids[: 2 * k, reach] = partial[0].T
+        grids[2 * k :, reach] = partial[1].T
         shape = torch.tensor([px, p, p], device=data.device)
         for a in cosets[1:].to(data):
-            total += _read_folded(grids, a, points[kept], shape, k)
-    out = torch.zeros_like(flat)
-    out[:, reach[kept]] = total
-    out.view(c, p, p, px)[..., 0] *= 0.5  # reconstruct_from_sums adds each entry's mate again
-    return out[: 2 * k].T.contiguous(), out[2 * k :].T.contiguous()
+            read = _read_folded(grids.view(-1, p, p, px), a, points[kept], shape, k)
+            totals[0] += read[: 2 * k].T
+            totals[1] += read[2 * k :].T
+    out = []
+    for table, total in zip(sums, totals, strict=True):
+        table.zero_()
+        table[reach[kept]] = total
+        table.view(p, p, px, -1)[:, :, 0] *= 0.5  # reconstruct_from_sums adds the mates again
+        out.append(table)
+    return out[0], out[1]
+
+
+def _with_friedel_mates(
+    table: torch.Tensor, p: int, conjugate: torch.Tensor | float
+) -> torch.Tensor:
+    """A copy of the half spectra ``table (p p (p // 2 + 1), c)`` (voxel-major) with each
+    ``x = 0`` entry's mirror ``(-y, -z)`` added, times ``conjugate`` per channel (``(c,)``:
+    -1 on the imaginary parts)."""
+    out = table.clone()
+    plane = table.view(p, p, p // 2 + 1, -1)[:, :, 0]
+    mirror = torch.roll(plane.flip((0, 1)), shifts=(1, 1), dims=(0, 1))  # index i -> p - i
+    out.view(p, p, p // 2 + 1, -1)[:, :, 0] = plane + mirror * conjugate
+    return out
 
 
 def exact_cosets(operators: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,13 +206,12 @@ def _plan(operators: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[tor
     )
 
 
-def _gather(
-    flat: torch.Tensor, points: torch.Tensor, e: torch.Tensor, p: int, k: int
-) -> torch.Tensor:
-    """``(c, m)``: the half spectra ``flat (c, p p (p // 2 + 1))`` (re, im of ``k`` classes,
-    then ``k`` weights) at ``q = e k`` for the integer frequencies ``points (m, 3)``, ``e`` a
-    signed permutation; read at ``-q`` and conjugated where ``qx < 0``; 0 outside the grid."""
-    px = p // 2 + 1
+def _exact_reads(
+    points: torch.Tensor, e: torch.Tensor, p: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the half spectra of box ``p`` hold ``q = e k`` for the integer frequencies
+    ``points (m, 3)``, ``e`` a signed permutation: flat voxel ``index (m,)``, ``valid (m,)``
+    (False outside the grid, index 0 there) and ``flip (m,)``: read at ``-q`` (conjugate)."""
     axis = e.abs().argmax(1)  # q_i = sign_i k_axis_i
     sign = e[torch.arange(3), axis].round().long().to(points.device)
     q = points[:, axis.to(points.device)] * sign
@@ -201,11 +220,10 @@ def _gather(
     at_edge = (q[:, 1] == p // 2) | (q[:, 2] == p // 2)
     flip = (q[:, 0] < 0) | ((q[:, 0] == 0) & at_edge)
     q = torch.where(flip[:, None], -q, q)
+    px = p // 2 + 1
     x, y, z = q[:, 0], q[:, 1] + p // 2, q[:, 2] + p // 2
     valid = (x < px) & (y >= 0) & (y < p) & (z >= 0) & (z < p)  # x >= 0: folded
-    values = flat.index_select(1, torch.where(valid, (z * p + y) * px + x, 0)) * valid
-    values[1 : 2 * k : 2] *= 1 - 2 * flip.to(values.dtype)  # conjugated: imaginary parts negated
-    return values
+    return torch.where(valid, (z * p + y) * px + x, 0), valid, flip
 
 
 def _read_folded(
