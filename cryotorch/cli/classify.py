@@ -61,6 +61,7 @@ from cryotorch.io.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_check
 from cryotorch.monitor import RunMonitor
 from cryotorch.particles import ParticleTable
 from cryotorch.physics.fourier import cropped_box_for_resolution
+from cryotorch.physics.symmetry import canonical_symmetry
 
 __all__ = ["main", "run"]
 
@@ -102,8 +103,14 @@ def _inputs_dict(config: RunConfig, star: Path, images: ParticleImages) -> dict:
         "particles_sha256": _particles_digest(star, data.passthrough, images),
         "reference": str(data.reference),
         "initial_maps": str(data.initial_map_paths()),
-        "custom": repr(asdict(config.custom)),  # the modules are not in the settings
-    }
+    } | _custom_input(config)
+
+
+def _custom_input(config: RunConfig) -> dict:
+    """The user's own modules (``custom.*``), which the settings do not hold: recorded when
+    given, so that a run resumes only with the same ones."""
+    custom = asdict(config.custom)
+    return {"custom": repr(custom)} if any(v is not None for v in custom.values()) else {}
 
 
 def _particles_digest(star: Path, passthrough: str | None, images: ParticleImages) -> str:
@@ -275,6 +282,7 @@ def _classify_images(
     paths, k = config.data.initial_map_paths(), settings.model.num_classes
     initial_maps = read_initial_maps(paths, k, images, d_work)
     inputs, resume_state = start.inputs, start.state
+    symmetry = canonical_symmetry(settings.model.symmetry)
     monitor = RunMonitor(
         output_dir,
         tensorboard=config.logger.tensorboard and group.is_main,
@@ -288,7 +296,8 @@ def _classify_images(
     say = monitor.say if group.is_main else (lambda *args, **kwargs: None)
     say(
         f"{len(table)} particles, box {d_full} at {psize:.3f} Å -> working box {d_work} at "
-        f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), K = {k}, {device}"
+        f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), K = {k}"
+        f"{'' if symmetry == 'C1' else f', symmetry {symmetry}'}, {device}"
     )
     if start.message:
         say(start.message)

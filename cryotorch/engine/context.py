@@ -90,7 +90,14 @@ class RunContext:
         self.regulariser = regulariser or make_regulariser(
             settings.model.regulariser, settings.model.tau2_fudge
         )
-        self.mstep = MStep(self.regulariser, self.mask, self.k, settings.model.pad, self.pixel_size)
+        self.mstep = MStep(
+            self.regulariser,
+            self.mask,
+            self.k,
+            settings.model.pad,
+            self.pixel_size,
+            settings.model.symmetry,
+        )
         self.halves = None  # (n,) 0/1 half-set of each particle, when the regulariser uses them
         if self.regulariser.half_sets:
             subset = batcher.table.random_subset
