@@ -1,4 +1,5 @@
-"""Scores of a classification against known classes (simulated data)."""
+"""Scores of a classification against known classes (simulated data); the best score any
+method can reach on them is :func:`cryotorch.oracle.oracle_posteriors`'s."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 __all__ = ["classification_accuracy", "read_true_classes"]
 
 TRUE_CLASSES = "true_classes.txt"  # beside the particles, written by cryotorch-simulate
+SIMULATION_RECORD = "simulation.json"  # beside them too: the noise and proportions
 
 
 def read_true_classes(folder: str | Path) -> np.ndarray:

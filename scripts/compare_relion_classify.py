@@ -9,8 +9,10 @@ Both classify the same particles.star (simulated by cryotorch with known classes
 per seed. RELION runs ``relion_refine --K 2 --skip_align --tau2_fudge 4 --ctf --ini_high 20
 --flatten_solvent --zero_mask`` from the consensus map (``relion_reconstruct --ctf`` of all
 particles); cryotorch runs its defaults (cryoSPARC-like, 5 Å) and its ``fast`` (10 Å) and
-``relion_like`` presets. Prints, for each: the final accuracy (mean over the data sets, and
-their range), seconds per iteration (median), the iterations run and the first iteration at
+``relion_like`` presets. Prints the oracle's accuracy (the Bayes-optimal assignment with the
+true maps, noise and proportions: :mod:`cryotorch.oracle`) and, for each method: the final
+accuracy (mean over the data sets, and their range), how far below the oracle (points, mean
+and range of the per-set gaps), seconds per iteration (median), the iterations run and the first iteration at
 which the accuracy exceeded 95 % (median). Needs RELION's programs on PATH (or --no-relion).
 """
 
@@ -32,6 +34,7 @@ from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.classify import classify
 from cryotorch.evaluation import classification_accuracy, read_true_classes
 from cryotorch.io import ParticleImages, read_particles
+from cryotorch.oracle import oracle_posteriors
 from cryotorch.physics.fourier import cropped_box_for_resolution
 from cryotorch.simulate.atomic import (
     atomic_model_to_map,
@@ -147,6 +150,7 @@ def main() -> None:
         ],
     }
     rows: dict[str, list[dict]] = {}
+    oracle: list[float] = []  # per data set: the Bayes-optimal accuracy (true maps and noise)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         folder = work / f"seed_{seed}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -154,6 +158,7 @@ def main() -> None:
         if not star.exists():
             star = simulate(folder, args.setting, args.particles, args.box, args.pixel_size, seed)
         truth = read_true_classes(star.parent)
+        oracle.append(oracle_posteriors(star).accuracy)
         if not args.no_relion:
             rows.setdefault("relion_refine", []).append(
                 run_relion(star, truth, args.iterations, args.threads, diameter)
@@ -166,11 +171,20 @@ def main() -> None:
         f"box {args.box}, SNR {snr}, {args.seeds} data set(s) (seeds {args.first_seed}-"
         f"{args.first_seed + args.seeds - 1})"
     )
-    print("| method | final accuracy | s / iteration | iterations | first iteration > 95 % |")
-    print("|---|---|---|---|---|")
+    best = 100 * np.array(oracle)
+    best_spread = f" ({best.min():.2f}-{best.max():.2f})" if len(best) > 1 else ""
+    print("| method | final accuracy | below the oracle | s / iteration | iterations | "
+          "first iteration > 95 % |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    print(f"| oracle (true maps, noise, proportions) | {best.mean():.2f} %{best_spread} | - | - | - "
+          "| - |")  # fmt: skip
     for name, runs in rows.items():
         final = np.array([100 * r["accuracy"][-1] for r in runs])
         spread = f" ({final.min():.2f}-{final.max():.2f})" if len(runs) > 1 else ""
+        gaps = best - final
+        gap = f"{gaps.mean():.2f}" + (
+            f" ({gaps.min():.2f}-{gaps.max():.2f})" if len(runs) > 1 else ""
+        )
         seconds = float(np.median([r["seconds_per_iteration"] for r in runs]))
         iterations = float(np.mean([len(r["accuracy"]) for r in runs]))
         firsts = [f for r in runs if (f := first_above(r["accuracy"], 0.95)) is not None]
@@ -179,7 +193,8 @@ def main() -> None:
         if firsts and never:
             first += f" ({never} never)"
         print(
-            f"| {name} | {final.mean():.2f} %{spread} | {seconds:.2f} | {iterations:.3g} | {first} |"
+            f"| {name} | {final.mean():.2f} %{spread} | {gap} | {seconds:.2f} | {iterations:.3g} "
+            f"| {first} |"
         )
     print(f"(work folder {work}; iterations counted from 1; cryotorch's include online-EM ones)")
 

@@ -54,6 +54,8 @@ def test_every_preset_fits_the_schema(experiment: str):
         ("model.num_classes=0", r"model\.num_classes must be > 0, got 0"),
         ("model.init=kmeans", r"model\.init must be one of random, pca, got 'kmeans'"),
         ("model.regulariser=blush", r"model\.regulariser must be one of tau2, fsc, denoise"),
+        ("model.symmetry=C0", r"model\.symmetry must be C<n> or D<n> \(n >= 1\), T, O, I"),
+        ("model.symmetry=D6h", r"model\.symmetry must be .* as RELION's --sym, got 'D6h'"),
         ("posterior.hard=sometimes", r"posterior\.hard must be never\|always"),
         ("posterior.similarity.form=linear", r"posterior\.similarity\.form must be one of"),
         ("posterior.similarity.start=2", r"posterior\.similarity\.start must be in \[0, 1\]"),

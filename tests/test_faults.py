@@ -75,6 +75,9 @@ def test_ctrl_c_prints_one_line_with_the_command_that_continues(star: Path, tmp_
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A suite started in the background (`pytest &`) ignores SIGINT, and so would the run
+        # (Python keeps an ignored SIGINT): give it the default, as on a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in process.stdout:
         if line.startswith("it   2"):
@@ -193,3 +196,15 @@ def test_a_rerun_with_fewer_classes_leaves_no_class_of_the_earlier_run(star: Pat
     assert maps == ["class_001.mrc", "class_001_hard.mrc", "class_002.mrc", "class_002_hard.mrc"]
     assert (out / "notes.txt").read_text() == "mine"
     assert np.load(out / "posteriors.npy").shape == (300, 2)
+
+
+def test_a_refused_demo_run_leaves_no_simulated_data(tmp_path: Path, monkeypatch, capsys):
+    """The built-in demo simulates its particles into output_dir before it reads the user's
+    reference: refused then, it removes them, so the folder is not left as 'another run'."""
+    out = tmp_path / "demo"
+    args = [f"output_dir={out}", "data.simulate.n_particles=100"]
+    status, lines = _cli(monkeypatch, capsys, *args, f"data.reference={tmp_path / 'no.mrc'}")
+    assert status == 2 and lines == [
+        f"cryotorch-classify: error: {tmp_path / 'no.mrc'}: file does not exist"
+    ]
+    assert not out.exists()

@@ -24,6 +24,7 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from cryotorch.cli.configs import (
     CONFIG_PATH,
@@ -37,12 +38,14 @@ from cryotorch.cli.configs import (
     save_job_record,
 )
 from cryotorch.cli.continuing import continue_arguments, continue_source, record_continuation
+from cryotorch.cli.custom import make_custom_modules
 from cryotorch.cli.lock import folder_lock
 from cryotorch.cli.outputs import STAGING_NAME, write_iteration, write_outputs
 from cryotorch.cli.schema import RunConfig, read_run_config
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.classify import classify
 from cryotorch.engine.distributed import ProcessGroup, init_from_environment
+from cryotorch.engine.regularisers import Regulariser
 from cryotorch.engine.state import (
     CHECKPOINT_FORMAT,
     ClassificationResult,
@@ -58,6 +61,7 @@ from cryotorch.io.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_check
 from cryotorch.monitor import RunMonitor
 from cryotorch.particles import ParticleTable, ReferenceFrame, reference_frame
 from cryotorch.physics.fourier import cropped_box_for_resolution
+from cryotorch.physics.symmetry import canonical_symmetry
 
 __all__ = ["main", "run"]
 
@@ -99,7 +103,14 @@ def _inputs_dict(config: RunConfig, star: Path, images: ParticleImages) -> dict:
         "particles_sha256": _particles_digest(star, data.passthrough, images),
         "reference": str(data.reference),
         "initial_maps": str(data.initial_map_paths()),
-    }
+    } | _custom_input(config)
+
+
+def _custom_input(config: RunConfig) -> dict:
+    """The user's own modules (``custom.*``), which the settings do not hold: recorded when
+    given, so that a run resumes only with the same ones."""
+    custom = asdict(config.custom)
+    return {"custom": repr(custom)} if any(v is not None for v in custom.values()) else {}
 
 
 def _particles_digest(star: Path, passthrough: str | None, images: ParticleImages) -> str:
@@ -175,6 +186,7 @@ def run(cfg: DictConfig) -> dict:
 
 def _run(config: RunConfig, device: torch.device) -> dict:
     group = ProcessGroup(device)
+    modules = make_custom_modules(config.custom, config.model.num_classes)  # before any write
     output_dir = job_output_dir(config)
     # One run at a time in a folder (rank 0 holds the lock for all ranks).
     made = in_sweep() and output_dir.is_dir() and not any(output_dir.iterdir())
@@ -184,15 +196,22 @@ def _run(config: RunConfig, device: torch.device) -> dict:
         resume_from = _prepare_output_dir(output_dir, config.resume, in_place)
         group.barrier()  # every rank has checked the folder before rank 0 writes to it
         torch.manual_seed(config.seed)
-        star = _particles(config, output_dir) if group.is_main else None
-        group.barrier()  # rank 0 has simulated the demo data, if asked to
-        star = star or _particles(config, output_dir, simulate=False)
-        table = _read_table(config, star, output_dir)
-        # Everything the run reads is checked before anything is written.
-        check = not config.data.ignore_stack_pixel_size
-        with ParticleImages(table, check_pixel_size=check) as images:
-            start = _start(config, images, star, resume_from, source, in_place)
-            return _classify_images(config, images, star, output_dir, start, group)
+        demo = output_dir / "simulated"
+        simulating = config.data.particles is None and source is None and not demo.exists()
+        try:
+            star = _particles(config, output_dir) if group.is_main else None
+            group.barrier()  # rank 0 has simulated the demo data, if asked to
+            star = star or _particles(config, output_dir, simulate=False)
+            table = _read_table(config, star, output_dir)
+            # Everything the run reads is checked before anything is written.
+            check = not config.data.ignore_stack_pixel_size
+            with ParticleImages(table, check_pixel_size=check) as images:
+                start = _start(config, images, star, resume_from, source, in_place)
+                return _classify_images(config, images, star, output_dir, start, group, modules)
+        except InputError:
+            if simulating and group.is_main and not (output_dir / CHECKPOINT_NAME).exists():
+                shutil.rmtree(demo, ignore_errors=True)  # the demo data of a run refused
+            raise
 
 
 def _start(
@@ -252,9 +271,11 @@ def _classify_images(
     output_dir: Path,
     start: Start,
     group: ProcessGroup,
+    modules: tuple[Regulariser | None, nn.Module | None] = (None, None),
 ) -> dict:
     """The run on the opened particle images: the maps and masks it is given, checked and
-    cropped; the classification; the outputs (rank 0)."""
+    cropped; the classification (with the user's own regulariser and similarity layer,
+    ``modules``, if any); the outputs (rank 0)."""
     settings, device = config.settings(), group.device
     table = images.table  # with the box of every optics group, from the stacks if need be
     frame = reference_frame(table)  # the maps' box and pixel size: the first optics group's
@@ -264,6 +285,7 @@ def _classify_images(
     paths, k = config.data.initial_map_paths(), settings.model.num_classes
     initial_maps = read_initial_maps(paths, k, images, d_work)
     inputs, resume_state = start.inputs, start.state
+    symmetry = canonical_symmetry(settings.model.symmetry)
     monitor = RunMonitor(
         output_dir,
         tensorboard=config.logger.tensorboard and group.is_main,
@@ -277,7 +299,8 @@ def _classify_images(
     say = monitor.say if group.is_main else (lambda *args, **kwargs: None)
     say(
         f"{len(table)} particles, {_boxes(table, frame)} -> working box {d_work} at "
-        f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), K = {k}, {device}"
+        f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), K = {k}"
+        f"{'' if symmetry == 'C1' else f', symmetry {symmetry}'}, {device}"
     )
     if start.message:
         say(start.message)
@@ -308,7 +331,9 @@ def _classify_images(
             write_iteration(output_dir, state, d_full, work_psize, config.outputs.iteration_maps)
             save_checkpoint(output_dir / CHECKPOINT_NAME, {**state, "inputs": inputs})
 
-        result = classify(batcher, settings, monitor, initial_maps, checkpoint, resume_state, masks)
+        result = classify(
+            batcher, settings, monitor, initial_maps, checkpoint, resume_state, masks, *modules,
+        )  # fmt: skip
         seconds = time.perf_counter() - t0
         if group.is_main:
             write_outputs(output_dir, table, result, monitor, d_full, config.outputs)

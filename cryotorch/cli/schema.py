@@ -27,6 +27,7 @@ from cryotorch.physics.slices import KERNEL_CHOICES
 from cryotorch.simulate.particles import SimulationSettings
 
 __all__ = [
+    "CustomConfig",
     "DataConfig",
     "LoggerConfig",
     "OutputsConfig",
@@ -111,6 +112,15 @@ class OutputsConfig:
 
 
 @dataclass
+class CustomConfig:
+    """``custom.*``: a user's own modules, made by Hydra's ``instantiate``
+    (:mod:`cryotorch.cli.custom`): ``{_target_: module.Class, ...arguments}`` or None."""
+
+    regulariser: Any = None  # a cryotorch.Regulariser, in place of model.regulariser's
+    similarity_layer: Any = None  # nn.Module (scores (b, K), beta) -> (b, K), for class similarity
+
+
+@dataclass
 class RunConfig:
     """The whole configuration of ``cryotorch-classify``."""
 
@@ -121,6 +131,7 @@ class RunConfig:
     optim: OptimSettings = field(default_factory=OptimSettings)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    custom: CustomConfig = field(default_factory=CustomConfig)
     output_dir: str = "classify"
     resume: bool = False
     continue_from: str | None = None  # a run's folder (or checkpoint.pt) to continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.context import Monitor, RunContext
@@ -36,6 +37,7 @@ def classify(
     resume: dict | None = None,
     masks: Masks | None = None,
     regulariser: Regulariser | None = None,
+    similarity_layer: nn.Module | None = None,
 ) -> ClassificationResult:
     """Classify the particles of ``batcher`` into ``settings.model.num_classes`` classes.
 
@@ -51,8 +53,11 @@ def classify(
     ``masks``: the solvent mask, and a focus mask with its consensus map (see :class:`Masks`).
     ``regulariser``: your own :class:`Regulariser` instead of ``settings.model.regulariser``'s (a
     checkpoint records the settings, not this object: resume with the same one).
+    ``similarity_layer``: your own posterior layer in place of class similarity, an
+    ``nn.Module`` called as :class:`~cryotorch.engine.posterior.ClassSimilarity` is,
+    ``layer(scores (b, k), beta) -> (b, k)`` probabilities (β from the settings' schedule).
     """
-    run = RunContext(batcher, settings, masks or Masks(), regulariser, monitor)
+    run = RunContext(batcher, settings, masks or Masks(), regulariser, monitor, similarity_layer)
     if settings.model.num_classes > run.n:
         raise ValueError(
             f"model.num_classes = {settings.model.num_classes} is more than the {run.n} particles"

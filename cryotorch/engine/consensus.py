@@ -55,7 +55,7 @@ def consensus_from(
             state.fitted_reference = (given * scale[:, None, None, None])[0]
         return state.fitted_reference
     assert stats is not None, "the consensus of all particles needs their statistics"
-    everyone = stats.summed_over_classes()
+    everyone = run.mstep.symmetrised(stats.summed_over_classes())
     return update_maps(
         everyone, run.d, run.settings.model.pad, run.settings.model.tau2_fudge, run.mask
     )[0]

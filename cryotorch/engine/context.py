@@ -11,6 +11,7 @@ from typing import cast
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from cryotorch.engine.batches import BatchMaker, ParticleBatch
@@ -50,6 +51,7 @@ class RunContext:
         masks: Masks,
         regulariser: Regulariser | None = None,
         monitor: Monitor | None = None,
+        similarity_layer: nn.Module | None = None,
     ):
         self.batcher = batcher
         self.settings = settings
@@ -67,7 +69,7 @@ class RunContext:
         self.estep = EStep(optimal_scale=settings.model.contrast == "optimal")
         # A str in the settings (OmegaConf has no Literal), checked there to be a form.
         form = cast(SimilarityForm, settings.posterior.similarity.form)
-        self.similarity = ClassSimilarity(form)
+        self.similarity = similarity_layer or ClassSimilarity(form)  # (scores, β) -> γ
         self.hard_layer = StraightThroughHard()
         self.hard_schedule = settings.posterior.hard_schedule()
         self.resolution = ResolutionSchedule(
@@ -88,7 +90,14 @@ class RunContext:
         self.regulariser = regulariser or make_regulariser(
             settings.model.regulariser, settings.model.tau2_fudge
         )
-        self.mstep = MStep(self.regulariser, self.mask, self.k, settings.model.pad, self.pixel_size)
+        self.mstep = MStep(
+            self.regulariser,
+            self.mask,
+            self.k,
+            settings.model.pad,
+            self.pixel_size,
+            settings.model.symmetry,
+        )
         self.halves = None  # (n,) 0/1 half-set of each particle, when the regulariser uses them
         if self.regulariser.half_sets:
             subset = batcher.table.random_subset

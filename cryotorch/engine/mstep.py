@@ -10,7 +10,9 @@ class k's unregularised reconstruction from the same statistics, and T the
 ``tau2_fudge``; the ``pad³`` accounts for the padded grid's finer sampling (as
 RELION does). Then the gridding correction and the solvent mask. Class priors
 π_k = mean_i γ_ik; noise power per shell and optics group = posterior-weighted
-mean of ``|X - c A|²``.
+mean of ``|X - c A|²``. With a point group (``model.symmetry``), the data and weight sums are
+first summed over its operators (:func:`~cryotorch.physics.symmetrise.symmetrise_sums`, as
+RELION's backprojector does), so τ², the FSC filter and the maps all see symmetric sums.
 
 The statistics are plain tensors that add up: batches, online-EM mixing and processes
 through ``torch.distributed.all_reduce`` all work on :class:`SufficientStatistics` alone.
@@ -33,6 +35,8 @@ from cryotorch.physics.fourier import frequency_grid_3d, rfft_3d
 from cryotorch.physics.projector import reconstruct_from_sums
 from cryotorch.physics.shells import mean_per_shell_3d
 from cryotorch.physics.slices import insert_for_reconstruction
+from cryotorch.physics.symmetrise import symmetrise_sums
+from cryotorch.physics.symmetry import canonical_symmetry, symmetry_operators
 
 if TYPE_CHECKING:  # regularisers.py builds on this module's update_maps
     from cryotorch.engine.regularisers import Regulariser
@@ -121,6 +125,22 @@ class SufficientStatistics:
 
     def tensors(self) -> list[torch.Tensor]:
         return [getattr(self, f.name) for f in fields(self)]
+
+    def symmetrised(self, operators: torch.Tensor, d: int, pad: int) -> SufficientStatistics:
+        """New statistics whose map sums are summed over the point group ``operators
+        (n_ops, 3, 3)`` (:func:`~cryotorch.physics.symmetrise.symmetrise_sums`); the other
+        sums are shared with these. Statistics without map sums are returned as they are."""
+        if self.weight.shape[0] == 0:
+            return self
+        data, weight = symmetrise_sums(self.data, self.weight, d, pad, operators)
+        return SufficientStatistics(
+            data=data,
+            weight=weight,
+            class_weight=self.class_weight,
+            noise_sum=self.noise_sum,
+            noise_count=self.noise_count,
+            n_particles=self.n_particles,
+        )
 
     def scale_(self, factor: float) -> SufficientStatistics:
         for t in self.tensors():
@@ -242,7 +262,9 @@ class MStep(nn.Module):
     ``(d, d, d)`` (a buffer), so ``.to(device)`` and ``state_dict()`` cover both. The priors
     are the statistics' class weights normalised, ``π_k = Σ_i γ_ik / Σ_ik γ_ik``; the noise the
     posterior-weighted residual power per shell and optics group, or ``noise`` unchanged where
-    the statistics hold no residuals (a given assignment). The module holds nothing of a run:
+    the statistics hold no residuals (a given assignment). With a point group ``symmetry``
+    (RELION's names, ``model.symmetry``; ``C1``: none, and no work) the map sums are first
+    summed over it (:meth:`symmetrised`). The module holds nothing of a run:
     online EM's running sums are part of the run's state
     (:class:`~cryotorch.engine.state.RunState`), which a checkpoint holds whole.
     """
@@ -256,6 +278,7 @@ class MStep(nn.Module):
         num_classes: int,
         pad: int,
         pixel_size: float,
+        symmetry: str = "C1",
     ) -> None:
         super().__init__()
         self.regulariser = regulariser
@@ -263,11 +286,24 @@ class MStep(nn.Module):
         self.num_classes = num_classes
         self.pad = pad
         self.pixel_size = pixel_size
+        self.symmetry = canonical_symmetry(symmetry)
+        # Not a buffer: the module's state_dict stays that of C1 (the operators follow the
+        # statistics' device and dtype where they are used).
+        self.operators = symmetry_operators(self.symmetry)
+
+    def symmetrised(self, stats: SufficientStatistics) -> SufficientStatistics:
+        """``stats`` with their map sums summed over the point group; ``stats`` themselves
+        (no copy, no work) for C1."""
+        if self.symmetry == "C1":
+            return stats
+        d = self.solvent_mask.shape[-1]
+        return stats.symmetrised(self.operators, d, self.pad)
 
     def forward(self, stats: SufficientStatistics, noise: NoiseModel) -> MStepResult:
         """Maps, priors, noise and table columns from ``stats`` (K or 2K channels, see
         :attr:`Regulariser.half_sets`); ``noise`` is the one the statistics were made with."""
         k, d = self.num_classes, self.solvent_mask.shape[-1]
+        stats = self.symmetrised(stats)
         maps, columns = self.regulariser(stats, k, d, self.pad, self.solvent_mask, self.pixel_size)
         class_weight = stats.merged_halves(k).class_weight
         prior = (class_weight / class_weight.sum().clamp_min(1e-300)).to(maps.dtype)

@@ -70,10 +70,11 @@ def effective_sample_size(probabilities: ArrayOrTensor) -> ArrayOrTensor:
 
 @torch.no_grad()
 def tune_similarity(
-    scores: torch.Tensor, layer: ClassSimilarity, target_fraction: float = 0.75, steps: int = 40
+    scores: torch.Tensor, layer: nn.Module, target_fraction: float = 0.75, steps: int = 40
 ) -> float:
     """β at which the mean ESS of ``layer(scores, β)`` is ``target_fraction · K`` (cryoSPARC's
-    auto-tuned initial class similarity, target 0.75). ``scores (b, k)``: log π + ℓ.
+    auto-tuned initial class similarity, target 0.75). ``scores (b, k)``: log π + ℓ;
+    ``layer``: :class:`ClassSimilarity` or any layer called as it is.
 
     The mean ESS grows with β (from that of the posterior at β = 0 to K at β = 1), so bisection
     finds it; 0 if the posterior alone already spreads that much.

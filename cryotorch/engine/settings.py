@@ -17,6 +17,7 @@ import torch
 from cryotorch.engine.gradient import GradientSettings
 from cryotorch.engine.regularisers import REGULARISERS
 from cryotorch.engine.schedules import HardSchedule, SimilaritySchedule
+from cryotorch.physics.symmetry import SYMMETRY_FORMS, canonical_symmetry
 
 __all__ = [
     "ClassificationSettings",
@@ -64,6 +65,7 @@ class ModelSettings:
     tau2_fudge: float = 4.0
     contrast: str = "from_input"  # per-particle scale: none | from_input | optimal
     pad: int = 2
+    symmetry: str = "C1"  # point group of the class maps, RELION's --sym names (C1: none)
     empty_class_fraction: float = 0.01  # a class with a smaller share is reported empty
     duplicate_correlation: float = 0.99  # two maps more alike than this are reported alike
     reseed: int = 0  # how many times an empty/duplicate class may be re-seeded (0: report only)
@@ -80,6 +82,12 @@ class ModelSettings:
         _within("model.tau2_fudge", self.tau2_fudge, 1e-3, 1e3)  # T τ² underflows below
         _choice("model.contrast", self.contrast, ("none", "from_input", "optimal"))
         _positive("model.pad", self.pad)
+        try:
+            canonical_symmetry(self.symmetry)
+        except ValueError:
+            raise ValueError(
+                f"model.symmetry must be {SYMMETRY_FORMS}, got {self.symmetry!r}"
+            ) from None
         _positive("model.reseed", self.reseed, allow_zero=True)
 
 
@@ -184,6 +192,11 @@ class ClassificationSettings:
             raise ValueError(
                 "model.regulariser=fsc filters with half-set reconstructions, which gradient "
                 "training does not make: use tau2 or denoise with optim=gradient"
+            )
+        if self.optim.method == "gradient" and canonical_symmetry(self.model.symmetry) != "C1":
+            raise ValueError(
+                "model.symmetry is imposed in the EM M-step, which gradient training does not "
+                "have: use model.symmetry=C1 with optim=gradient"
             )
 
 

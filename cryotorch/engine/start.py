@@ -60,6 +60,7 @@ def initial_state(run: RunContext, initial_maps: torch.Tensor | None) -> RunStat
         m = min(settings.model.pca_subsets, n)
         subsets = rng.permutation(np.arange(n) % m)
         small = assignment_statistics(run, subsets, noise, n_classes=m, label="PCA start")
+        small = run.mstep.symmetrised(small)
         small_maps = update_maps(small, d, settings.model.pad, settings.model.tau2_fudge, run.mask)
         small_maps = lowpass_3d(small_maps, settings.model.initial_resolution, run.pixel_size)
         labels = cluster_maps(small_maps * run.mask, k, rng)

@@ -156,11 +156,17 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     return out
 
 
+# Settings added after checkpoints were first written, with the value that gives the run such
+# a checkpoint was made by: a checkpoint without them resumes as that run.
+_ADDED_SETTINGS = {"model.symmetry": "C1"}
+
+
 def _changes(
     state: dict, settings: ClassificationSettings, inputs: dict | None
 ) -> dict[str, tuple[object, object]]:
     """``{key: (in the checkpoint, now)}`` of every setting (and input) that differs."""
     before, now = _flatten(state["settings"]), _flatten(settings_dict(settings))
+    before = {**_ADDED_SETTINGS, **before}
     if inputs is not None:
         before.update(_flatten(state.get("inputs", {}), "inputs."))
         now.update(_flatten(inputs, "inputs."))

@@ -2,9 +2,11 @@
 
 ``V = Σ_i Pᵀ(c_i conj(S_i) X_i) / (Σ_i Pᵀ(c_i²) + λ)`` per Fourier voxel, ``S_i`` the phase ramp
 of particle i's shift, ``c_i`` its CTF; then the inverse transform, a soft edge outside the
-radius d/2 and the gridding correction (``projector.reconstruct_from_sums``). This is the
-M-step of classification with a single class and uniform weights, and the check of the
-projector against ``relion_reconstruct``.
+radius d/2 and the gridding correction (``projector.reconstruct_from_sums``). With a point group
+(``symmetry``, RELION's ``--sym`` names) the sums are first summed over it
+(:func:`~cryotorch.physics.symmetrise.symmetrise_sums`). This is the M-step of classification
+with a single class and uniform weights, and the check of the projector (and of the
+symmetrisation) against ``relion_reconstruct`` (``--sym``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from cryotorch.physics.projector import reconstruct_from_sums
 from cryotorch.physics.resampling import GroupResampling
 from cryotorch.physics.shifts import phase_shift_2d
 from cryotorch.physics.slices import Kernels, insert_for_reconstruction, slice_geometry
+from cryotorch.physics.symmetrise import symmetrise_sums
+from cryotorch.physics.symmetry import canonical_symmetry, symmetry_operators
 
 __all__ = ["reconstruct_particles"]
 
@@ -31,6 +35,7 @@ def reconstruct_particles(
     batch_size: int = 500,
     dtype: torch.dtype = torch.float64,
     kernels: str | Kernels = "numba",
+    symmetry: str = "C1",
 ) -> torch.Tensor:
     """Reconstruct one map ``(d, d, d)`` from the particles ``rows`` (default: all) of ``images``,
     at the box and pixel size of their :func:`~cryotorch.particles.reference_frame` (optics
@@ -38,7 +43,8 @@ def reconstruct_particles(
 
     ``wiener_constant`` λ is added to the CTF² sums, relative to their mean over the voxels
     that received data (a small value regularises the CTF zeros). ``kernels``: the slice
-    kernels that insert (see :mod:`cryotorch.physics.slices.kernels`).
+    kernels that insert (see :mod:`cryotorch.physics.slices.kernels`). ``symmetry``: the point
+    group the map is given (``C1``: none), as ``relion_reconstruct --sym``.
     """
     table = images.table
     rows = np.arange(len(table)) if rows is None else np.asarray(rows)
@@ -61,6 +67,9 @@ def reconstruct_particles(
         insert_for_reconstruction(
             (ctf * unshift * x)[:, None], geometry, n_vox, (ctf**2)[:, None], out=(data, weight)
         )
+    if canonical_symmetry(symmetry) != "C1":
+        operators = symmetry_operators(symmetry, dtype)
+        data, weight = symmetrise_sums(data, weight, d, pad, operators)
     reg = wiener_constant * weight[weight > 0].mean()
     return reconstruct_from_sums(data, weight, d, pad, regularisation=reg)[0]
 

@@ -13,22 +13,26 @@ Outputs in ``output_dir`` (each written under a temporary name and renamed when 
 STAR file last): ``particles.mrcs`` (float32, pixel size in the header), ``particles.star``
 (RELION 3.1, one optics group, image names relative to the folder, ``rlnRandomSubset`` 1/2),
 ``true_classes.txt`` (one line per particle in STAR row order: its true class, 1-based like
-``rlnClassNumber``) and ``class_NNN.mrc``, the maps the particles were made from.
+``rlnClassNumber``), ``class_NNN.mrc``, the maps the particles were made from, and
+``simulation.json`` (the noise's σ per pixel, the class proportions, the projections'
+padding and the settings: with the maps, what the oracle needs).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from cryotorch import conventions
 from cryotorch.errors import InputError
-from cryotorch.evaluation import TRUE_CLASSES
+from cryotorch.evaluation import SIMULATION_RECORD, TRUE_CLASSES
 from cryotorch.io.atomic import atomic_path
 from cryotorch.io.checks import RANGES
 from cryotorch.io.mrc import label_header, write_map
@@ -167,6 +171,37 @@ def _signal(
     return out
 
 
+def _write_record(
+    output_dir: Path,
+    settings: SimulationSettings,
+    k: int,
+    d: int,
+    pixel_size: float,
+    noise_sigma: float,
+    signal_variance: float,
+) -> None:
+    """``simulation.json``: what the oracle (:func:`cryotorch.oracle.oracle_posteriors`)
+    needs beyond the maps and the particles: the noise's standard deviation per pixel (and
+    the signal's variance), the class proportions drawn from, the padding of the projections,
+    and the settings."""
+    p = np.full(k, 1 / k) if settings.proportions is None else np.asarray(settings.proportions)
+    record = {
+        "noise_sigma": float(noise_sigma),  # per pixel, real space, the images' units
+        "signal_variance": signal_variance,  # mean per-pixel variance of the noise-free images
+        "proportions": (p / p.sum()).tolist(),
+        "maps": [f"class_{i + 1:03d}.mrc" for i in range(k)],
+        "box": d,
+        "pixel_size_angstrom": pixel_size,
+        "pad": settings.pad,
+        "settings": {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(settings).items()
+        },
+    }
+    with atomic_path(output_dir / SIMULATION_RECORD) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, allow_nan=True) + "\n")
+
+
 def simulate_particles(
     maps: np.ndarray, pixel_size: float, output_dir: str | Path, settings: SimulationSettings
 ) -> Path:
@@ -201,7 +236,8 @@ def simulate_particles(
             data_offset = 1024 + int(mrc.header.nsymbt)  # header + extended header
         # The images are written with plain file writes, not through a memory map, so that no
         # page of the (possibly huge) stack stays mapped in this process.
-        with open(tmp, "r+b") as f:
+        bar = tqdm(total=n, desc="simulating", unit="particle", leave=False, disable=None)
+        with open(tmp, "r+b") as f, bar:  # the bar: on a terminal only
             for c, start in enumerate(range(0, n, settings.chunk_size)):
                 rows = np.arange(start, min(n, start + settings.chunk_size))
                 images = _signal(class_volumes, table, classes, rows, d, settings.pad).numpy()
@@ -210,8 +246,10 @@ def simulate_particles(
                 )
                 f.seek(data_offset + start * d * d * 4)
                 f.write((images + np.float32(noise_sigma) * noise).astype("<f4").tobytes())
+                bar.update(len(rows))
     for i, volume in enumerate(maps):
         write_map(output_dir / f"class_{i + 1:03d}.mrc", volume, pixel_size)
+    _write_record(output_dir, settings, k, d, pixel_size, noise_sigma, signal_var)
     with atomic_path(output_dir / TRUE_CLASSES) as tmp:
         np.savetxt(
             tmp,
