@@ -74,13 +74,29 @@ class NoiseModel:
 
     @classmethod
     def from_power_sums(
-        cls, sums: torch.Tensor, counts: torch.Tensor, dtype: torch.dtype = torch.float32
+        cls,
+        sums: torch.Tensor,
+        counts: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+        previous: NoiseModel | None = None,
     ) -> NoiseModel:
         """From ``(g, n_shells)`` sums of ``|residual|²`` and their pixel counts, in ``dtype``
-        (shells with no pixels take the value of the nearest shell below; never exactly 0)."""
+        (shells with no pixels take the value of the nearest shell below; never exactly 0).
+
+        An optics group with no pixels at all (none of its particles in the sums: a mini-batch
+        of online EM, a sample of the images) keeps its power in ``previous``: the sums say
+        nothing about it. Without ``previous`` it takes the power of the other groups pooled.
+        (A power of 0, 1 / σ² of 10³⁸, made every score of its particles -inf.)"""
         power = sums / counts.clamp_min(1)
         for s in range(1, power.shape[1]):
             power[:, s] = torch.where(counts[:, s] > 0, power[:, s], power[:, s - 1])
+        unseen = counts.sum(1) == 0  # (g,)
+        if bool(unseen.any()):
+            if previous is not None:
+                fallback = previous.power.to(power)
+            else:  # (the shells are those of every group: seen groups fill them all)
+                fallback = (sums.sum(0) / counts.sum(0).clamp_min(1)).expand_as(power)
+            power = torch.where(unseen[:, None], fallback, power)
         return cls(power.to(dtype).clamp_min(torch.finfo(dtype).tiny))
 
     @classmethod
