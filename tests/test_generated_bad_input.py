@@ -1107,6 +1107,26 @@ def test_mrc_stacks_and_maps(case: MrcCase, root: Path, capfd):
         run_case("mrc", case.what, case.expect, data, out, capfd, star, args, convert=False)
 
 
+@pytest.mark.parametrize("fill", [0.0, 3.0])
+def test_blank_stacks(fill: float, root: Path, capfd):
+    """Stacks of blank images (all zero or constant) are refused naming the images: they gave
+    all-zero class maps with exit 0 (issue 21). One blank optics group is classified (its
+    noise is the other groups'), as a blank image is: tests/test_robustness.py."""
+    with scratch(root) as (data, out):
+        write_stacks(data)
+        for name in STACK_IMAGES:
+            with mrcfile.open(data / name, "r+") as mrc:
+                mrc.data[:] = fill
+        star = data / "particles.star"
+        star.write_text(render_star(BASE))
+        expect = Expect(("particles.star",), ("rlnImageName",), must_refuse=True, pixels=True)
+        for args in ((), ("optim.batch_per_class=1",)):
+            verdicts = run_case(
+                "mrc", f"stacks of {fill}", expect, data, out, capfd, star, args, False
+            )
+            assert [v[1] for v in verdicts] == ["refused"], verdicts
+
+
 # 4. The configuration ---------------------------------------------------------------------
 
 # Keys of configs/classify.yaml and its groups: (kind, must be positive).
