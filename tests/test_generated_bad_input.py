@@ -20,7 +20,9 @@ not failed. The CI runs 140 cases (about 2 minutes on 2 cores), the same ones ev
 ``CRYOTORCH_BAD_INPUT_EXAMPLES=N`` runs N cases per family instead (a campaign: ``N=300`` is
 1200 cases, about 15 minutes); ``CRYOTORCH_BAD_INPUT_TALLY=cases.jsonl`` records every case's
 outcome there instead of failing on the first, and ``python -m tests.test_generated_bad_input
-cases.jsonl [v]`` counts them (``v``: and lists every failing run).
+cases.jsonl [v]`` counts them, over all families and per family (``v``: and lists every failing
+run). The fixed cases of the small configurations and blank stacks are tallied as families
+``small`` and ``blank``.
 """
 
 from __future__ import annotations
@@ -695,7 +697,7 @@ def test_small_configurations(overrides: tuple[str, ...], outcome: str, root: Pa
         star.write_text(render_star(BASE))
         expect = Expect(CONFIG_FILES, ("model.num_classes",), must_refuse=outcome == "refused")
         what = " ".join(overrides)
-        verdicts = run_case("config", what, expect, data, out, capfd, star, overrides, False)
+        verdicts = run_case("small", what, expect, data, out, capfd, star, overrides, False)
         assert [v[1] for v in verdicts] == [outcome], verdicts
 
 
@@ -1122,7 +1124,7 @@ def test_blank_stacks(fill: float, root: Path, capfd):
         expect = Expect(("particles.star",), ("rlnImageName",), must_refuse=True, pixels=True)
         for args in ((), ("optim.batch_per_class=1",)):
             verdicts = run_case(
-                "mrc", f"stacks of {fill}", expect, data, out, capfd, star, args, False
+                "blank", f"stacks of {fill}", expect, data, out, capfd, star, args, False
             )
             assert [v[1] for v in verdicts] == ["refused"], verdicts
 
@@ -1281,11 +1283,14 @@ def test_configuration(case: ConfigCase, root: Path, capfd):
 
 
 def tally(path: str) -> dict[str, Counter]:
-    """Outcomes per case (the worst of its runs) and per run, from a tally file; the failing
-    cases whose fix lies outside cryotorch/io (:data:`KNOWN_OUTSIDE_IO`) counted apart too."""
+    """Outcomes per case (the worst of its runs; an accepted case "with warnings" if any of its
+    runs printed one) and per run, from a tally file, over all families and per family; the
+    failing cases whose fix lies outside cryotorch/io (:data:`KNOWN_OUTSIDE_IO`) counted apart
+    too."""
     order = ["traceback", "garbage", "wrote", "bad message", "refused", "accepted"]
     cases: dict[tuple[str, int], str] = {}
     known: dict[tuple[str, int], str] = {}
+    warned: set[tuple[str, int]] = set()
     runs: Counter = Counter()
     with open(path) as f:
         for line in f:
@@ -1294,8 +1299,20 @@ def tally(path: str) -> dict[str, Counter]:
             runs[record["outcome"]] += 1
             cases[key] = min(cases.get(key, "accepted"), record["outcome"], key=order.index)
             known[key] = record.get("known", "")
+            if record["outcome"] == "accepted" and record["detail"]:
+                warned.add(key)
+
+    def label(key: tuple[str, int]) -> str:
+        if cases[key] != "accepted":
+            return cases[key]
+        return "accepted with warnings" if key in warned else "accepted clean"
+
     failing = Counter(cases[k] for k in cases if known[k] and cases[k] in order[:4])
-    return {"cases": Counter(cases.values()), "runs": runs, "of which outside io": failing}
+    counts = {"cases": Counter(label(k) for k in cases), "runs": runs}
+    counts["of which outside io"] = failing
+    for family in dict.fromkeys(k[0] for k in cases):
+        counts[f"cases of {family}"] = Counter(label(k) for k in cases if k[0] == family)
+    return counts
 
 
 if __name__ == "__main__":
