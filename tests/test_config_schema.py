@@ -69,6 +69,8 @@ def test_every_preset_fits_the_schema(experiment: str):
         ("optim.online_epochs=inf", r"optim\.online_epochs must be in \[0, 1000\], got inf"),
         ("model.tau2_fudge=1e-40", r"model\.tau2_fudge must be in \[0\.001, 1000\]"),
         ("seed=-1", r"seed must be in \[0, 9223372036854775807\], got -1"),
+        ("data.pixel_size=inf", r"data\.pixel_size must be in \(0, 100\] Å, got inf"),
+        ("data.pixel_size=1e308", r"data\.pixel_size must be in \(0, 100\] Å, got 1e\+308"),
         ("model.initial_resolution=1e999", r"initial_resolution must be in \(0, 10000\], got inf"),
         ("model.initial_resolution=1e308", r"model\.initial_resolution must be in \(0, 10000\]"),
         ("model.target_resolution=inf", r"model\.target_resolution must be in \(0, 10000\]"),
