@@ -159,3 +159,21 @@ def test_bad_input_is_refused_by_name_and_writes_nothing(
     assert re.search(pattern, text), text
     assert "Traceback" not in text
     assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+@pytest.mark.parametrize("value", ["inf", "1e308", "0", "-1.6", "nan"])
+def test_a_pixel_size_no_data_set_has_is_refused_as_the_option(tmp_path: Path, capsys, value):
+    """``--pixel-size`` out of the readers' range is one line naming the option: it was
+    blamed on the file, as its rlnImagePixelSize (a RELION 3.0 file has none), after a
+    RuntimeWarning line (issue 21)."""
+    files.write_stacks(tmp_path)
+    (tmp_path / "p.star").write_text(files.STAR30)
+    code, text = run(
+        [tmp_path / "p.star", tmp_path / "out" / "o.star", "--pixel-size", value], capsys
+    )
+    assert code == 2
+    assert text.splitlines() == [
+        f"cryotorch-convert: error: --pixel-size: {float(value)} Å is not a plausible pixel "
+        "size: expected (0, 100] Å"
+    ]
+    assert not (tmp_path / "out").exists()

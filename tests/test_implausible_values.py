@@ -145,6 +145,10 @@ def test_malformed_cs_fields_are_refused(tmp_path: Path, name, dtype, values, me
             r"row 1: b'\\xff\\xfe' is not a UTF-8 path",
         ),
         ("blob/path", ("S16", (2,)), b"Stacks/a.mrcs", r"blob/path: has 2 path\(s\) per particle"),
+        # Cast to int64 as they were: a ComplexWarning for the first, 16 for the others.
+        ("blob/shape", ("<c8", (2,)), 16, r"blob/shape: expected numbers, got .*complex64"),
+        ("blob/shape", ("S8", (2,)), b"16", r"blob/shape: expected numbers, got .*S8"),
+        ("blob/shape", ("<f4", (2,)), 16.5, r"blob/shape: row 1: expected a box size in pix"),
     ],
 )
 def test_cs_fields_read_as_others_are_refused(tmp_path: Path, name, dtype, values, message):

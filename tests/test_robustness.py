@@ -256,3 +256,59 @@ def test_a_non_finite_log_likelihood_is_refused_by_its_row(tmp_path: Path):
     loglik[2, 1], loglik[3, 0] = -torch.inf, torch.nan
     with pytest.raises(InputError, match=r"particles\.star: row 14: the particle's log-lik"):
         _refuse_non_finite(run, rows, loglik)
+
+
+def _two_optics_groups(star: Path, in_second: np.ndarray) -> None:
+    """``star`` with a second optics group (a copy of the first) for the rows ``in_second``."""
+    blocks = starfile.read(star, always_dict=True)
+    optics = blocks["optics"]
+    second = optics.iloc[0].copy()
+    second["rlnOpticsGroup"], second["rlnOpticsGroupName"] = 2, "opticsGroup2"
+    blocks["optics"] = optics.__class__([optics.iloc[0], second]).reset_index(drop=True)
+    blocks["particles"]["rlnOpticsGroup"] = np.where(in_second, 2, 1)
+    starfile.write(blocks, star, overwrite=True)
+
+
+def test_an_optics_group_missing_from_a_mini_batch_keeps_its_noise(tmp_path: Path):
+    """Online EM's mini-batches of ``batch_per_class x K`` particles can miss a small optics
+    group: its noise power stays what it was (the mini-batch says nothing about it). It was
+    set to 0 (1 / σ² = 10³⁸): every score of the group's particles -inf in the next
+    mini-batch, and the run refused as if their images were broken (issue 21)."""
+    star = simulate(tmp_path / "data", 0.05)
+    _two_optics_groups(star, np.arange(300) < 3)  # 3 of 300
+    classify(star, tmp_path / "run", "optim.batch_per_class=5")  # mini-batches of 10
+    assert_all_finite(tmp_path / "run", 2)
+
+
+def test_noise_of_a_group_without_pixels_is_the_previous_or_the_pooled():
+    """:meth:`NoiseModel.from_power_sums` never gives a group without pixels a power of 0."""
+    from cryotorch.engine.noise import NoiseModel
+
+    sums = torch.tensor(
+        [[8.0, 30.0, 60.0], [0.0, 0.0, 0.0], [4.0, 10.0, 60.0]], dtype=torch.float64
+    )
+    counts = torch.tensor(
+        [[2.0, 6.0, 12.0], [0.0, 0.0, 0.0], [2.0, 6.0, 12.0]], dtype=torch.float64
+    )
+    pooled = NoiseModel.from_power_sums(sums, counts).power
+    torch.testing.assert_close(pooled[1], torch.tensor([3.0, 40 / 12, 5.0]))
+    torch.testing.assert_close(pooled[0], torch.tensor([4.0, 5.0, 5.0]))
+    previous = NoiseModel(torch.full((3, 3), 7.0))
+    kept = NoiseModel.from_power_sums(sums, counts, previous=previous).power
+    torch.testing.assert_close(kept[1], torch.full((3,), 7.0))
+    torch.testing.assert_close(kept[[0, 2]], pooled[[0, 2]])
+
+
+@pytest.mark.parametrize("fill", [0.0, 5.0])
+def test_a_blank_optics_group_takes_the_other_groups_noise(tmp_path: Path, fill: float):
+    """An optics group whose images are all blank (zero or constant) has a noise power of 0
+    past the DC term: it takes the other groups' (a blank image is classified like any
+    other, as in test_all_zero_images_and_many_optics_groups). Its 1 / σ² of 10³⁸ made its
+    particles' scores -inf and the run was refused as if their images held NaN (issue 21)."""
+    star = simulate(tmp_path / "data", 0.05)
+    in_second = np.arange(300) < 3
+    _two_optics_groups(star, in_second)
+    with mrcfile.mmap(star.parent / "particles.mrcs", "r+") as mrc:
+        mrc.data[in_second] = fill
+    classify(star, tmp_path / "run", "optim.batch_per_class=5")
+    assert_all_finite(tmp_path / "run", 2)

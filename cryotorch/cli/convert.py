@@ -244,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
                 return demo(Path(tmp))
         if args.output is None:
             _parser().error("give both an input and an output file")
+        if args.pixel_size is not None and not 0 < args.pixel_size <= 100:
+            # The readers' range; past it the file was blamed, as its own rlnImagePixelSize.
+            print(
+                f"cryotorch-convert: error: --pixel-size: {args.pixel_size} Å is not a "
+                "plausible pixel size: expected (0, 100] Å",
+                file=sys.stderr,
+            )
+            return 2
         table = convert(
             args.input,
             args.output,

@@ -71,8 +71,10 @@ class DataConfig:
         for key in ("particles", "reference", "data_dir", "passthrough"):
             if getattr(self, key) == "":
                 raise ValueError(f"data.{key} is empty: give a path, or null")
-        if self.pixel_size is not None and not self.pixel_size > 0:
-            raise ValueError(f"data.pixel_size must be > 0, got {self.pixel_size}")
+        # The readers' range: a RELION 3.0 file's pixel size outside it was refused as the
+        # file's own rlnImagePixelSize, which the file does not have.
+        if self.pixel_size is not None and not 0 < self.pixel_size <= 100:
+            raise ValueError(f"data.pixel_size must be in (0, 100] Å, got {self.pixel_size}")
 
     def initial_map_paths(self) -> list[str] | None:
         """``initial_maps`` as a list of paths (None: none given)."""

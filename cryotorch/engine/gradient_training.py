@@ -134,4 +134,6 @@ def _end_epoch(
     if trained_noise:
         state.noise = NoiseModel(model.noise_power().detach())
     else:
-        state.noise = NoiseModel.from_power_sums(stats.noise_sum, stats.noise_count, run.dtype)
+        state.noise = NoiseModel.from_power_sums(
+            stats.noise_sum, stats.noise_count, run.dtype, previous=state.noise
+        )

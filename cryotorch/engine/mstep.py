@@ -308,5 +308,7 @@ class MStep(nn.Module):
         class_weight = stats.merged_halves(k).class_weight
         prior = (class_weight / class_weight.sum().clamp_min(1e-300)).to(maps.dtype)
         if stats.noise_count.sum() > 0:
-            noise = NoiseModel.from_power_sums(stats.noise_sum, stats.noise_count, maps.dtype)
+            noise = NoiseModel.from_power_sums(
+                stats.noise_sum, stats.noise_count, maps.dtype, previous=noise
+            )
         return MStepResult(maps, prior, noise, columns)

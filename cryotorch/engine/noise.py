@@ -84,14 +84,36 @@ class NoiseModel:
 
     @classmethod
     def from_power_sums(
-        cls, sums: torch.Tensor, counts: torch.Tensor, dtype: torch.dtype = torch.float32
+        cls,
+        sums: torch.Tensor,
+        counts: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+        previous: NoiseModel | None = None,
     ) -> NoiseModel:
         """From ``(g, n_shells)`` sums of ``|residual|²`` and their pixel counts, in ``dtype``
-        (shells with no pixels take the value of the nearest shell below; never exactly 0)."""
-        power = sums / counts.clamp_min(1)
-        for s in range(1, power.shape[1]):
-            power[:, s] = torch.where(counts[:, s] > 0, power[:, s], power[:, s - 1])
+        (shells with no pixels take the value of the nearest shell below; never exactly 0).
+
+        An optics group the sums say nothing about keeps its power in ``previous``: one with
+        no pixels (none of its particles in the sums: a mini-batch of online EM, a sample of
+        the images), or no power past the DC term (its images blank: all zero, or constant).
+        Without ``previous`` it takes the power of the other groups pooled. (A power of 0,
+        1 / σ² of 10³⁸, made every score of its particles -inf.)"""
+        power = _filled(sums, counts)
+        unseen = (counts.sum(1) == 0) | (sums[:, 1:].sum(1) == 0)  # (g,)
+        if bool(unseen.any()):
+            if previous is not None:
+                fallback = previous.power.to(power)
+            else:
+                seen = ~unseen
+                fallback = _filled(
+                    sums[seen].sum(0, keepdim=True), counts[seen].sum(0, keepdim=True)
+                )
+            power = torch.where(unseen[:, None], fallback, power)
         return cls(power.to(dtype).clamp_min(torch.finfo(dtype).tiny))
+
+    def blank(self) -> bool:
+        """Whether no group has any power past the DC term (every image blank)."""
+        return not bool((self.power[:, 1:] > torch.finfo(self.power.dtype).tiny).any())
 
     @classmethod
     def from_images(
@@ -109,3 +131,12 @@ class NoiseModel:
     ) -> NoiseModel:
         """Power 1 in every shell: a probe for :meth:`shell_sums` and :meth:`sums_by_group`."""
         return cls(torch.ones(n_groups, d // 2 + 1, dtype=dtype, device=device))
+
+
+def _filled(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``sums / counts`` per group and shell ``(g, n_shells)``; a shell with no pixels takes
+    the value of the shell below."""
+    power = sums / counts.clamp_min(1)
+    for s in range(1, power.shape[1]):
+        power[:, s] = torch.where(counts[:, s] > 0, power[:, s], power[:, s - 1])
+    return power

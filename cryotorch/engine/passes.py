@@ -121,7 +121,7 @@ def _refuse_non_finite(run: RunContext, rows: np.ndarray, loglik: torch.Tensor) 
         source,
         f"row {row + 1}",
         f"the particle's log-likelihood is not finite: its image ({stack}) or CTF holds "
-        "values no data set has, or the particles are too few for the model",
+        "values no data set has",
     )
 
 

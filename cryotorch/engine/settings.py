@@ -74,8 +74,10 @@ class ModelSettings:
         _positive("model.num_classes", self.num_classes)
         _choice("model.init", self.init, ("random", "pca"))
         _positive("model.pca_subsets", self.pca_subsets)
-        _positive("model.target_resolution", self.target_resolution)
-        _positive("model.initial_resolution", self.initial_resolution)
+        # Å, finite: an initial resolution of inf made the schedule's shells NaN, 1e308 a map
+        # label of 310 digits (a traceback either way); no box reaches 10,000 Å.
+        _within("model.target_resolution", self.target_resolution, 0, 1e4, low_open=True)
+        _within("model.initial_resolution", self.initial_resolution, 0, 1e4, low_open=True)
         _positive("model.resolution_reach_at", self.resolution_reach_at, allow_zero=True)
         _positive("model.particle_diameter", self.particle_diameter)
         _choice("model.regulariser", self.regulariser, REGULARISERS)

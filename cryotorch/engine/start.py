@@ -14,6 +14,7 @@ from cryotorch.engine.mstep import update_maps
 from cryotorch.engine.noise import NoiseModel
 from cryotorch.engine.passes import assignment_statistics
 from cryotorch.engine.state import RunState
+from cryotorch.errors import InputError
 from cryotorch.physics.masks import lowpass_3d
 
 __all__ = ["initial_noise", "initial_state"]
@@ -21,7 +22,8 @@ __all__ = ["initial_noise", "initial_state"]
 
 def initial_noise(run: RunContext, rng: np.random.Generator) -> NoiseModel:
     """Power per shell and optics group of up to 2,000 images, drawn with ``rng`` (signal
-    included: fine at cryo-EM SNRs)."""
+    included: fine at cryo-EM SNRs). An :class:`InputError` if every image drawn is blank (all
+    zero, or constant): there is nothing to classify, and the maps would be all zero."""
     rows = rng.permutation(run.n)[: min(run.n, 2000)]
     probe = NoiseModel.flat(run.n_groups, run.d, run.dtype, run.device)
     sums = torch.zeros(run.n_groups, run.d // 2 + 1, dtype=torch.float64, device=run.device)
@@ -34,7 +36,20 @@ def initial_noise(run: RunContext, rng: np.random.Generator) -> NoiseModel:
         sums += batch_sums
         counts += batch_counts
     run.group.sum_(sums, counts)
-    return NoiseModel.from_power_sums(sums, counts, run.dtype)
+    noise = NoiseModel.from_power_sums(sums, counts, run.dtype)
+    if noise.blank():
+        table = run.batcher.table
+        source = table.source.path if table.source is not None else "particles"
+        column = "blob/path" if table.source and table.source.format == "cs" else "rlnImageName"
+        paths = sorted({str(path) for path in table.image_path[rows]})
+        shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+        raise InputError(
+            source,
+            column,
+            f"every image is blank (all zero or constant: the {len(rows)} read, in {shown}): "
+            "there is nothing to classify",
+        )
+    return noise
 
 
 def initial_state(run: RunContext, initial_maps: torch.Tensor | None) -> RunState:

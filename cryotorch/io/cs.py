@@ -56,6 +56,26 @@ REQUIRED_FIELDS = (
 )
 
 
+def _image_size(data: np.ndarray, path: Path) -> np.ndarray:
+    """Each particle's box in pixels, ``blob/shape``'s last number (0 where the field is
+    missing: the stack's is used). Numbers only, and whole ones: numpy's cast to int64 would
+    parse text, drop an imaginary part or a fraction (16.5 read as 16) without a word."""
+    if "blob/shape" not in field_names(data):
+        return np.zeros(len(data), np.int64)
+    values = float_field(data, "blob/shape", path)[:, -1]
+    # (A box past the stack's, 2**32 - 1 say, is the stack check's to name; past 2**53 the
+    # cast to int64 is not exact.)
+    bad = np.flatnonzero((values != np.round(values)) | (np.abs(values) > 2**53))
+    if bad.size:
+        raise InputError(
+            path,
+            "blob/shape",
+            f"row {bad[0] + 1}: expected a box size in pixels (a whole number), "
+            f"got {values[bad[0]]:g}",
+        )
+    return values.astype(np.int64)
+
+
 def _optics(
     data: np.ndarray, path: Path, psize: np.ndarray, image_size: np.ndarray
 ) -> tuple[OpticsGroups, np.ndarray]:
@@ -215,11 +235,7 @@ def read_cs(
         (path.parent.parent,),
     )
     psize = float_field(data, "blob/psize_A", path)
-    image_size = (
-        data["blob/shape"][:, -1].astype(np.int64)
-        if "blob/shape" in field_names(data)
-        else np.zeros(len(data), np.int64)
-    )
+    image_size = _image_size(data, path)
     optics, group = _optics(data, path, psize, image_size)
     has_align_psize = "alignments3D/psize_A" in field_names(data)
     if has_align_psize:
