@@ -19,6 +19,10 @@ box ``d_out`` at ``p_out``: steps of ``1 / L``, ``L = d_out p_out`` the working 
 
 The spectra are scaled by ``(p / p_out)²``, so that ``irfft_2d`` of them has the real-space
 values of the image (the convention of :func:`~cryotorch.physics.fourier.fourier_crop_2d`).
+Before a cut or pad, each image's background (the mean of its outermost pixels) is taken off:
+on a grid of the image's own extent a constant background is the DC term alone, which the
+likelihood does not use, but zero-padded it becomes a step at the box's edge, and cut to a
+window that is not a whole period it leaks into every frequency.
 
 What the working grid then holds that the image did not measure is said too, for the noise
 model: frequencies past the image's own Nyquist (:attr:`GroupResampling.max_shell`; the
@@ -116,6 +120,8 @@ class GroupResampling:
         if images.shape[-1] != self.box or images.shape[-2] != self.box:
             raise ValueError(f"expected images of {self.box}x{self.box}, got {tuple(images.shape)}")
         n = self.whole_pixels
+        if not self.same_extent:  # a cut or pad: on a zero background first
+            images = images - _border_mean(images)[..., None, None]
         if n is not None:
             spectra = _same_extent(_centred_window(images, n), self.d_out)
         else:
@@ -141,6 +147,14 @@ def band_mask_2d(d: int, max_shell: int, device: torch.device | str | None = Non
     """``(d, d // 2 + 1)`` float32: 1 on the rfft_2d entries of shells ``<= max_shell`` (the
     corners past ``d // 2`` counted in shell ``d // 2``, as the noise model counts them), else 0."""
     return (shell_index_2d(d, device).clamp_max(d // 2) <= max_shell).float()
+
+
+def _border_mean(images: torch.Tensor) -> torch.Tensor:
+    """``(...,)``: the mean of the outermost pixels (the edge rows and columns, each pixel
+    once) of images ``(..., d, d)``."""
+    edge = images[..., 0, :].sum(-1) + images[..., -1, :].sum(-1)
+    edge = edge + images[..., 1:-1, 0].sum(-1) + images[..., 1:-1, -1].sum(-1)
+    return edge / (4 * images.shape[-1] - 4)
 
 
 def _centred_window(images: torch.Tensor, n: int) -> torch.Tensor:
