@@ -1,9 +1,11 @@
 """The maps a run is given, read, checked against the particles and brought to the working
 box: initial class maps, the consensus reference and the solvent and focus masks.
 
-Each map must have the particles' box and pixel size (a header pixel size of 0, or 1.0 Å, the
-usual "not set", is taken as the particles' with a warning); the maps are Fourier-cropped to the
-working box ``d_work`` (``cryotorch.physics.fourier.fourier_crop_3d``).
+Each map must have the box and pixel size of the run's reference frame
+(:func:`~cryotorch.particles.reference_frame`: the particles' first optics group, as RELION
+requires of its references; a header pixel size of 0, or 1.0 Å, the usual "not set", is taken
+as the frame's with a warning); the maps are Fourier-cropped to the working box ``d_work``
+(``cryotorch.physics.fourier.fourier_crop_3d``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from cryotorch.engine.settings import Masks, MaskSettings
 from cryotorch.errors import InputError, warn_input
 from cryotorch.io import ParticleImages, read_map
 from cryotorch.io.mrc import PIXEL_SIZE_RTOL, UNSET_PIXEL_SIZES
+from cryotorch.particles import reference_frame
 from cryotorch.physics.fourier import fourier_crop_3d
 from cryotorch.physics.masks import mask_from_map
 
@@ -22,25 +25,27 @@ __all__ = ["read_initial_maps", "read_masks", "read_matching_map"]
 
 
 def read_matching_map(path: str, images: ParticleImages) -> np.ndarray:
-    """A map ``(d, d, d)`` that must have the particles' box and pixel size (an
-    :class:`InputError` naming the file and header field otherwise)."""
+    """A map ``(d, d, d)`` that must have the box and pixel size of the particles' reference
+    frame (an :class:`InputError` naming the file and header field otherwise)."""
     volume, voxel = read_map(path)
-    d = images.image_shape[-1]
-    psize = float(images.table.pixel_size_angstrom[0])
+    frame = reference_frame(images.table)
+    d, psize = frame.box, frame.pixel_size_angstrom
+    if len(np.unique(images.table.optics_group)) > 1:  # say whose box and pixel size they are
+        group = f"optics group {frame.number}"
+        why = " (a run's maps have its first optics group's box and pixel size, as in RELION)"
+        is_, has, their = f"{group} is", f"{group} has", f"{group}'s"
+    else:
+        why, is_, has, their = "", "the particles are", "the particles have", "the particles'"
     if volume.shape != (d, d, d):
-        raise InputError(
-            path, "header.nx/ny/nz", f"map is {volume.shape}, the particles are {d}x{d}"
-        )
+        raise InputError(path, "header.nx/ny/nz", f"map is {volume.shape}, {is_} {d}x{d}{why}")
     if abs(voxel - psize) > PIXEL_SIZE_RTOL * psize:
         if voxel not in UNSET_PIXEL_SIZES:
-            raise InputError(
-                path, "header.voxel_size", f"{voxel:.4f} Å, the particles have {psize:.4f} Å"
-            )
+            raise InputError(path, "header.voxel_size", f"{voxel:.4f} Å, {has} {psize:.4f} Å{why}")
         usual = "the usual value for 'not set'" if voxel else "'not set'"
         warn_input(
             path,
             "header.voxel_size",
-            f"{voxel:.1f} Å, {usual}; taken as the particles' {psize:.4f} Å",
+            f"{voxel:.1f} Å, {usual}; taken as {their} {psize:.4f} Å",
         )
     return volume
 

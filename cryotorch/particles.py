@@ -15,7 +15,14 @@ from typing import Literal, Protocol
 import numpy as np
 import pandas as pd
 
-__all__ = ["ImageSource", "OpticsGroups", "ParticleTable", "SourceRecord"]
+__all__ = [
+    "ImageSource",
+    "OpticsGroups",
+    "ParticleTable",
+    "ReferenceFrame",
+    "SourceRecord",
+    "reference_frame",
+]
 
 
 @dataclass(frozen=True)
@@ -171,13 +178,60 @@ class ParticleTable:
         return replace(self, source=source, **columns)
 
 
+@dataclass(frozen=True)
+class ReferenceFrame:
+    """The box and pixel size of a run's maps: those of one optics group, onto whose Fourier
+    grid every group's images are resampled (:mod:`cryotorch.physics.resampling`).
+
+    ``box`` (pixels) and ``pixel_size_angstrom`` (Å) are the group's; ``optics_group`` its
+    0-based row of :attr:`ParticleTable.optics`; ``number`` its number in the file.
+    """
+
+    box: int
+    pixel_size_angstrom: float
+    optics_group: int
+    number: int
+
+    @property
+    def extent_angstrom(self) -> float:
+        """The box's physical edge, ``box · pixel_size_angstrom`` Å."""
+        return self.box * self.pixel_size_angstrom
+
+    def describe(self) -> str:
+        """``"box 80 at 1.200 Å (optics group 1)"``, for messages."""
+        return f"box {self.box} at {self.pixel_size_angstrom:.3f} Å (optics group {self.number})"
+
+
+def reference_frame(table: ParticleTable) -> ReferenceFrame:
+    """RELION's frame: the box and pixel size of the first optics group of the file, or, if
+    that group has no particles and no box size, of the first group that has particles.
+    A ValueError if that group's box is not known (``image_size`` 0: read the table through
+    :class:`cryotorch.io.ParticleImages`, which takes it from the stacks)."""
+    optics = table.optics
+    used = np.unique(table.optics_group)
+    group = 0 if optics.image_size[0] > 0 or len(used) == 0 or used[0] == 0 else int(used[0])
+    box = int(optics.image_size[group])
+    assert optics.number is not None  # OpticsGroups.__post_init__ sets it
+    if box <= 0:
+        raise ValueError(
+            f"optics group {optics.number[group]} has no box size (image_size 0): read the "
+            "particles through ParticleImages, which takes it from the stacks"
+        )
+    return ReferenceFrame(
+        box=box,
+        pixel_size_angstrom=float(optics.pixel_size_angstrom[group]),
+        optics_group=group,
+        number=int(optics.number[group]),
+    )
+
+
 class ImageSource(Protocol):
-    """What the batches and reconstructions read images from: the particles' ``table``, the
-    ``image_shape (ny, nx)`` and ``read(rows) -> (b, ny, nx)`` float32 images of table rows.
-    :class:`cryotorch.io.ParticleImages` (lazily read stacks) is one; an in-memory array of
-    simulated images can be another. The engine and the physics need no file reading."""
+    """What the batches and reconstructions read images from: the particles' ``table`` (whose
+    ``optics.image_size`` gives each optics group's box) and ``read(rows) -> (b, d, d)``
+    float32 images of table rows that share one box ``d``. :class:`cryotorch.io.ParticleImages`
+    (lazily read stacks) is one; an in-memory array of simulated images can be another. The
+    engine and the physics need no file reading."""
 
     table: ParticleTable
-    image_shape: tuple[int, int]
 
     def read(self, rows: np.ndarray) -> np.ndarray: ...

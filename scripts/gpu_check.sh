@@ -23,7 +23,8 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 # The files with gpu tests, named: collecting all of tests/ would import what the image lacks
 # (nbformat, for the notebooks' tests).
 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_ctf.py tests/test_fourier.py \
-  tests/test_slices.py tests/test_engine.py tests/test_resume.py tests/test_symmetry.py 2>&1 \
+  tests/test_slices.py tests/test_engine.py tests/test_resume.py tests/test_symmetry.py \
+  tests/test_mixed_optics.py 2>&1 \
   | tee "$OUT/pytest_gpu.log" || status=1
 python3 scripts/bench_slices.py --device cuda --kernels torch compiled 2>&1 \
   | tee "$OUT/bench_slices_cuda.md" || status=1

@@ -72,12 +72,13 @@ def examples(ci: int) -> settings:
 
 
 # The data set: STAR31's three particles in Stacks/a.mrcs (3 images) and Stacks/b.mrcs (2),
-# box 16. Both optics groups at 1.6 Å (STAR31's second is at 2.0 Å): cryotorch-classify does
-# not classify optics groups of different pixel sizes yet, and every case goes through it.
+# box 16, its two optics groups at 1.6 Å and 2.0 Å (issue 22: classified together, the second
+# group's images resampled onto the first's grid). Maps are given at the first group's 1.6 Å.
 PIXEL = 1.6
 BOX = 16
 STACK_IMAGES = {"Stacks/a.mrcs": 3, "Stacks/b.mrcs": 2}
-STAR = files.STAR31.replace(" 0.07 2.0 16 2", " 0.07 1.6 16 2")
+STACK_PIXEL = {"Stacks/a.mrcs": 1.6, "Stacks/b.mrcs": 2.0}
+STAR = files.STAR31
 # Each run kept tiny: one full-batch EM iteration at a working box of 8.
 QUICK = [
     "logger=none",
@@ -98,17 +99,11 @@ ONLINE_EM = {
 
 def write_stacks(folder: Path) -> None:
     files.write_stacks(folder)
-    with mrcfile.open(folder / "Stacks" / "b.mrcs", "r+") as mrc:
-        mrc.voxel_size = PIXEL
 
 
 def cs_array() -> np.ndarray:
-    """tests/files.py's .cs rows of STAR31's particles, at 1.6 Å throughout (as STAR)."""
-    data = files.cs_for_star31()
-    data["alignments3D/shift"] = data["alignments3D/shift"] * files.PIXEL_SIZES[:, None] / PIXEL
-    data["blob/psize_A"] = PIXEL
-    data["alignments3D/psize_A"] = PIXEL
-    return data
+    """tests/files.py's .cs rows of STAR31's particles (1.6 Å and 2.0 Å, as STAR)."""
+    return files.cs_for_star31()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -463,7 +458,7 @@ def value_must_be_refused(block: str, column: str, row: int, token: str) -> bool
     if column in STAR_QUANTITY:
         return not in_range(STAR_QUANTITY[column], value)
     if column in ("rlnOriginXAngst", "rlnOriginYAngst"):
-        return abs(value) > BOX * PIXEL
+        return abs(value) > BOX * files.PIXEL_SIZES[row]  # within the particle's own box
     if column == "rlnOpticsGroup":
         return value != row + 1 if block == "optics" else value not in (1, 2)
     if column == "rlnRandomSubset":
@@ -794,8 +789,8 @@ def cs_value_must_be_refused(name: str, value: float, data: np.ndarray, row: int
         return value not in (0, 1)
     if name == "alignments3D/psize_A":
         return not in_range("pixel_size_angstrom", value)
-    if name == "alignments3D/shift":
-        return abs(value) * PIXEL > BOX * PIXEL
+    if name == "alignments3D/shift":  # pixels: within the box
+        return abs(value) > BOX
     if name == "ctf/exp_group_id":  # a negative one is shifted for RELION, with a warning
         return value != round(value)
     return False  # angles, the pose's rotation vector
@@ -1093,7 +1088,7 @@ def test_mrc_stacks_and_maps(case: MrcCase, root: Path, capfd):
             elif case.change == "box":
                 n = STACK_IMAGES[case.target]
                 stack = np.random.default_rng(2).normal(size=(n, case.value, case.value))
-                write_mrc(path, stack.astype(np.float32), PIXEL, stack=True)
+                write_mrc(path, stack.astype(np.float32), STACK_PIXEL[case.target], stack=True)
             else:
                 _spoil_bytes(case, path)
             run_case("mrc", case.what, case.expect, data, out, capfd, star)

@@ -59,7 +59,7 @@ from cryotorch.io import ParticleImages, read_particles
 from cryotorch.io.atomic import stale_temporary_files
 from cryotorch.io.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from cryotorch.monitor import RunMonitor
-from cryotorch.particles import ParticleTable
+from cryotorch.particles import ParticleTable, ReferenceFrame, reference_frame
 from cryotorch.physics.fourier import cropped_box_for_resolution
 from cryotorch.physics.symmetry import canonical_symmetry
 
@@ -226,8 +226,10 @@ def _start(
     must be the same), or from a run it continues (``continue_from``: what changed is
     printed and recorded)."""
     settings = config.settings()
-    d_full, psize = images.image_shape[-1], float(images.table.pixel_size_angstrom[0])
-    d_work, _ = cropped_box_for_resolution(d_full, psize, settings.model.target_resolution)
+    frame = reference_frame(images.table)
+    d_work, _ = cropped_box_for_resolution(
+        frame.box, frame.pixel_size_angstrom, settings.model.target_resolution
+    )
     inputs = _inputs_dict(config, star, images)
     n = len(images.table)
     if resume_from is not None and not in_place:  # this run's own checkpoint: exact
@@ -276,7 +278,8 @@ def _classify_images(
     ``modules``, if any); the outputs (rank 0)."""
     settings, device = config.settings(), group.device
     table = images.table  # with the box of every optics group, from the stacks if need be
-    d_full, psize = images.image_shape[-1], float(table.pixel_size_angstrom[0])
+    frame = reference_frame(table)  # the maps' box and pixel size: the first optics group's
+    d_full, psize = frame.box, frame.pixel_size_angstrom
     d_work, work_psize = cropped_box_for_resolution(d_full, psize, settings.model.target_resolution)
     masks = read_masks(config.mask, config.data.reference, images, d_work, work_psize)
     paths, k = config.data.initial_map_paths(), settings.model.num_classes
@@ -295,7 +298,7 @@ def _classify_images(
     )
     say = monitor.say if group.is_main else (lambda *args, **kwargs: None)
     say(
-        f"{len(table)} particles, box {d_full} at {psize:.3f} Å -> working box {d_work} at "
+        f"{len(table)} particles, {_boxes(table, frame)} -> working box {d_work} at "
         f"{work_psize:.3f} Å (Nyquist {2 * work_psize:.1f} Å), K = {k}"
         f"{'' if symmetry == 'C1' else f', symmetry {symmetry}'}, {device}"
     )
@@ -353,13 +356,28 @@ def _read_table(config: RunConfig, star: Path, output_dir: Path) -> ParticleTabl
         raise InputError(
             star, None, f"model.num_classes = {k} is more than its {len(table)} particles"
         )
-    if len(set(table.pixel_size_angstrom.round(4))) > 1:
-        raise InputError(
-            star,
-            "blob/psize_A" if star.suffix.lower() == ".cs" else "rlnImagePixelSize",
-            "optics groups with different pixel sizes are not supported yet",
-        )
     return table
+
+
+def _boxes(table: ParticleTable, frame: ReferenceFrame) -> str:
+    """The particles' box and pixel size, for the run's first line: ``box 64 at 1.500 Å``;
+    for optics groups of several, each distinct one with its groups, and the frame the run's
+    maps take (``box 80 at 1.200 Å (optics group 1), box 64 at 1.500 Å (optics group 2);
+    maps at box 80 at 1.200 Å (optics group 1)``)."""
+    optics = table.optics
+    assert optics.number is not None  # OpticsGroups sets it
+    kinds: dict[tuple[int, float], list[int]] = {}
+    for group in np.unique(table.optics_group):
+        key = (int(optics.image_size[group]), round(float(optics.pixel_size_angstrom[group]), 4))
+        kinds.setdefault(key, []).append(int(optics.number[group]))
+    if len(kinds) == 1:
+        return f"box {frame.box} at {frame.pixel_size_angstrom:.3f} Å"
+    each = [
+        f"box {box} at {psize:.3f} Å (optics group{'s' if len(numbers) > 1 else ''} "
+        f"{', '.join(map(str, numbers))})"
+        for (box, psize), numbers in kinds.items()
+    ]
+    return f"{', '.join(each)}; maps at {frame.describe()}"
 
 
 def _summary(

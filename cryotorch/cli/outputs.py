@@ -1,9 +1,10 @@
 """What a classification run writes, each file atomically.
 
-``class_001.mrc``, ... (posterior-weighted maps at the particles' box and pixel size:
-the working-box maps Fourier-padded, so no detail beyond the resolution the run used, which
-the header's second label states); ``class_001_hard.mrc``, ... (each class from the
-particles assigned to it only, the same way);
+``class_001.mrc``, ... (posterior-weighted maps at the particles' box and pixel size, their
+first optics group's where groups differ (the run's
+:func:`~cryotorch.particles.reference_frame`): the working-box maps Fourier-padded, so no
+detail beyond the resolution the run used, which the header's second label states);
+``class_001_hard.mrc``, ... (each class from the particles assigned to it only, the same way);
 ``particles.star`` (every input column, plus ``rlnClassNumber`` 1-based,
 ``rlnMaxValueProbDistribution``, ``rlnCryotorchClassESS`` (after the layers) and
 ``rlnCryotorchEStepESS`` (of the E-step's posterior)); ``particles.cs`` too when the input
@@ -113,8 +114,9 @@ def write_outputs(
     outputs: OutputsConfig | None = None,
 ) -> None:
     """Write the run's result set into ``output_dir``, all of it or (if a write fails)
-    nothing; see the module's docstring. ``box``: the particles' (the maps' size);
-    ``outputs``: the per-class files' settings (default: written, no threshold)."""
+    nothing; see the module's docstring. ``box``: the particles' (their reference frame's),
+    the maps' size; ``outputs``: the per-class files' settings (default: written, no
+    threshold)."""
     output_dir = Path(output_dir)
     staging = output_dir / STAGING_NAME
     shutil.rmtree(staging, ignore_errors=True)
@@ -148,9 +150,9 @@ def _write_maps(
     kind: str,
 ) -> list[str]:
     """The class maps ``(k, d, d, d)`` at the working box (``work_pixel_size`` Å),
-    Fourier-padded to the particles' ``box`` (and so their pixel size), each labelled with
-    what it is and the ``resolution`` (Å) the run used; ``name``: e.g. ``"class_{:03d}.mrc"``.
-    Returns the file names."""
+    Fourier-padded to the particles' ``box`` (their reference frame's, and so its pixel size),
+    each labelled with what it is and the ``resolution`` (Å) the run used; ``name``: e.g.
+    ``"class_{:03d}.mrc"``. Returns the file names."""
     d, k = maps.shape[-1], maps.shape[0]
     full = fourier_pad_3d(maps.detach().cpu().double(), box).float().numpy()
     pixel_size = work_pixel_size * d / box

@@ -3,6 +3,12 @@
 The classification works on images cropped in Fourier space to the box ``d_work`` whose
 Nyquist is the target resolution (most of the speed of a classification comes from here).
 Everything in a :class:`ParticleBatch` refers to that box and its pixel size.
+
+Optics groups of other boxes and pixel sizes (RELION 3.1+) are resampled onto the same grid:
+the run's :class:`~cryotorch.particles.ReferenceFrame` (the first optics group's box and
+pixel size) cropped to ``d_work``, each group's images by
+:class:`~cryotorch.physics.resampling.GroupResampling`; each particle's CTF is computed with
+its own group's optics on that grid, its shift in Å turned into working pixels.
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cryotorch.engine.noise import NoiseModel
 from cryotorch.errors import InputError
-from cryotorch.particles import ImageSource
+from cryotorch.particles import ImageSource, reference_frame
 from cryotorch.physics.forward_model import particle_ctf, particle_shift_px
 from cryotorch.physics.fourier import cropped_rfft_2d
+from cryotorch.physics.resampling import GroupResampling, band_mask_2d
 from cryotorch.physics.shifts import phase_shift_2d
 from cryotorch.physics.slices import Kernels, SliceGeometry, as_kernels, slice_geometry
 
@@ -30,7 +38,10 @@ class ParticleBatch:
     ``ctf (b, d, d // 2 + 1)``; ``shift (b, d, d // 2 + 1)`` complex phase ramp that moves a
     centred projection onto the particle; ``rotations (b, 3, 3)``; ``optics_group (b,)``;
     ``geometry``: where their central slices fall in the padded volumes (shared by the E- and
-    M-steps).
+    M-steps); ``shell_counts (b, d // 2 + 1)``: the independent full-spectrum pixels of each
+    shell of each image, for the noise estimate, where they are not all of the shell's pixels
+    (an optics group resampled from a coarser pixel or a smaller extent,
+    :attr:`BatchMaker.shell_counts`); None: all of them.
     """
 
     rows: np.ndarray
@@ -40,17 +51,26 @@ class ParticleBatch:
     rotations: torch.Tensor
     optics_group: torch.Tensor
     geometry: SliceGeometry | None
+    shell_counts: torch.Tensor | None = None
 
 
 class BatchMaker:
     """Reads and prepares batches of particles for the E- and M-steps.
+
+    Every optics group's images are resampled onto the grid of box ``d_work`` at the working
+    pixel size ``frame.pixel_size_angstrom · frame.box / d_work`` (:attr:`frame`, the run's
+    :func:`~cryotorch.particles.reference_frame`); where a group's images reach less far
+    (a coarser pixel) their spectra and CTFs are zero past their Nyquist, and where they span
+    less than the working extent their pixels count less in the noise estimate
+    (:attr:`shell_counts`). :attr:`one_grid`: every group has the frame's box and extent, and
+    one Fourier crop serves all, as for a single group.
 
     Parameters
     ----------
     images
         The lazy image reader of the particle table.
     d_work
-        Working box after Fourier cropping (``<=`` the images' box).
+        Working box after Fourier cropping (``<=`` the reference frame's box).
     pad
         Padding factor of the Fourier volumes the slices are taken from.
     device, dtype
@@ -84,12 +104,20 @@ class BatchMaker:
         self.use_ctf_scale = use_ctf_scale
         self.images = images
         self.table = images.table
-        self.d_full = images.image_shape[-1]
+        self.frame = reference_frame(self.table)
+        self.d_full = self.frame.box  # the reference frame's box
         self.d = d_work
         self.device = device
         self.dtype = dtype
         self.pad = pad
-        self.pixel_size = self.table.pixel_size_angstrom * self.d_full / d_work  # (n,) Å
+        frame_psize = np.full(len(self.table), self.frame.pixel_size_angstrom)
+        self.pixel_size = frame_psize * self.d_full / d_work  # (n,) Å, the working pixel size
+        self._resampling = self._group_resampling()
+        # Every group has the frame's box and extent: one Fourier crop for all, as for one group.
+        self.one_grid = all(
+            r is None or (r.box == self.d_full and r.same_extent) for r in self._resampling
+        )
+        self.shell_counts, self._band = self._group_bands()
         bytes_each = 2 * torch.finfo(dtype).bits // 8 * d_work * (d_work // 2 + 1)
         self.cache_capacity = min(len(self.table), int(cache_bytes) // bytes_each)
         self._cache: torch.Tensor | None = None  # (capacity, d, d // 2 + 1) complex
@@ -110,6 +138,9 @@ class BatchMaker:
         ctf = particle_ctf(
             t, rows, self.d, self.device, self.dtype, self.pixel_size, self.use_ctf_scale
         )
+        optics_group = torch.as_tensor(t.optics_group[rows], device=self.device)
+        if self._band is not None:  # nothing past a group's own Nyquist
+            ctf = ctf * self._band[optics_group]
         shift_px = particle_shift_px(t, rows, self.device, self.dtype, self.pixel_size)
         rotations = torch.as_tensor(t.rotation[rows], dtype=self.dtype, device=self.device)
         shift = phase_shift_2d(self.d, shift_px)
@@ -120,9 +151,54 @@ class BatchMaker:
             ctf=ctf,
             shift=shift,
             rotations=rotations,
-            optics_group=torch.as_tensor(t.optics_group[rows], device=self.device),
+            optics_group=optics_group,
             geometry=None,
+            shell_counts=None if self.shell_counts is None else self.shell_counts[optics_group],
         )
+
+    def _group_resampling(self) -> list[GroupResampling | None]:
+        """Each optics group's way onto the working grid (None for a group without
+        particles); a ValueError for a group whose box is not known."""
+        t, frame = self.table, self.frame
+        work_psize = float(self.pixel_size[0]) if len(t) else frame.pixel_size_angstrom
+        used = np.zeros(len(t.optics), dtype=bool)
+        used[t.optics_group] = True
+        out: list[GroupResampling | None] = []
+        for group in range(len(t.optics)):
+            box = int(t.optics.image_size[group])
+            if not used[group]:
+                out.append(None)
+                continue
+            if box <= 0:
+                assert t.optics.number is not None  # OpticsGroups sets it
+                raise ValueError(
+                    f"optics group {t.optics.number[group]} has no box size (image_size 0)"
+                )
+            psize = float(t.optics.pixel_size_angstrom[group])
+            out.append(GroupResampling(box, psize, self.d, work_psize))
+        return out
+
+    def _group_bands(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(g, d // 2 + 1)`` independent full-spectrum pixels per shell of one image of each
+        group and the ``(g, d, d // 2 + 1)`` mask of its band (1 up to its last shell,
+        :attr:`GroupResampling.max_shell`); both None where every group fills the working
+        grid (one extent, no coarser pixel)."""
+        limited = [
+            r
+            for r in self._resampling
+            if r is not None and (r.max_shell < self.d // 2 or r.information < 1)
+        ]
+        if not limited:
+            return None, None
+        d, device = self.d, self.device
+        pixels = NoiseModel.flat(1, d, torch.float64, device).pixels_per_shell()  # (d//2+1,)
+        counts, band = [], []
+        for r in self._resampling:
+            last = d // 2 if r is None else r.max_shell
+            weight = 1.0 if r is None else r.information
+            counts.append(pixels * weight * (torch.arange(d // 2 + 1, device=device) <= last))
+            band.append(band_mask_2d(d, last, device))
+        return torch.stack(counts), torch.stack(band).to(self.dtype)
 
     def _refuse_non_finite(
         self,
@@ -168,10 +244,7 @@ class BatchMaker:
         if len(rows) and (slots >= 0).all():
             assert self._cache is not None  # slots are >= 0 only once it is made
             return self._cache[torch.as_tensor(slots, device=self.device)]
-        images = torch.from_numpy(self.images.read(rows)).to(self.dtype)
-        if self.device.type == "cuda":
-            images = images.pin_memory().to(self.device, non_blocking=True)
-        spectra = cropped_rfft_2d(images, self.d)
+        spectra = self._read_spectra(rows)
         new = np.flatnonzero(slots < 0)[: self.cache_capacity - self._n_cached]
         if len(new):
             if self._cache is None:
@@ -183,6 +256,33 @@ class BatchMaker:
             ]
             self._slot[rows[new]] = taken
             self._n_cached += len(new)
+        return spectra
+
+    def _read_images(self, rows: np.ndarray) -> torch.Tensor:
+        """``(b, d_g, d_g)`` images of ``rows`` (of one box), on the device in ``dtype``."""
+        images = torch.from_numpy(self.images.read(rows)).to(self.dtype)
+        if self.device.type == "cuda":
+            images = images.pin_memory().to(self.device, non_blocking=True)
+        return images
+
+    def _read_spectra(self, rows: np.ndarray) -> torch.Tensor:
+        """``(b, d, d // 2 + 1)``: the images of ``rows`` read and brought onto the working
+        grid, each optics group's by its own resampling (one Fourier crop for all where every
+        group has the reference frame's box and extent)."""
+        if self.one_grid:
+            return cropped_rfft_2d(self._read_images(rows), self.d)
+        groups = self.table.optics_group[rows]
+        spectra = torch.empty(
+            (len(rows), self.d, self.d // 2 + 1),
+            dtype=torch.complex128 if self.dtype == torch.float64 else torch.complex64,
+            device=self.device,
+        )
+        for group in np.unique(groups):
+            mine = np.flatnonzero(groups == group)
+            resampling = self._resampling[group]
+            assert resampling is not None  # every group with particles has one
+            taken = torch.as_tensor(mine, device=self.device)
+            spectra[taken] = resampling(self._read_images(rows[mine]))
         return spectra
 
     def add_geometry(self, batch: ParticleBatch) -> ParticleBatch:

@@ -119,8 +119,9 @@ def gaussian_normaliser(
     """``(b,)``: ``-½ Σ_{s=1..max_shell} n_s log power[g_i, s]``, the part of the Gaussian
     log-likelihood that the E-step leaves out (the same for every class) and that training the
     noise needs: without it a larger noise power always scores better. ``counts (n_shells,)``
-    are the full-spectrum pixels per shell (:meth:`NoiseModel.pixels_per_shell`)."""
-    use = torch.zeros_like(counts)
+    are the full-spectrum pixels per shell (:meth:`NoiseModel.pixels_per_shell`), or
+    ``(b, n_shells)`` each image's independent ones (``ParticleBatch.shell_counts``)."""
+    use = torch.zeros(counts.shape[-1], dtype=counts.dtype, device=counts.device)
     use[1 : max_shell + 1] = 1
     return -0.5 * (torch.log(noise_power[optics_group]) * (counts * use)).sum(1)
 

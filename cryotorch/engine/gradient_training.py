@@ -108,7 +108,7 @@ def _objective(run: RunContext, state: RunState, noise: NoiseModel, train_noise:
     ) -> torch.Tensor:
         value = free_energy(scores, gamma)
         if train_noise:
-            counts = noise.pixels_per_shell()
+            counts = noise.pixels_per_shell() if batch.shell_counts is None else batch.shell_counts
             value = value + gaussian_normaliser(noise.power, counts, batch.optics_group, max_shell)
         return value
 

@@ -180,7 +180,7 @@ def accumulate_statistics(
     stats.n_particles += len(batch.rows)
     if estep is not None:
         residual = (gamma[:, :, None] * estep.residual_shells).sum(1)  # (b, n_shells)
-        sums, counts = noise.sums_by_group(residual, batch.optics_group)
+        sums, counts = noise.sums_by_group(residual, batch.optics_group, batch.shell_counts)
         stats.noise_sum += sums
         stats.noise_count += counts
     n_vox = stats.weight.shape[0]

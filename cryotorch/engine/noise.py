@@ -60,15 +60,25 @@ class NoiseModel:
         )
 
     def sums_by_group(
-        self, shell_values: torch.Tensor, optics_group: torch.Tensor
+        self,
+        shell_values: torch.Tensor,
+        optics_group: torch.Tensor,
+        pixel_counts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per optics group, float64 ``(g, n_shells)``: the sums of ``shell_values (b, n_shells)``
         (e.g. :meth:`shell_sums` of a power) and of the pixels they cover, for
-        :meth:`from_power_sums`."""
+        :meth:`from_power_sums`. ``pixel_counts (b, n_shells)``: the independent pixels each
+        image has in each shell (:attr:`ParticleBatch.shell_counts
+        <cryotorch.engine.batches.ParticleBatch>`: an optics group resampled from a coarser
+        pixel or a smaller extent); None: all of the shell's pixels."""
         g, n_shells = self.power.shape
         sums = torch.zeros(g, n_shells, dtype=torch.float64, device=self.power.device)
         sums.index_add_(0, optics_group, shell_values.double())
-        per_image = self.pixels_per_shell().double().expand(len(shell_values), -1)
+        per_image = (
+            self.pixels_per_shell().double().expand(len(shell_values), -1)
+            if pixel_counts is None
+            else pixel_counts.double()
+        )
         counts = torch.zeros_like(sums).index_add_(0, optics_group, per_image)
         return sums, counts
 

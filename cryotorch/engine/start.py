@@ -30,7 +30,9 @@ def initial_noise(run: RunContext, rng: np.random.Generator) -> NoiseModel:
     counts = torch.zeros_like(sums)
     for batch in run.batches(rows):
         power = probe.shell_sums(batch.spectra.real**2 + batch.spectra.imag**2)
-        batch_sums, batch_counts = probe.sums_by_group(power, batch.optics_group)
+        batch_sums, batch_counts = probe.sums_by_group(
+            power, batch.optics_group, batch.shell_counts
+        )
         sums += batch_sums
         counts += batch_counts
     run.group.sum_(sums, counts)

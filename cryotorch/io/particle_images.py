@@ -71,10 +71,11 @@ def _open_stack(table: ParticleTable, stack: Path, row: int) -> mrcfile.mrcfile.
         ) from exc
 
 
-def with_image_sizes(table: ParticleTable, box: int | None = None) -> ParticleTable:
+def with_image_sizes(table: ParticleTable, box: int | np.ndarray | None = None) -> ParticleTable:
     """``table`` with every optics group's box (``image_size`` 0: not given by the file) set:
-    to ``box`` when given (the stacks' common size), else from the header of the group's
-    first stack. A stack that must be opened and does not exist is an InputError."""
+    to ``box`` when given (an int for every such group, or ``(g,)`` per group, as the stacks
+    say), else from the header of the group's first stack. A stack that must be opened and
+    does not exist is an InputError."""
     sizes = table.optics.image_size.copy()
     missing = np.flatnonzero(sizes == 0)
     if missing.size == 0:
@@ -96,7 +97,7 @@ def with_image_sizes(table: ParticleTable, box: int | None = None) -> ParticleTa
             with _open_stack(table, stack, int(rows[0])) as mrc:
                 sizes[group] = int(mrc.header.nx)
         else:
-            sizes[group] = box
+            sizes[group] = box if np.isscalar(box) else np.asarray(box)[group]
     return replace(table, optics=replace(table.optics, image_size=sizes))
 
 
@@ -104,8 +105,10 @@ class ParticleImages:
     """Lazy reader of a table's particle images.
 
     Opening checks every stack header once: the file exists, the MRC mode is supported, every
-    index is inside the stack, the image size matches the optics group, and the header's pixel
-    size agrees with the table's within 1 %. Reading checks each batch for NaN/Inf.
+    index is inside the stack, the images are square, their size matches the optics group
+    (every stack of a group has the group's box; groups may differ, as RELION 3.1 allows), the
+    header's pixel size agrees with the table's within 1 %, and every origin lies inside its
+    particle's box. Reading checks each batch for NaN/Inf.
 
     A header pixel size of 0 or 1.0 Å is taken as "not set" (1.0 is many writers' default; RELION
     ignores the header pixel size of particle stacks altogether): the table's is used, with a
@@ -113,7 +116,9 @@ class ParticleImages:
     table's pixel size whatever the headers say.
 
     :attr:`table` is the table given, with the box of every optics group that did not give one
-    (RELION 3.0, 3.1 without ``rlnImageSize``) taken from its stacks' headers.
+    (RELION 3.0, 3.1 without ``rlnImageSize``) taken from its stacks' headers;
+    :attr:`image_sizes` ``(g,)`` those boxes, :attr:`image_shape` the one shape of all images
+    (where the groups share one box).
 
     Parameters
     ----------
@@ -132,14 +137,34 @@ class ParticleImages:
         self._codes = codes.astype(np.int64)
         self._stacks = [Path(u) for u in uniques]
         self._open_maps: OrderedDict[int, StackMap] = OrderedDict()
-        self.image_shape = self._check_headers(check_pixel_size)
-        self.table = with_image_sizes(table, self.image_shape[-1])
+        self.table = with_image_sizes(table, self._check_headers(check_pixel_size))
+        self._check_origins()
+
+    @property
+    def image_sizes(self) -> np.ndarray:
+        """``(g,)`` int64: the box of each optics group's images, pixels (0 for a group without
+        particles whose box the file does not give)."""
+        return self.table.optics.image_size
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """``(d, d)``: the shape of every image, where all the particles' optics groups share
+        one box; a ValueError where they do not (:attr:`image_sizes` gives each group's)."""
+        sizes = np.unique(self.image_sizes[np.unique(self.table.optics_group)])
+        if len(sizes) != 1:
+            raise ValueError(
+                f"the optics groups have images of different boxes {sizes.tolist()}: "
+                "see image_sizes for each group's"
+            )
+        return int(sizes[0]), int(sizes[0])
 
     @property
     def _table_file(self) -> str:
         return _table_file(self.table)
 
-    def _check_headers(self, check_pixel_size: bool) -> tuple[int, int]:
+    def _check_headers(self, check_pixel_size: bool) -> np.ndarray:
+        """Check every stack's header (see the class's docstring); the box ``(g,)`` of each
+        optics group, as the file gives it or, where it does not, as its stacks have it."""
         path_field, index_field = _image_fields(self.table)
         max_index = np.zeros(len(self._stacks), dtype=np.int64)
         np.maximum.at(max_index, self._codes, self.table.image_index)
@@ -151,7 +176,8 @@ class ParticleImages:
             self._codes * n_groups + self.table.optics_group, return_index=True
         )
         pair_code, pair_group = pairs // n_groups, pairs % n_groups
-        shapes = set()
+        sizes = self.table.optics.image_size.astype(np.int64)  # (g,), 0: not given
+        given = sizes > 0
         unset: list[tuple[Path, float]] = []  # stacks whose header pixel size means "not set"
         for code, stack in enumerate(self._stacks):
             row = int(first_row[code])
@@ -177,23 +203,17 @@ class ParticleImages:
                     f"row {bad + 1}: {_image_number(self.table, bad)} is past the end of "
                     f"{stack}, which holds {n_images} images",
                 )
+            if nx != ny:
+                raise InputError(
+                    stack,
+                    "header.nx/ny",
+                    f"images are {nx}x{ny}: expected square images ({self._table_file}, row "
+                    f"{row + 1})",
+                )
             # Every optics group of the stack's particles, not only its first particle's.
             lo, hi = np.searchsorted(pair_code, [code, code + 1])
             for group, row in zip(pair_group[lo:hi], pair_row[lo:hi], strict=True):
-                expected_size = int(self.table.optics.image_size[group])
-                if expected_size and (nx != expected_size or ny != expected_size):
-                    assert self.table.optics.number is not None  # OpticsGroups sets it
-                    said = (
-                        "blob/shape"
-                        if path_field == "blob/path"
-                        else f"rlnImageSize of optics group {self.table.optics.number[group]}"
-                    )
-                    raise InputError(
-                        stack,
-                        "header.nx/ny",
-                        f"images are {nx}x{ny}, the table's optics group says {expected_size} "
-                        f"({said} in {self._table_file}, row {row + 1})",
-                    )
+                self._check_box(stack, nx, int(group), int(row), sizes, bool(given[group]))
                 psize = float(self.table.optics.pixel_size_angstrom[group])
                 agrees = abs(header_psize - psize) <= PIXEL_SIZE_RTOL * psize
                 if check_pixel_size and not agrees and header_psize in UNSET_PIXEL_SIZES:
@@ -208,7 +228,6 @@ class ParticleImages:
                         "--ignore-stack-pixel-size, cryotorch-classify "
                         "data.ignore_stack_pixel_size=true)",
                     )
-            shapes.add((ny, nx))
         if unset:
             unset = list(dict.fromkeys(unset))  # a stack of several groups, once
             (stack, header_psize), others = unset[0], len(unset) - 1
@@ -220,16 +239,41 @@ class ParticleImages:
                 f"pixel size {header_psize:.1f} Å{more}, {usual}; using "
                 f"{self._table_file}'s pixel size",
             )
-        if len(shapes) != 1:
-            raise InputError(
-                self._table_file, path_field, f"stacks have different image sizes {shapes}"
-            )
-        shape = shapes.pop()
-        self._check_origins(shape[-1])
-        return shape
+        return sizes
 
-    def _check_origins(self, box: int) -> None:
-        """Refuse an origin (shift) longer than the box: its particle would lie outside."""
+    def _check_box(
+        self, stack: Path, box: int, group: int, row: int, sizes: np.ndarray, given: bool
+    ) -> None:
+        """Refuse images of ``box`` pixels in ``stack`` (holding particle ``row``, 0-based,
+        of optics group row ``group``) unless the group's box ``sizes[group]`` is that; a box
+        the file does not give (``given`` false) is set by the group's first stack."""
+        expected = int(sizes[group])
+        if expected == 0:
+            sizes[group] = box
+            return
+        if box == expected:
+            return
+        assert self.table.optics.number is not None  # OpticsGroups sets it
+        number = self.table.optics.number[group]
+        if given:
+            said = (
+                "blob/shape"
+                if _image_fields(self.table)[0] == "blob/path"
+                else f"rlnImageSize of optics group {number}"
+            )
+            problem = f"the table's optics group says {expected} ({said} in {self._table_file}"
+        else:
+            problem = (
+                f"other stacks of optics group {number} hold {expected}x{expected} images "
+                f"(one box per optics group; {self._table_file}"
+            )
+        raise InputError(
+            stack, "header.nx/ny", f"images are {box}x{box}, {problem}, row {row + 1})"
+        )
+
+    def _check_origins(self) -> None:
+        """Refuse an origin (shift) longer than its particle's box: it would lie outside."""
+        box = self.table.optics.image_size[self.table.optics_group]  # (n,)
         extent = box * self.table.pixel_size_angstrom
         bad = np.flatnonzero((np.abs(self.table.origin_angstrom) > extent[:, None]).any(axis=1))
         if bad.size:
@@ -242,7 +286,7 @@ class ParticleImages:
                 self._table_file,
                 field,
                 f"row {row + 1}: origin {self.table.origin_angstrom[row].round(2).tolist()} Å "
-                f"lies outside the {box}-pixel box ({extent[row]:g} Å): expected a shift "
+                f"lies outside the {box[row]}-pixel box ({extent[row]:g} Å): expected a shift "
                 "within the box",
             )
 
@@ -263,9 +307,17 @@ class ParticleImages:
         return len(self.table)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """Images of table ``rows`` (any order, repeats allowed): ``(b, ny, nx)`` float32."""
+        """Images of table ``rows`` (any order, repeats allowed): ``(b, d, d)`` float32. The
+        rows must share one box ``d`` (optics groups of one :attr:`image_sizes`); a ValueError
+        otherwise (read each box's rows apart)."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), *self.image_shape), dtype=np.float32)
+        boxes = np.unique(self.image_sizes[self.table.optics_group[rows]])
+        if len(boxes) > 1:
+            raise ValueError(
+                f"rows of images of different boxes {boxes.tolist()}: read each box's rows apart"
+            )
+        d = int(boxes[0]) if len(boxes) else 0
+        out = np.empty((len(rows), d, d), dtype=np.float32)
         codes = self._codes[rows]
         order = np.argsort(codes, kind="stable")
         bounds = np.flatnonzero(np.diff(codes[order])) + 1
