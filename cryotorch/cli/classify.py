@@ -226,10 +226,7 @@ def _start(
     must be the same), or from a run it continues (``continue_from``: what changed is
     printed and recorded)."""
     settings = config.settings()
-    frame = reference_frame(images.table)
-    d_work, _ = cropped_box_for_resolution(
-        frame.box, frame.pixel_size_angstrom, settings.model.target_resolution
-    )
+    d_work = _working_box(images.table, config)[1]
     inputs = _inputs_dict(config, star, images)
     n = len(images.table)
     if resume_from is not None and not in_place:  # this run's own checkpoint: exact
@@ -250,6 +247,16 @@ def _start(
         f"continuing {source} after iteration {state['iteration'] - 1}: {said}",
         continued=(source, int(state["iteration"]) - 1, changes),
     )
+
+
+def _working_box(table: ParticleTable, config: RunConfig) -> tuple[ReferenceFrame, int, float]:
+    """The maps' frame (the first optics group's box and pixel size), and the working box
+    and its pixel size (Å) for the target resolution."""
+    frame = reference_frame(table)
+    d_work, work_psize = cropped_box_for_resolution(
+        frame.box, frame.pixel_size_angstrom, config.model.target_resolution
+    )
+    return frame, d_work, work_psize
 
 
 @dataclass
@@ -278,9 +285,8 @@ def _classify_images(
     ``modules``, if any); the outputs (rank 0)."""
     settings, device = config.settings(), group.device
     table = images.table  # with the box of every optics group, from the stacks if need be
-    frame = reference_frame(table)  # the maps' box and pixel size: the first optics group's
-    d_full, psize = frame.box, frame.pixel_size_angstrom
-    d_work, work_psize = cropped_box_for_resolution(d_full, psize, settings.model.target_resolution)
+    frame, d_work, work_psize = _working_box(table, config)
+    d_full = frame.box
     masks = read_masks(config.mask, config.data.reference, images, d_work, work_psize)
     paths, k = config.data.initial_map_paths(), settings.model.num_classes
     initial_maps = read_initial_maps(paths, k, images, d_work)
@@ -319,14 +325,15 @@ def _classify_images(
 
         # The record is written with the first checkpoint, once the inputs are read and checked;
         # a resumed run's record stands.
-        record = [start.state is None or start.continued is not None]
+        unrecorded = start.state is None or start.continued is not None
 
         def checkpoint(state: dict) -> None:
-            if record[0]:
+            nonlocal unrecorded
+            if unrecorded:
                 save_job_record(output_dir, config)
                 if start.continued is not None:
                     record_continuation(output_dir, *start.continued)
-                record[0] = False
+                unrecorded = False
             # Before the checkpoint: a run resumed from it rewrites them as they were.
             write_iteration(output_dir, state, d_full, work_psize, config.outputs.iteration_maps)
             save_checkpoint(output_dir / CHECKPOINT_NAME, {**state, "inputs": inputs})
