@@ -61,8 +61,11 @@ def simulate(work: Path, setting: str, n: int, box: int, pixel_size: float, seed
 
 
 def run_relion(
-    star: Path, truth: np.ndarray, iterations: int, threads: int, diameter: float
+    star: Path, truth: np.ndarray, iterations: int, threads: int, diameter: float, k: int = 2
 ) -> dict:
+    """``relion_refine --K k --skip_align`` from the consensus (``relion_reconstruct --ctf`` of
+    all particles, ``consensus.mrc`` beside them): per-iteration accuracy, seconds per
+    iteration (its wall time / iterations) and ``seconds`` (the refinement's wall time)."""
     folder = star.parent
     subprocess.run(
         ["relion_reconstruct", "--i", star.name, "--o", "consensus.mrc", "--ctf"],
@@ -70,7 +73,7 @@ def run_relion(
     )  # fmt: skip
     (folder / "relion").mkdir(exist_ok=True)
     args = [
-        "relion_refine", "--i", star.name, "--o", "relion/run", "--ref", "consensus.mrc", "--K", "2",
+        "relion_refine", "--i", star.name, "--o", "relion/run", "--ref", "consensus.mrc", "--K", str(k),
         "--skip_align", "--tau2_fudge", "4", "--iter", str(iterations), "--ctf", "--ini_high", "20",
         "--flatten_solvent", "--zero_mask", "--particle_diameter", f"{diameter:.1f}", "--pad", "2",
         "--j", str(threads), "--random_seed", "0", "--dont_combine_weights_via_disc", "--pool", "30",
@@ -83,8 +86,13 @@ def run_relion(
         data = starfile.read(folder / "relion" / f"run_it{it:03d}_data.star", always_dict=True)[
             "particles"
         ]
-        accuracy.append(classification_accuracy(data["rlnClassNumber"].to_numpy() - 1, truth, 2))
-    return {"accuracy": accuracy, "seconds_per_iteration": seconds / iterations}
+        accuracy.append(classification_accuracy(data["rlnClassNumber"].to_numpy() - 1, truth, k))
+    return {
+        "accuracy": accuracy,
+        "seconds_per_iteration": seconds / iterations,
+        "seconds": seconds,
+        "classes": data["rlnClassNumber"].to_numpy() - 1,
+    }
 
 
 def run_cryotorch(star: Path, truth: np.ndarray, overrides: list[str], threads: int) -> dict:
