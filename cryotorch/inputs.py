@@ -84,10 +84,13 @@ def read_masks(
     work_pixel_size: float,
 ) -> Masks:
     """The solvent and focus masks and the consensus map (``data.reference``), at the
-    working box of ``work_pixel_size`` Å."""
+    working box of ``work_pixel_size`` Å. ``mask.solvent=auto`` makes the solvent mask from
+    ``data.reference`` when there is one (as ``from_reference``); without one the mask is
+    None here and the run makes it from all particles' reconstruction
+    (:func:`~cryotorch.engine.consensus.solvent_mask_from_data`)."""
     consensus = None if reference is None else _crop(read_matching_map(reference, images), d_work)
     solvent = None
-    if mask.solvent == "from_reference":
+    if mask.solvent == "from_reference" or (mask.solvent == "auto" and consensus is not None):
         if consensus is None:
             raise InputError(
                 "configuration", "mask.solvent", "from_reference needs data.reference (a map)"
@@ -107,11 +110,11 @@ def read_masks(
             raise InputError(
                 reference,
                 "data",
-                "the solvent mask made from this map (mask.solvent=from_reference, "
+                f"the solvent mask made from this map (mask.solvent={mask.solvent}, "
                 f"mask.threshold={mask.threshold:g}) is empty: expected a map whose low-passed "
                 "density rises above the threshold times its maximum",
             )
-    elif mask.solvent != "sphere":
+    elif mask.solvent not in ("sphere", "auto"):
         solvent = _read_mask(mask.solvent, images, d_work)
     focus = None if mask.focus is None else _read_mask(mask.focus, images, d_work)
     return Masks(solvent=solvent, focus=focus, consensus=consensus)

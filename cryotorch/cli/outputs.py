@@ -5,6 +5,7 @@ first optics group's where groups differ (the run's
 :func:`~cryotorch.particles.reference_frame`): the working-box maps Fourier-padded, so no
 detail beyond the resolution the run used, which the header's second label states);
 ``class_001_hard.mrc``, ... (each class from the particles assigned to it only, the same way);
+``solvent_mask.mrc`` (the run's solvent mask, the same way, clipped to [0, 1]);
 ``particles.star`` (every input column, plus ``rlnClassNumber`` 1-based,
 ``rlnMaxValueProbDistribution``, ``rlnCryotorchClassESS`` (after the layers) and
 ``rlnCryotorchEStepESS`` (of the E-step's posterior)); ``particles.cs`` too when the input
@@ -94,6 +95,7 @@ STAGING_NAME = f".outputs{TEMPORARY_MARK}"
 RESULT_PATTERNS = (
     "class_[0-9][0-9][0-9].mrc",
     "class_[0-9][0-9][0-9]_hard.mrc",
+    "solvent_mask.mrc",
     "particles.star",
     "particles.cs",
     "particles_class[0-9][0-9][0-9].star",
@@ -165,6 +167,16 @@ def _write_maps(
         names.append(name.format(i + 1))
         write_map(folder / names[-1], volume, pixel_size, labels=[label])
     return names
+
+
+def _write_mask(path: Path, mask: torch.Tensor, work_pixel_size: float, box: int) -> None:
+    """The run's solvent mask ``(d, d, d)``, Fourier-padded to the particles' ``box`` as the
+    maps are (and clipped to [0, 1], which the padding's ringing leaves), ready to be given to
+    a next job (RELION's ``--solvent_mask``, cryoSPARC's mask input, ``mask.solvent=``)."""
+    d = mask.shape[-1]
+    full = fourier_pad_3d(mask.detach().cpu().double()[None], box)[0].clamp(0, 1).float()
+    label = f"solvent mask of the run: box {d} at {work_pixel_size:.3f} A padded to {box}"
+    write_map(path, full.numpy(), work_pixel_size * d / box, labels=[label])
 
 
 def write_model_star(
@@ -259,6 +271,8 @@ def _write_result_set(
         _write_maps(
             output_dir, "class_{:03d}_hard.mrc", result.hard_maps, psize, resolution, box, "hard"
         )
+    if result.solvent_mask is not None:
+        _write_mask(output_dir / "solvent_mask.mrc", result.solvent_mask, psize, box)
     if result.history:
         prior = result.class_prior.detach().cpu().double().numpy()
         work_box = result.maps.shape[-1]

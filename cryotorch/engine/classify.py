@@ -66,6 +66,8 @@ def classify(
         state = initial_state(run, initial_maps)
     else:
         state = RunState.from_state_dict(resume, run.device)
+        if state.solvent_mask is not None:
+            run.set_solvent_mask(state.solvent_mask)
         if monitor is not None and hasattr(monitor, "restore"):
             monitor.restore(state.history)
     if settings.optim.method == "gradient":
@@ -92,4 +94,5 @@ def _result(run: RunContext, state: RunState) -> ClassificationResult:
         state.posteriors_estep,
         state.history,
         hard_maps,
+        run.mask,
     )

@@ -10,9 +10,10 @@ from cryotorch.engine.context import RunContext
 from cryotorch.engine.mstep import SufficientStatistics, update_maps
 from cryotorch.engine.noise import NoiseModel
 from cryotorch.engine.state import RunState
+from cryotorch.physics.masks import mask_from_map
 from cryotorch.physics.projector import prepare_volumes
 
-__all__ = ["consensus_from", "fit_scale"]
+__all__ = ["consensus_from", "fit_scale", "solvent_mask_from_data"]
 
 
 def fit_scale(run: RunContext, maps: torch.Tensor, noise: NoiseModel) -> torch.Tensor:
@@ -59,3 +60,24 @@ def consensus_from(
     return update_maps(
         everyone, run.d, run.settings.model.pad, run.settings.model.tau2_fudge, run.mask
     )[0]
+
+
+def solvent_mask_from_data(run: RunContext, stats: SufficientStatistics) -> torch.Tensor:
+    """The solvent mask ``(d, d, d)`` of ``mask.solvent=auto`` without a reference, made from
+    the particles themselves (cryoSPARC's choice; RELION asks for a sphere): the
+    reconstruction of all of them (``stats`` summed over the classes, the M-step's τ² prior,
+    inside the sphere of ``model.particle_diameter`` or 90 % of the box), low-passed to
+    ``mask.lowpass_angstrom``, kept above ``mask.threshold`` times its maximum, extended by
+    ``mask.extend_angstrom`` and softened over ``mask.soft_edge_angstrom``, as
+    ``mask.solvent=from_reference`` does with a given map; then times that sphere, so nothing
+    outside what the particle may fill is kept."""
+    m = run.settings.mask
+    everyone = run.mstep.symmetrised(stats.summed_over_classes())
+    consensus = update_maps(
+        everyone, run.d, run.settings.model.pad, run.settings.model.tau2_fudge, run.sphere
+    )[0]
+    made = mask_from_map(
+        consensus, run.pixel_size, m.threshold, m.extend_angstrom, m.soft_edge_angstrom,
+        m.lowpass_angstrom,
+    )  # fmt: skip
+    return made * run.sphere

@@ -77,12 +77,14 @@ class RunContext:
             settings.model.target_resolution,
             settings.model.resolution_reach_at,
         )
+        diameter = settings.model.particle_diameter or 0.9 * self.d * self.pixel_size
+        sphere = solvent_sphere(self.d, self.pixel_size, diameter, settings.mask.soft_edge_angstrom)
+        self.sphere = sphere.to(device=self.device, dtype=self.dtype)  # (d, d, d)
+        # mask.solvent=auto without a reference: the start makes the mask from all particles'
+        # reconstruction (set_solvent_mask); until then, and for mask.solvent=sphere, the sphere.
+        self.mask_from_data = masks.solvent is None and settings.mask.solvent == "auto"
         if masks.solvent is None:
-            diameter = settings.model.particle_diameter or 0.9 * self.d * self.pixel_size
-            sphere = solvent_sphere(
-                self.d, self.pixel_size, diameter, settings.mask.soft_edge_angstrom
-            )
-            self.mask = sphere.to(device=self.device, dtype=self.dtype)
+            self.mask = self.sphere
         else:
             self.mask = masks.solvent.to(device=self.device, dtype=self.dtype)
         self.focus = None if masks.focus is None else masks.focus.to(self.device, self.dtype)
@@ -147,6 +149,11 @@ class RunContext:
                     coming = pool.submit(self.batcher.load, chunks[i + 1])
                 yield self.batcher.add_geometry(batch)
                 bar.update(len(chunk))
+
+    def set_solvent_mask(self, mask: torch.Tensor) -> None:
+        """Use ``mask (d, d, d)`` as the solvent mask from here on (the M-step's too)."""
+        self.mask = mask.to(device=self.device, dtype=self.dtype)
+        self.mstep.solvent_mask = self.mask
 
     # -- the posterior layers --------------------------------------------------------------
     def similarity_schedule(self, state: RunState) -> SimilaritySchedule:

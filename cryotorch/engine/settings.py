@@ -165,7 +165,7 @@ class MaskSettings:
     """``mask.*`` (``configs/mask/default.yaml``): the solvent and focus masks (their files
     are read by :mod:`cryotorch.inputs`; the engine uses the sphere's soft edge)."""
 
-    solvent: str = "sphere"  # sphere | from_reference | a .mrc file
+    solvent: str = "auto"  # auto | sphere | from_reference | a .mrc file
     threshold: float = 0.2
     lowpass_angstrom: float = 15.0
     extend_angstrom: float = 6.0
@@ -206,7 +206,9 @@ class ClassificationSettings:
 class Masks:
     """Masks at the working box, each ``(d, d, d)`` in [0, 1].
 
-    ``solvent`` S multiplies every map after each M-step (None: a sphere of
+    ``solvent`` S multiplies every map after each M-step (None: with ``mask.solvent=auto``
+    made at the start from the reconstruction of all particles, see
+    :func:`~cryotorch.engine.consensus.solvent_mask_from_data`; otherwise a sphere of
     ``particle_diameter`` whose raised-cosine edge falls to 0 over ``mask.soft_edge_angstrom``).
     ``focus`` F restricts what the E-step compares: it scores each particle against
     ``S · (F · V_k + (1 - F) · V̄)``, so outside F every class looks alike

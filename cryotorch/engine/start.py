@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cryotorch.engine.consensus import consensus_from, fit_scale
+from cryotorch.engine.consensus import consensus_from, fit_scale, solvent_mask_from_data
 from cryotorch.engine.context import RunContext
 from cryotorch.engine.initialisation import cluster_maps
 from cryotorch.engine.mstep import update_maps
@@ -70,7 +70,13 @@ def initial_state(run: RunContext, initial_maps: torch.Tensor | None) -> RunStat
         assignment=np.full(n, -1),
     )
     stats = None
-    if initial_maps is None and settings.model.init == "pca" and k > 1:
+    pca = initial_maps is None and settings.model.init == "pca" and k > 1
+    if run.mask_from_data and (initial_maps is not None or pca):
+        # Any start but the random one: a pass of its own for all particles' reconstruction.
+        everyone = assignment_statistics(run, np.zeros(n, np.int64), noise, label="solvent mask")
+        state.solvent_mask = solvent_mask_from_data(run, everyone)
+        run.set_solvent_mask(state.solvent_mask)
+    if pca:
         # cryoSPARC's PCA start (see engine/initialisation.py).
         m = min(settings.model.pca_subsets, n)
         subsets = rng.permutation(np.arange(n) % m)
@@ -86,6 +92,9 @@ def initial_state(run: RunContext, initial_maps: torch.Tensor | None) -> RunStat
     elif initial_maps is None:
         # RELION's start: reconstructions from a random assignment of the particles.
         stats = assignment_statistics(run, rng.integers(0, k, n), noise, label="initial maps")
+        if run.mask_from_data:  # the K random classes together are all particles
+            state.solvent_mask = solvent_mask_from_data(run, stats)
+            run.set_solvent_mask(state.solvent_mask)
         maps, _, _ = run.m_step(stats, noise)
     else:
         if initial_maps.shape != (k, d, d, d):

@@ -50,6 +50,7 @@ class RunState:
     finished: bool = False
     running: SufficientStatistics | None = None  # online EM's mixed statistics
     consensus: torch.Tensor | None = None  # V̄ (d, d, d) that a focus mask compares outside F
+    solvent_mask: torch.Tensor | None = None  # (d, d, d) made from the data (mask.solvent=auto)
     fitted_reference: torch.Tensor | None = None  # a given V̄, on the particles' greyscale
     splits: list[tuple[int, int]] = field(default_factory=list)  # re-seeds of this iteration
     reseeds_done: int = 0
@@ -75,6 +76,7 @@ class RunState:
             "prior": self.prior.cpu(),
             "noise_power": self.noise.power.cpu(),
             "consensus": _cpu_or_none(self.consensus),
+            "solvent_mask": _cpu_or_none(self.solvent_mask),
             "fitted_reference": _cpu_or_none(self.fitted_reference),
             "running": None
             if self.running is None
@@ -121,6 +123,7 @@ class RunState:
             if running is None
             else SufficientStatistics(**{k: dev(v) for k, v in running.items()}),
             consensus=dev(sd["consensus"]),
+            solvent_mask=dev(sd.get("solvent_mask")),  # absent before 2026-12-06
             fitted_reference=dev(sd["fitted_reference"]),
             splits=[(int(a), int(b)) for a, b in sd["splits"]],
             reseeds_done=int(sd["reseeds_done"]),
@@ -144,6 +147,7 @@ class ClassificationResult:
     posteriors_estep: np.ndarray
     history: list[dict] = field(default_factory=list)
     hard_maps: torch.Tensor | None = None  # (k, d, d, d) from each class's assigned particles
+    solvent_mask: torch.Tensor | None = None  # (d, d, d) the run's solvent mask
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:
