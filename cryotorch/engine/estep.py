@@ -23,8 +23,10 @@ class EStepResult:
 
     ``loglik (b, k)``: ``-½ Σ_j m_j |X_j - s c_j A_kj|² / σ²_{s(j)}`` over the shells in use;
     ``residual_shells (b, k, n_shells)``: ``Σ_{j in s} m_j |X_j - s c_j A_kj|²`` (for the noise
-    update); ``projections (b, k, d, d // 2 + 1)``: the shifted slices ``A`` (without CTF);
-    ``scale (b, k)`` the contrast ``s`` (None: 1).
+    update), over the shells in use, and past them the image's power ``Σ_{j in s} m_j |X_j|²``
+    (RELION's estimate beyond its ``current_size``: the slices are only extracted where they
+    are scored); ``projections (b, k, d, d // 2 + 1)``: the shifted slices ``A`` (without CTF)
+    on the shells in use, 0 past them; ``scale (b, k)`` the contrast ``s`` (None: 1).
     """
 
     def __init__(
@@ -52,7 +54,10 @@ class EStep(nn.Module):
     ) -> EStepResult:
         """``volumes (n_voxels, 2k)``: the interleaved padded Fourier volumes of the K classes."""
         assert batch.geometry is not None  # BatchMaker.add_geometry has set it
-        projections = extract_central_slices(volumes, batch.geometry) * batch.shift[:, None]
+        # Only the shells scored are extracted (RELION's current_size): the same slices there,
+        # zeros beyond, where the residual is then the image's own power.
+        geometry = batch.geometry.within_shell(max_shell)
+        projections = extract_central_slices(volumes, geometry) * batch.shift[:, None]
         model = batch.ctf[:, None] * projections  # (b, k, d, d//2+1)
         weights = noise.pixel_weights(batch.optics_group, max_shell)[:, None]  # (b, 1, d, dh)
         scale = None
