@@ -89,3 +89,16 @@ def test_the_shells_in_use_are_a_prefix_of_the_points():
         assert (part.k.norm(dim=-1).round() <= m).all()
         torch.testing.assert_close(part.index, geometry.index[:, : len(part.pixels)])
     assert geometry.within_shell(D // 2) is geometry
+
+
+def test_shell_sums_of_a_centred_crop_count_as_in_the_whole_box():
+    """The sums of a crop's values per shell equal those of the whole box with the values
+    outside the crop at 0 (the Hermitian multiplicity of the whole box's columns kept)."""
+    noise = NoiseModel(torch.ones(1, D // 2 + 1, dtype=torch.float64))
+    values = torch.rand(2, D, D // 2 + 1, dtype=torch.float64)
+    for box in (4, 10, 22):
+        start = D // 2 - box // 2
+        outside = torch.zeros_like(values)
+        outside[:, start : start + box, : box // 2 + 1] = 1
+        crop = values[:, start : start + box, : box // 2 + 1]
+        torch.testing.assert_close(noise.shell_sums(crop), noise.shell_sums(values * outside))
