@@ -102,3 +102,44 @@ def test_shell_sums_of_a_centred_crop_count_as_in_the_whole_box():
         outside[:, start : start + box, : box // 2 + 1] = 1
         crop = values[:, start : start + box, : box // 2 + 1]
         torch.testing.assert_close(noise.shell_sums(crop), noise.shell_sums(values * outside))
+
+
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
+def test_map_sums_to_a_shell_are_the_whole_sums_inside_it(kernels):
+    """Sums inserted to shell m: the same as the whole insertion at the voxels no point past
+    shell m reaches (|q| / pad < m - 0.4: the trilinear footprint is √3 padded voxels), and
+    nothing past shell m + 1."""
+    from cryotorch.engine.mstep import SufficientStatistics, accumulate_statistics
+    from cryotorch.physics.fourier import frequency_grid_3d
+
+    _, batch, noise = _case(kernels, torch.float64)
+    gamma = torch.softmax(torch.randn(B, K, dtype=torch.float64), 1)
+    p = PAD * D
+    radius = (frequency_grid_3d(p).norm(dim=-1) / PAD).flatten()  # (n_voxels,) shells of d
+    whole = SufficientStatistics.zeros(K, D, PAD, 1, "cpu", torch.float64)
+    accumulate_statistics(whole, batch, None, gamma, noise)
+    for m in (3, 7):
+        part = SufficientStatistics.zeros(K, D, PAD, 1, "cpu", torch.float64)
+        accumulate_statistics(part, batch, None, gamma, noise, max_shell=m)
+        inside, outside = radius < m - 0.4, radius > m + 1
+        torch.testing.assert_close(part.data[inside], whole.data[inside])
+        torch.testing.assert_close(part.weight[inside], whole.weight[inside])
+        assert (part.data[outside] == 0).all() and (part.weight[outside] == 0).all()
+        assert (whole.weight[outside] != 0).any()
+
+
+def test_an_iteration_inserts_the_next_esteps_shells_and_a_margin():
+    """What the M-step of iteration t sums: the shells the E-step of t + 1 scores and
+    INSERTION_MARGIN more; everything once that reaches the box's Nyquist."""
+    from types import SimpleNamespace
+
+    from cryotorch.engine.context import INSERTION_MARGIN, RunContext
+    from cryotorch.engine.schedules import ResolutionSchedule
+
+    schedule = ResolutionSchedule(20.0, 5.0, 20)
+    run = SimpleNamespace(resolution=schedule, d=40, pixel_size=2.4)
+    for iteration, expected in ((0, 4 + INSERTION_MARGIN), (9, 7 + INSERTION_MARGIN), (18, 19)):
+        assert schedule.max_shell(iteration + 1, 40, 2.4) + INSERTION_MARGIN == expected
+        state = SimpleNamespace(iteration=iteration)
+        assert RunContext.insertion_shell(run, state) == expected  # type: ignore[arg-type]
+    assert RunContext.insertion_shell(run, SimpleNamespace(iteration=19)) is None  # type: ignore[arg-type]
