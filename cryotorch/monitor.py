@@ -19,14 +19,17 @@ from cryotorch.io.atomic import atomic_path
 if TYPE_CHECKING:  # at run time imported where first used (RunMonitor.writer)
     from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["REPORT_SHARE", "RunMonitor"]
+__all__ = ["REPORT_SECONDS_GUESS", "REPORT_SHARE", "RunMonitor"]
 
 # At most this share of a run's time goes into the periodic refreshes of its report: drawing
 # its figures takes about a second, as long as several whole iterations of a few thousand
 # particles at box 64 (a third of a default run there, 2026-12-06), so a refresh due every
 # ``report_every`` iterations is put off until the run has worked 1 / REPORT_SHARE - 1 times as
-# long as the last refresh took. The report at the end is always written.
+# long as the last refresh took (REPORT_SECONDS_GUESS until one has been timed, so that a run
+# shorter than about 20 s has only its report at the end). The report at the end is always
+# written.
 REPORT_SHARE = 0.05
+REPORT_SECONDS_GUESS = 1.0  # s: a refresh on the project's 2-core VM (box 64, K = 2-8)
 
 
 class RunMonitor:
@@ -72,8 +75,8 @@ class RunMonitor:
         self.report_every = report_every
         self.report_header = report_header
         self.report_share = report_share
-        self._report_seconds = 0.0  # how long the last refresh took
-        self._report_done = 0.0  # when it ended (perf_counter)
+        self._report_seconds = REPORT_SECONDS_GUESS  # how long the last refresh took
+        self._report_done = time.perf_counter()  # when it ended (the run's start till then)
         self._latest_maps: torch.Tensor | None = None
         self._latest_ess: dict[str, np.ndarray] = {}
         self.log_name = log_name

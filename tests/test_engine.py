@@ -803,10 +803,12 @@ def test_the_report_draws_any_ess_even_all_one(tmp_path: Path):
 
 def test_report_refreshes_keep_to_their_share_of_the_run(tmp_path: Path, monkeypatch):
     """A refresh due every iteration is put off while the iterations are short against the
-    time a refresh takes (at most REPORT_SHARE of the run); the report at the end is written
-    whatever; with a share of 1, every refresh that is due."""
+    time a refresh takes (at most REPORT_SHARE of the run; 1 s is assumed until one has been
+    timed); the report at the end is written whatever; with a share of 1, every refresh that
+    is due."""
     import time
 
+    import cryotorch.monitor
     import cryotorch.report
     from cryotorch.monitor import RunMonitor
 
@@ -818,6 +820,8 @@ def test_report_refreshes_keep_to_their_share_of_the_run(tmp_path: Path, monkeyp
         return tmp_path / "report.md"
 
     monkeypatch.setattr(cryotorch.report, "write_report", slow_report)
+    short = RunMonitor(tmp_path, tensorboard=False, quiet=True, report_every=1)
+    monkeypatch.setattr(cryotorch.monitor, "REPORT_SECONDS_GUESS", 0.0)  # from here on
     maps, ess = torch.zeros(2, 4, 4, 4), {"class_ess": torch.ones(3)}
     row = {"iteration": 0, "phase": "full", "beta": 0.0, "hard": False, "resolution": 9.0,
            "percent_changed": 0.0, "mean_class_ess": 1.0}  # fmt: skip
@@ -828,6 +832,11 @@ def test_report_refreshes_keep_to_their_share_of_the_run(tmp_path: Path, monkeyp
             monitor.log_histograms(ess, it)
             time.sleep(pause)
 
+    run(short, 10)
+    assert written == []  # a refresh taken to cost 1 s: not before 19 s of the run
+    short.write_report()
+    assert written == [10]  # the end: always
+    written.clear()
     quick = RunMonitor(tmp_path, tensorboard=False, quiet=True, report_every=1)
     run(quick, 10)
     assert written == [1]  # the first refresh only: 0.02 s against no work
