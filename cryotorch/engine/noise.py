@@ -100,7 +100,8 @@ class NoiseModel:
         previous: NoiseModel | None = None,
     ) -> NoiseModel:
         """From ``(g, n_shells)`` sums of ``|residual|²`` and their pixel counts, in ``dtype``
-        (shells with no pixels take the value of the nearest shell below; never exactly 0).
+        (shells with no pixels or no power take the value of the nearest shell below; never
+        exactly 0).
 
         An optics group the sums say nothing about keeps its power in ``previous``: one with
         no pixels (none of its particles in the sums: a mini-batch of online EM, a sample of
@@ -143,9 +144,12 @@ class NoiseModel:
 
 
 def _filled(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """``sums / counts`` per group and shell ``(g, n_shells)``; a shell with no pixels takes
-    the value of the shell below."""
+    """``sums / counts`` per group and shell ``(g, n_shells)``; a shell with no pixels, or no
+    power at all, takes the value of the shell below. (No power: past the shells an E-step
+    scores its residual is the image's power, which a blank image has none of; as a noise
+    power, 0 would give 1 / σ² of 10³⁸ and -inf scores once those shells are scored.)"""
     power = sums / counts.clamp_min(1)
     for s in range(1, power.shape[1]):
-        power[:, s] = torch.where(counts[:, s] > 0, power[:, s], power[:, s - 1])
+        known = (counts[:, s] > 0) & (sums[:, s] > 0)
+        power[:, s] = torch.where(known, power[:, s], power[:, s - 1])
     return power
