@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,17 @@ from cryotorch.io.atomic import atomic_path
 if TYPE_CHECKING:  # at run time imported where first used (RunMonitor.writer)
     from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["RunMonitor"]
+__all__ = ["REPORT_SECONDS_GUESS", "REPORT_SHARE", "RunMonitor"]
+
+# At most this share of a run's time goes into the periodic refreshes of its report: drawing
+# its figures takes about a second, as long as several whole iterations of a few thousand
+# particles at box 64 (a third of a default run there, 2026-12-06), so a refresh due every
+# ``report_every`` iterations is put off until the run has worked 1 / REPORT_SHARE - 1 times as
+# long as the last refresh took (REPORT_SECONDS_GUESS until one has been timed, so that a run
+# shorter than about 20 s has only its report at the end). The report at the end is always
+# written.
+REPORT_SHARE = 0.05
+REPORT_SECONDS_GUESS = 1.0  # s: a refresh on the project's 2-core VM (box 64, K = 2-8)
 
 
 class RunMonitor:
@@ -44,12 +55,15 @@ class RunMonitor:
         report_every: int = 0,
         report_header: tuple[str, str] = ("", ""),
         log_name: str | None = "classify.log",
+        report_share: float = REPORT_SHARE,
     ) -> None:
         """``first_step > 0`` for a resumed run: TensorBoard drops what an earlier attempt
         logged from that step on. ``report_every > 0``: refresh ``output_dir/report``
         (:mod:`cryotorch.report`) every that many iterations and at :meth:`write_report`;
         ``report_header``: the command and the configuration (YAML) it shows. ``log_name``:
-        the log in ``output_dir`` that every line said goes to as well (None: none)."""
+        the log in ``output_dir`` that every line said goes to as well (None: none).
+        ``report_share``: the largest share of the run's time the periodic refreshes take
+        (:data:`REPORT_SHARE`; 1: every ``report_every`` iterations whatever they cost)."""
         self.output_dir = Path(output_dir)
         self.rows: list[dict] = []
         self.quiet = quiet
@@ -60,6 +74,9 @@ class RunMonitor:
         self._writer: SummaryWriter | None = None
         self.report_every = report_every
         self.report_header = report_header
+        self.report_share = report_share
+        self._report_seconds = REPORT_SECONDS_GUESS  # how long the last refresh took
+        self._report_done = time.perf_counter()  # when it ended (the run's start till then)
         self._latest_maps: torch.Tensor | None = None
         self._latest_ess: dict[str, np.ndarray] = {}
         self.log_name = log_name
@@ -129,13 +146,20 @@ class RunMonitor:
     def log_histograms(self, values: dict[str, torch.Tensor], step: int) -> None:
         """A TensorBoard histogram of each per-particle quantity of ``values`` (name ->
         ``(m,)``: the ESS after the layers, ``class_ess``, and the E-step's, ``estep_ess``);
-        the report's every ``report_every`` iterations (called after the row's ``__call__``)."""
+        the report's every ``report_every`` iterations, where a refresh keeps within its share
+        of the run's time (:data:`REPORT_SHARE`; called after the row's ``__call__``)."""
         self._latest_ess = {name: value.detach().cpu().numpy() for name, value in values.items()}
         if self.writer is not None:
             for name, value in values.items():
                 self.writer.add_histogram(f"run/{name}", value, step)
-        if self.report_every and (step + 1) % self.report_every == 0:
+        if self.report_every and (step + 1) % self.report_every == 0 and self._report_due():
             self.write_report()
+
+    def _report_due(self) -> bool:
+        """Whether the run has worked long enough since the last refresh of the report for
+        another to keep the refreshes' share of its time within :attr:`report_share`."""
+        since = time.perf_counter() - self._report_done
+        return since * self.report_share >= self._report_seconds * (1 - self.report_share)
 
     def write_report(self) -> Path | None:
         """Write ``output_dir/report`` now (if asked for and there is an iteration to show);
@@ -144,6 +168,7 @@ class RunMonitor:
             return None
         from cryotorch.report import write_report  # matplotlib: only for runs with a report
 
+        start = time.perf_counter()
         maps = self._latest_maps.float().cpu().numpy()
         command, config = self.report_header
         try:
@@ -152,6 +177,9 @@ class RunMonitor:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             print(f"cryotorch: warning: the report was not written ({first})", file=sys.stderr)
             return None
+        finally:
+            self._report_done = time.perf_counter()
+            self._report_seconds = self._report_done - start
 
     @staticmethod
     def format_row(entry: dict) -> str:

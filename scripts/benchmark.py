@@ -4,6 +4,7 @@
         [--iterations 5] [--resolution 8] [--threads 2] [--device cpu|cuda] [--no-relion]
         [--kernels numba [torch compiled]] [--variants "" "model.reseed=3"] [--seeds 1]
         [--workdir DIR] [--output benchmark.md]
+    python scripts/benchmark.py --defaults [--boxes 64] [--classes 2 4] [--seeds 3] ...
 
 For each box it simulates ``--particles`` particles (1.5 Å/px, SNR 0.05) of K classes: adenylate
 kinase from open to closed in K even steps (the built-in models, interpolated), equal shares.
@@ -26,6 +27,15 @@ other:
   re-seeded, which RELION does not do).
 
 "wall" is each process's whole run, start-up, reading and initialisation included.
+
+With ``--defaults`` each program runs as a user runs it instead, and the table compares whole
+runs: ``relion_refine --iter 25 --ini_high 20`` (the same options otherwise, but no
+``--strict_highres_exp``: its resolution follows its FSC) against ``cryotorch-classify``'s
+defaults (no preset, no fixed resolution: its resolution schedule, online EM, its stopping rule;
+TensorBoard and the report as a user gets them, only the printing off; the solvent mask as
+above). Its columns: the iterations each ran, seconds per iteration (RELION: wall / 25;
+cryotorch: the median of its iterations after the first), the whole run's wall time, and the
+speed-ups per iteration and per whole run.
 
 Each runs in its own process; peak RSS is that process's ``ru_maxrss`` (with ``--device cuda``
 also cryotorch's peak GPU memory, ``torch.cuda.max_memory_allocated``, in brackets).
@@ -107,27 +117,45 @@ def simulate(work: Path, box: int, k: int, n: int, seed: int) -> Path:
     return simulate_particles(np.stack(maps), PIXEL_SIZE, work / "data", settings)
 
 
+RELION_DEFAULT_ITERATIONS = 25  # relion_refine's --iter default for 3D classification
+INITIAL_RESOLUTION = 20.0  # Å: RELION's --ini_high in --defaults, cryotorch's own default
+
+
 def run_relion(star: Path, k: int, args, seed: int = 0) -> dict:
+    """``relion_refine`` at the fixed ``--resolution`` for ``--iterations`` (with
+    ``--defaults``: its own resolution, from ``--ini_high 20``, for 25 iterations)."""
     folder = star.parent
     if not (folder / "consensus.mrc").is_file():
         subprocess.run(
             ["relion_reconstruct", "--i", star.name, "--o", "consensus.mrc", "--ctf"],
             cwd=folder, check=True, capture_output=True,
         )  # fmt: skip
-    out = f"relion_K{k}" + (f"_seed{seed}" if seed else "")
+    out = f"relion_K{k}" + ("_defaults" if args.defaults else "") + (f"_seed{seed}" if seed else "")
     (folder / out).mkdir(exist_ok=True)
+    iterations = RELION_DEFAULT_ITERATIONS if args.defaults else args.iterations
     r = f"{args.resolution:g}"
+    resolution = (
+        ["--ini_high", f"{INITIAL_RESOLUTION:g}"]
+        if args.defaults
+        else ["--ini_high", r, "--strict_highres_exp", r]
+    )
     command = [
         "relion_refine", "--i", star.name, "--o", f"{out}/run", "--ref", "consensus.mrc",
-        "--K", str(k), "--skip_align", "--tau2_fudge", "4", "--iter", str(args.iterations),
-        "--ctf", "--ini_high", r, "--strict_highres_exp", r, "--flatten_solvent", "--zero_mask",
+        "--K", str(k), "--skip_align", "--tau2_fudge", "4", "--iter", str(iterations),
+        "--ctf", *resolution, "--flatten_solvent", "--zero_mask",
         "--particle_diameter", f"{PARTICLE_DIAMETER:.1f}", "--pad", "2", "--j",
         str(args.threads), "--random_seed", str(seed), "--dont_combine_weights_via_disc", "--pool", "30",
     ]  # fmt: skip
     wall, rss, _ = measured(command, folder)
-    data = starfile.read(folder / out / f"run_it{args.iterations:03d}_data.star", always_dict=True)
+    data = starfile.read(folder / out / f"run_it{iterations:03d}_data.star", always_dict=True)
     predicted = data["particles"]["rlnClassNumber"].to_numpy() - 1
-    return {"s_per_it": wall / args.iterations, "wall": wall, "rss_mb": rss, "predicted": predicted}
+    return {
+        "s_per_it": wall / iterations,
+        "wall": wall,
+        "iterations": iterations,
+        "rss_mb": rss,
+        "predicted": predicted,
+    }
 
 
 def relion_like_command(
@@ -144,26 +172,44 @@ def relion_like_command(
     ]  # fmt: skip
 
 
+def defaults_command(star: Path, out: Path, k: int, seed: int = 0) -> list[str]:
+    """``cryotorch-classify`` as a user runs it: its defaults (resolution schedule, online EM,
+    stopping rule, TensorBoard and the report), only the printing off, and the benchmark's
+    solvent mask."""
+    return [
+        sys.executable, "-m", "cryotorch.cli.classify", f"data.particles={star}",
+        f"output_dir={out}", "logger.quiet=true", f"model.num_classes={k}", f"seed={seed}",
+        f"model.particle_diameter={PARTICLE_DIAMETER:.1f}", f"mask.soft_edge_angstrom={MASK_EDGE}",
+    ]  # fmt: skip
+
+
 def run_cryotorch(
     star: Path, k: int, args, kernels: str = "numba", seed: int = 0, variant: str = ""
 ) -> dict:
     overrides = variant.split()
     tag = "".join(f"_{o.replace('=', '-').replace('.', '-')}" for o in overrides)
+    tag += "_defaults" if args.defaults else ""
     out = star.parent / (f"cryotorch_K{k}_{kernels}{tag}" + (f"_seed{seed}" if seed else ""))
     shutil.rmtree(out, ignore_errors=True)  # the benchmark's own folder from an earlier run
-    # RELION's first iteration is the random assignment, cryotorch's initialisation.
-    command = relion_like_command(star, out, k, args.iterations - 1, args.resolution, seed)
+    if args.defaults:
+        command = defaults_command(star, out, k, seed)
+    else:
+        # RELION's first iteration is the random assignment, cryotorch's initialisation.
+        command = relion_like_command(star, out, k, args.iterations - 1, args.resolution, seed)
     command += [f"device={args.device}", f"kernels={kernels}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     wall, rss, stdout = measured(command, star.parent, env)
     gpu = re.search(r"peak GPU memory (\d+) MB", stdout)  # printed on CUDA only
     with open(out / "iterations.csv") as f:
-        full = [float(row["seconds"]) for row in csv.DictReader(f) if row["phase"] == "full"]
+        table = list(csv.DictReader(f))
+    # --defaults: every iteration (online EM's too); else the full-batch ones, as RELION's.
+    seconds = [float(row["seconds"]) for row in table if args.defaults or row["phase"] == "full"]
     predicted = np.load(out / "posteriors.npy").argmax(1)
-    steady = full[1:] or full  # the first also holds the initialisation
+    steady = seconds[1:] or seconds  # the first also holds the initialisation
     return {
         "s_per_it": float(np.median(steady)),
         "wall": wall,
+        "iterations": len(table),
         "rss_mb": rss,
         "gpu_mb": float(gpu.group(1)) if gpu else None,
         "predicted": predicted,
@@ -180,6 +226,7 @@ def summary(runs: list[dict], truth: np.ndarray, k: int) -> dict:
     return {
         "s_per_it": float(np.median([r["s_per_it"] for r in runs])),
         "wall": float(np.median([r["wall"] for r in runs])),
+        "iterations": float(np.median([r["iterations"] for r in runs])),
         "rss_mb": max(r["rss_mb"] for r in runs),
         "gpu_mb": max((r["gpu_mb"] for r in runs if r.get("gpu_mb")), default=None),
         "accuracy": text,
@@ -217,6 +264,12 @@ def main() -> None:
         help='cryotorch runs with these Hydra overrides added, one row each ("": none)',
     )
     ap.add_argument("--seeds", type=int, default=1, help="runs per program, seeds 0..S-1")
+    ap.add_argument(
+        "--defaults",
+        action="store_true",
+        help="whole runs as a user runs them: cryotorch's defaults against relion_refine's "
+        "25 iterations (--iterations and --resolution are then not used)",
+    )
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--output", type=Path, default=None)
     args = ap.parse_args()
@@ -228,6 +281,12 @@ def main() -> None:
         "| box | K | particles | program | s / iteration | particle·class / s | wall (s) "
         "| peak RSS (MB) | accuracy | speed-up |\n|---|---|---|---|---|---|---|---|---|---|"
     )
+    if args.defaults:
+        header = (
+            "| box | K | particles | program | iterations | s / iteration | wall (s) "
+            "| peak RSS (MB) | accuracy | speed-up per iteration | speed-up per run |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|"
+        )
     print(header, flush=True)
     for box in args.boxes:
         for k in args.classes:
@@ -258,6 +317,20 @@ def main() -> None:
                 memory = f"{r['rss_mb']:.0f}"
                 if r["gpu_mb"] is not None:
                     memory += f" (GPU {r['gpu_mb']:.0f})"
+                if args.defaults:
+                    whole = (
+                        f"{relion['wall'] / r['wall']:.1f}x"
+                        if relion and name != "relion_refine"
+                        else ""
+                    )
+                    line = (
+                        f"| {box} | {k} | {args.particles} | {name} | {r['iterations']:.0f} | "
+                        f"{r['s_per_it']:.2f} | {r['wall']:.0f} | {memory} | {r['accuracy']} | "
+                        f"{speedup} | {whole} |"
+                    )
+                    rows.append(line)
+                    print(line, flush=True)
+                    continue
                 line = (
                     f"| {box} | {k} | {args.particles} | {name} | {r['s_per_it']:.2f} | "
                     f"{args.particles * k / r['s_per_it']:,.0f} | {r['wall']:.0f} | {memory} | "
@@ -265,10 +338,16 @@ def main() -> None:
                 )
                 rows.append(line)
                 print(line, flush=True)
+    runs_were = (
+        f"whole runs: cryotorch's defaults (median iterations shown), relion_refine "
+        f"--iter {RELION_DEFAULT_ITERATIONS} --ini_high {INITIAL_RESOLUTION:g}"
+        if args.defaults
+        else f"{args.iterations} iterations (RELION's count: a random assignment, then EM) at "
+        f"{args.resolution:g} Å"
+    )
     footer = (
         f"\n{datetime.date.today()}, {machine()}; {args.threads} threads; "
-        f"{args.iterations} iterations (RELION's count: a random assignment, then EM) at "
-        f"{args.resolution:g} Å; SNR {SNR}, "
+        f"{runs_were}; SNR {SNR}, "
         f"{args.seeds} seed(s) per program; "
         f"{PIXEL_SIZE} Å/px. Work folder {work}."
     )

@@ -807,3 +807,52 @@ def test_the_report_draws_any_ess_even_all_one(tmp_path: Path):
     ess = {"class_ess": nearly_one, "estep_ess": np.linspace(1, 3, 50)}
     path = write_report(tmp_path, rows, np.zeros((3, 8, 8, 8)), ess, "cmd", "a: 1\n")
     assert (tmp_path / "report" / "ess.png").stat().st_size > 1000 and path.is_file()
+
+
+def test_report_refreshes_keep_to_their_share_of_the_run(tmp_path: Path, monkeypatch):
+    """A refresh due every iteration is put off while the iterations are short against the
+    time a refresh takes (at most REPORT_SHARE of the run; 1 s is assumed until one has been
+    timed); the report at the end is written whatever; with a share of 1, every refresh that
+    is due."""
+    import time
+
+    import cryotorch.monitor
+    import cryotorch.report
+    from cryotorch.monitor import RunMonitor
+
+    written = []
+
+    def slow_report(*args, **kwargs):
+        time.sleep(0.02)  # the figures; the iterations below take about nothing
+        written.append(len(args[1]))
+        return tmp_path / "report.md"
+
+    monkeypatch.setattr(cryotorch.report, "write_report", slow_report)
+    short = RunMonitor(tmp_path, tensorboard=False, quiet=True, report_every=1)
+    monkeypatch.setattr(cryotorch.monitor, "REPORT_SECONDS_GUESS", 0.0)  # from here on
+    maps, ess = torch.zeros(2, 4, 4, 4), {"class_ess": torch.ones(3)}
+    row = {"iteration": 0, "phase": "full", "beta": 0.0, "hard": False, "resolution": 9.0,
+           "percent_changed": 0.0, "mean_class_ess": 1.0}  # fmt: skip
+
+    def run(monitor: RunMonitor, iterations: int, pause: float = 0.0) -> None:
+        for it in range(iterations):
+            monitor(row | {"iteration": it}, maps)
+            monitor.log_histograms(ess, it)
+            time.sleep(pause)
+
+    run(short, 10)
+    assert written == []  # a refresh taken to cost 1 s: not before 19 s of the run
+    short.write_report()
+    assert written == [10]  # the end: always
+    written.clear()
+    quick = RunMonitor(tmp_path, tensorboard=False, quiet=True, report_every=1)
+    run(quick, 10)
+    assert written == [1]  # the first refresh only: 0.02 s against no work
+    time.sleep(1.0)  # work: over 19 times the refresh's time
+    run(quick, 1)
+    assert written == [1, 11]
+    quick.write_report()
+    assert written == [1, 11, 11]  # the end: always
+    written.clear()
+    run(RunMonitor(tmp_path, tensorboard=False, quiet=True, report_every=2, report_share=1), 6)
+    assert written == [2, 4, 6]

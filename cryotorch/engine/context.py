@@ -32,7 +32,11 @@ from cryotorch.engine.settings import ClassificationSettings, Masks
 from cryotorch.engine.state import RunState
 from cryotorch.physics.masks import solvent_sphere
 
-__all__ = ["Monitor", "RunContext"]
+__all__ = ["INSERTION_MARGIN", "Monitor", "RunContext"]
+
+# Shells past the next E-step's that an iteration's M-step sums still take (RELION inserts to
+# its current_size, 10 shells past its resolution at its default --incr_size).
+INSERTION_MARGIN = 3
 
 # Called after every iteration with its table row, the class maps (k, d, d, d) and the latest
 # class (argmax) of every particle, -1 where a particle has not been seen yet. A monitor with an
@@ -202,10 +206,21 @@ class RunContext:
         result: EStepResult | None,
         gamma: torch.Tensor,
         noise: NoiseModel,
+        max_shell: int | None = None,
     ) -> None:
-        """:func:`accumulate_statistics`, per half-set if the regulariser needs them."""
+        """:func:`accumulate_statistics` (to ``max_shell``), per half-set if the regulariser
+        needs them."""
         halves = None if self.halves is None else self.halves[batch.rows]
-        accumulate_statistics(stats, batch, result, gamma, noise, halves)
+        accumulate_statistics(stats, batch, result, gamma, noise, halves, max_shell)
+
+    def insertion_shell(self, state: RunState) -> int | None:
+        """The last shell an E-step pass of ``state.iteration`` inserts into the map sums: the
+        next iteration's E-step shells and :data:`INSERTION_MARGIN` beyond (the maps are only
+        compared with the particles there; the margin keeps the trilinear footprint and the
+        solvent mask's spread of the shells beyond); None (all) once that is the whole box."""
+        next_shell = self.resolution.max_shell(state.iteration + 1, self.d, self.pixel_size)
+        shell = next_shell + INSERTION_MARGIN
+        return None if shell >= self.d // 2 else shell
 
     def m_step(
         self, stats: SufficientStatistics, noise: NoiseModel

@@ -163,8 +163,13 @@ def accumulate_statistics(
     gamma: torch.Tensor,
     noise: NoiseModel,
     halves: torch.Tensor | None = None,
+    max_shell: int | None = None,
 ) -> None:
     """Add ``batch`` with posterior weights ``gamma (b, k)`` (after the layers) to ``stats``.
+
+    ``max_shell``: insert only the frequencies of shells ``0 .. max_shell`` into the map sums
+    (the maps are then those of the data to that shell: RELION's backprojection to its
+    ``current_size``); None: all of them.
 
     ``estep``: the batch's E-step result, whose residuals go into the noise sums and whose
     contrast ``scale`` into the map sums; None for a given assignment (no residuals: the noise
@@ -202,8 +207,9 @@ def accumulate_statistics(
             scale = torch.cat([scale, scale], dim=1)
         factors = (g * scale, g * scale**2)
     assert batch.geometry is not None  # BatchMaker.add_geometry has set it
+    geometry = batch.geometry if max_shell is None else batch.geometry.within_shell(max_shell)
     insert_for_reconstruction(
-        ctf_x[:, None], batch.geometry, n_vox, ctf2[:, None], (stats.data, stats.weight), factors
+        ctf_x[:, None], geometry, n_vox, ctf2[:, None], (stats.data, stats.weight), factors
     )
 
 

@@ -31,7 +31,7 @@ class NoiseModel:
         self.d = d
         self.shells = shell_index_2d(d, power.device).clamp_max(d // 2)  # (d, d//2+1)
         self.multiplicity = hermitian_weights(d, power.device).to(power.dtype)  # (d//2+1,)
-        self._shell_matrix: torch.Tensor | None = None
+        self._shell_matrices: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
     @property
     def n_shells(self) -> int:
@@ -44,14 +44,23 @@ class NoiseModel:
         return inv[optics_group][:, self.shells] * (self.multiplicity * use)
 
     def shell_sums(self, values: torch.Tensor) -> torch.Tensor:
-        """``(..., n_shells)``: per-shell sums of ``values (..., d, d // 2 + 1)`` × multiplicity
-        (a product with the ``(d (d // 2 + 1), n_shells)`` shell-membership matrix: BLAS is
-        much faster than an index_add along the last axis)."""
-        if self._shell_matrix is None or self._shell_matrix.dtype != values.dtype:
-            one_hot = torch.nn.functional.one_hot(self.shells.flatten(), self.n_shells)
-            weighted = one_hot * self.multiplicity.repeat(self.d)[:, None]
-            self._shell_matrix = weighted.to(values.dtype)
-        return values.flatten(-2) @ self._shell_matrix
+        """``(..., n_shells)``: per-shell sums of ``values (..., c, c // 2 + 1)`` × multiplicity,
+        over the whole box (``c = d``) or its centred crop of box ``c < d`` (the E-step's
+        current box: the crop's entries counted as in the whole box). A product with the
+        ``(c (c // 2 + 1), n_shells)`` shell-membership matrix: BLAS is much faster than an
+        index_add along the last axis."""
+        box = values.shape[-2]
+        key = (box, values.dtype)
+        if key not in self._shell_matrices:
+            shells = self.shells
+            multiplicity = self.multiplicity.expand_as(shells)
+            if box < self.d:
+                start = self.d // 2 - box // 2
+                shells = shells[start : start + box, : box // 2 + 1]
+                multiplicity = multiplicity[start : start + box, : box // 2 + 1]
+            one_hot = torch.nn.functional.one_hot(shells.flatten(), self.n_shells)
+            self._shell_matrices[key] = (one_hot * multiplicity.flatten()[:, None]).to(values.dtype)
+        return values.flatten(-2) @ self._shell_matrices[key]
 
     def pixels_per_shell(self) -> torch.Tensor:
         """``(n_shells,)``: how many full-spectrum pixels each shell has."""
@@ -91,7 +100,8 @@ class NoiseModel:
         previous: NoiseModel | None = None,
     ) -> NoiseModel:
         """From ``(g, n_shells)`` sums of ``|residual|²`` and their pixel counts, in ``dtype``
-        (shells with no pixels take the value of the nearest shell below; never exactly 0).
+        (shells with no pixels or no power take the value of the nearest shell below; never
+        exactly 0).
 
         An optics group the sums say nothing about keeps its power in ``previous``: one with
         no pixels (none of its particles in the sums: a mini-batch of online EM, a sample of
@@ -134,9 +144,12 @@ class NoiseModel:
 
 
 def _filled(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """``sums / counts`` per group and shell ``(g, n_shells)``; a shell with no pixels takes
-    the value of the shell below."""
+    """``sums / counts`` per group and shell ``(g, n_shells)``; a shell with no pixels, or no
+    power at all, takes the value of the shell below. (No power: past the shells an E-step
+    scores its residual is the image's power, which a blank image has none of; as a noise
+    power, 0 would give 1 / σ² of 10³⁸ and -inf scores once those shells are scored.)"""
     power = sums / counts.clamp_min(1)
     for s in range(1, power.shape[1]):
-        power[:, s] = torch.where(counts[:, s] > 0, power[:, s], power[:, s - 1])
+        known = (counts[:, s] > 0) & (sums[:, s] > 0)
+        power[:, s] = torch.where(known, power[:, s], power[:, s - 1])
     return power

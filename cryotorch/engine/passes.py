@@ -77,6 +77,7 @@ def estep_pass(
     noise = state.noise if noise is None else noise
     volumes = prepare_volumes(run.estep_maps(state, maps), run.settings.model.pad)
     max_shell = run.resolution.max_shell(state.iteration, run.d, run.pixel_size)
+    insertion_shell = run.insertion_shell(state)
     gamma = torch.zeros(len(rows), run.k, device=run.device, dtype=run.dtype)  # all ranks' rows
     gamma_estep = torch.zeros_like(gamma) if estep_posteriors else None
     positions = run.group.shard(np.arange(len(rows)))
@@ -94,7 +95,7 @@ def estep_pass(
         done += len(batch.rows)
         with torch.no_grad():
             if stats is not None:
-                run.accumulate(stats, batch, result, weights.detach(), state.noise)
+                run.accumulate(stats, batch, result, weights.detach(), state.noise, insertion_shell)
             gamma[at] = weights.detach()
             if gamma_estep is not None:
                 gamma_estep[at] = torch.exp(log_posterior(result.loglik, log_prior))

@@ -83,6 +83,24 @@ class SliceGeometry:
     def conjugate(self) -> torch.Tensor:
         return self._neighbours[2]
 
+    def within_shell(self, max_shell: int) -> SliceGeometry:
+        """The same slices limited to the frequencies of shells ``0 .. max_shell``
+        (``round(|k|) <= max_shell``, the shells a noise model or E-step counts): a prefix of
+        the points, which are sorted by ``|k|``, so that extraction costs what those shells
+        hold (RELION's ``current_size``) and gives the same values there, zeros elsewhere.
+        Itself where that is every point; the trilinear neighbours, if already computed, are
+        shared."""
+        radius = self.k.norm(dim=-1)
+        m = int(torch.searchsorted(radius.contiguous(), max_shell + 0.5))
+        if m >= len(self.pixels):
+            return self
+        part = SliceGeometry(
+            self.d, self.pad, self.rotations, self.pixels[:m], self.k[:m], self.kernels
+        )
+        if "_neighbours" in self.__dict__:  # computed by the full geometry: shared, not redone
+            part.__dict__["_neighbours"] = tuple(t[:, :m] for t in self._neighbours)
+        return part
+
 
 def used_frequencies(d: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rfft_2d entries with ``|k| <= d / 2``, sorted by ``|k|`` (ties in rfft_2d order): flat
