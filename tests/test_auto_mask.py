@@ -1,4 +1,4 @@
-"""mask.solvent=auto (the default): the solvent mask made from the data, not from the box."""
+"""mask.solvent=auto: the solvent mask made from the data, not from the box."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from cryotorch.simulate.examples import small_ligand_set
 QUIET = ["logger=none", "logger.quiet=true"]
 
 
-def _classify(overrides: list[str]) -> dict:
+def _classify(overrides: list[str], mask: str = "auto") -> dict:
     with initialize_config_module("cryotorch.configs", version_base="1.3"):
-        return run(compose("classify", [*QUIET, *overrides]))
+        return run(compose("classify", [*QUIET, f"mask.solvent={mask}", *overrides]))
 
 
 def _read(path: Path) -> tuple[np.ndarray, float]:
@@ -30,7 +30,7 @@ def _read(path: Path) -> tuple[np.ndarray, float]:
 def test_the_mask_made_from_the_particles_covers_the_particle_and_little_else(tmp_path: Path):
     """No reference, no particle diameter: the mask the run writes (solvent_mask.mrc, at the
     particles' box and pixel size) keeps every voxel of the true particle (its density above
-    5 % of the maximum) and none farther than 20 Å from it, and is far tighter than the old
+    5 % of the maximum) and none farther than 20 Å from it, and is far tighter than the
     default, the sphere of 90 % of the box."""
     out = tmp_path / "run"
     _classify(
@@ -61,7 +61,7 @@ def test_with_a_reference_auto_is_the_mask_from_the_reference(tmp_path: Path):
     common += ["optim.online_epochs=0"]
     auto, given = tmp_path / "auto", tmp_path / "given"
     _classify([*common, f"output_dir={auto}"])
-    _classify([*common, f"output_dir={given}", "mask.solvent=from_reference"])
+    _classify([*common, f"output_dir={given}"], mask="from_reference")
     for name in ("solvent_mask.mrc", "class_001.mrc", "posteriors.npy"):
         assert (auto / name).read_bytes() == (given / name).read_bytes(), name
 
@@ -71,15 +71,15 @@ def test_the_mask_from_the_particles_classifies_a_small_ligand_better_than_the_b
     tmp_path: Path,
 ):
     """AdK with and without a ligand of 4 % of its mass, 1,000 particles, SNR 0.05, no
-    particle diameter given (test_accuracy.py's set): the default mask, made from the
-    particles, against the old default, the sphere of 90 % of the box (with that sphere
+    particle diameter given (test_accuracy.py's set): the mask made from the particles
+    against the default, the sphere of 90 % of the box (with that sphere
     83.1, 85.8, 63.8 % on seeds 0-2, with a mask from the consensus 94-95 %)."""
     star, _, _ = small_ligand_set(tmp_path, 1000, 0.05, 0.04, 64, 1.5, seed=0)
     common = [f"data.particles={star}", "model.target_resolution=6"]
     common += ["model.resolution_reach_at=10"]
     accuracy = {
-        name: _classify([*common, f"output_dir={tmp_path / name}", *extra])["accuracy"]
-        for name, extra in (("auto", []), ("sphere", ["mask.solvent=sphere"]))
+        name: _classify([*common, f"output_dir={tmp_path / name}"], mask=name)["accuracy"]
+        for name in ("auto", "sphere")
     }
     assert accuracy["auto"] >= accuracy["sphere"] + 0.05, accuracy
     assert accuracy["auto"] >= 0.93, accuracy

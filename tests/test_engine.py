@@ -435,8 +435,8 @@ def test_tune_similarity_reaches_the_target_ess(form: str):
 def test_auto_tuned_similarity_starts_at_the_target_ess(tiny_star: Path, tmp_path: Path):
     # One online batch of all 300 particles; the random-assignment start already gives a mean
     # ESS of 1.7 at β = 0 here, so aim at 0.95 K = 1.9.
-    # (With the sphere of 90 % of the box: the mask made from the particles sharpens the
-    # start so much less that its ESS is already above 1.9, and β is tuned to 0.)
+    # (With the sphere of 90 % of the box, said so: with mask.solvent=auto the start's ESS is
+    # already above 1.9 here, and β is tuned to 0.)
     target = ["posterior.similarity.target_ess_fraction=0.95", "optim.batch_per_class=150"]
     target += ["mask.solvent=sphere"]
     classify(tiny_star, tmp_path, "posterior.similarity.auto_tune=true", *target)
@@ -483,8 +483,8 @@ def test_one_particle_file_per_class_with_a_probability_threshold(
     column and the class columns), in the input's order; a classifier reads it as input."""
     noisy = simulate_two_blob_classes(tmp_path / "data", 300, 0.05, seed=4)  # not all sure
     out = tmp_path / "run"
-    # With the sphere of 90 % of the box, where some particles stay unsure (with the mask
-    # made from the particles every one of them is > 0.99 sure of its class here).
+    # With the sphere of 90 % of the box, said so: some particles stay unsure (with
+    # mask.solvent=auto every one of them is > 0.99 sure of its class here).
     sphere = "mask.solvent=sphere"
     classify(noisy, out, f"outputs.class_min_probability={threshold}", sphere)
     everyone = starfile.read(out / "particles.star", always_dict=True)["particles"]

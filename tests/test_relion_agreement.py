@@ -225,9 +225,9 @@ def test_full_size_class_maps_match_relion_reconstruct_of_the_classes(tmp_path: 
     overrides = [f"data.particles={star}", f"output_dir={out}", "logger=none",
                  "logger.quiet=true", "model.target_resolution=8", "optim.max_iterations=4",
                  "posterior.similarity.anneal_end=2",
-                 # relion_reconstruct masks nothing: compare it with the wide sphere (with
-                 # the default mask, made from the particles, our maps are closer to the
-                 # truth but lose the solvent noise RELION's keep: 0.84 between at shell 7).
+                 # relion_reconstruct masks nothing: compare it with the wide sphere, said so
+                 # (with mask.solvent=auto our maps are closer to the truth but lose the
+                 # solvent noise RELION's keep: 0.84 between at shell 7).
                  "mask.solvent=sphere"]  # fmt: skip
     with initialize_config_module("cryotorch.configs", version_base="1.3"):
         run(compose("classify", overrides))

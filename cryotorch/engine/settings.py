@@ -165,7 +165,7 @@ class MaskSettings:
     """``mask.*`` (``configs/mask/default.yaml``): the solvent and focus masks (their files
     are read by :mod:`cryotorch.inputs`; the engine uses the sphere's soft edge)."""
 
-    solvent: str = "auto"  # auto | sphere | from_reference | a .mrc file
+    solvent: str = "sphere"  # sphere | auto | from_reference | a .mrc file
     threshold: float = 0.2
     lowpass_angstrom: float = 15.0
     extend_angstrom: float = 6.0
