@@ -49,11 +49,13 @@ def oracle_posteriors(
     particles: str | Path,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
+    max_resolution: float | None = None,
 ) -> OracleResult:
     """The oracle of the particles ``cryotorch-simulate`` (or
     :func:`~cryotorch.simulate.particles.simulate_particles`) wrote: ``particles`` is their
     ``particles.star``, beside which lie the true maps, ``true_classes.txt`` and
-    ``simulation.json``. The E-step runs in float64 at the full box."""
+    ``simulation.json``. The E-step runs in float64 at the full box, on every shell, or with
+    ``max_resolution`` (Å) on the shells to that resolution only (what a limit alone costs)."""
     star = Path(particles)
     folder = star.parent
     record_path = folder / SIMULATION_RECORD
@@ -78,10 +80,14 @@ def oracle_posteriors(
         power = torch.full((n_groups, d // 2 + 1), d * d * variance, dtype=torch.float64)
         noise = NoiseModel(power.to(device))
         estep = EStep()
+        max_shell = d // 2
+        if max_resolution is not None:
+            pixel_size = float(record["pixel_size_angstrom"])
+            max_shell = min(d // 2, int(d * pixel_size / max_resolution))
         posteriors = np.empty((len(batcher.table), k))
         for start in range(0, len(batcher.table), batch_size):
             rows = np.arange(start, min(start + batch_size, len(batcher.table)))
-            result = estep(volumes, batcher(rows), noise, max_shell=d // 2)
+            result = estep(volumes, batcher(rows), noise, max_shell=max_shell)
             scores = result.loglik.double() + log_prior.to(device)
             posteriors[rows] = torch.softmax(scores, dim=1).cpu().numpy()
     truth = read_true_classes(folder)

@@ -20,7 +20,6 @@ the noise in the class maps, or the optimum EM settles in.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,40 +30,13 @@ from cryotorch.cli.schema import read_run_config
 from cryotorch.engine.batches import BatchMaker
 from cryotorch.engine.classify import classify
 from cryotorch.engine.context import RunContext
-from cryotorch.engine.estep import EStep
-from cryotorch.engine.noise import NoiseModel
 from cryotorch.engine.passes import assignment_statistics, estep_pass
 from cryotorch.engine.settings import Masks
 from cryotorch.engine.start import initial_state
-from cryotorch.evaluation import SIMULATION_RECORD, classification_accuracy, read_true_classes
-from cryotorch.io import ParticleImages, read_map, read_particles
+from cryotorch.evaluation import classification_accuracy, read_true_classes
+from cryotorch.io import ParticleImages, read_particles
 from cryotorch.oracle import oracle_posteriors
 from cryotorch.physics.fourier import cropped_box_for_resolution
-from cryotorch.physics.projector import prepare_volumes
-
-
-def limited_oracle(star: Path, resolution: float) -> float:
-    """The oracle's accuracy with the E-step's shells limited to ``resolution`` Å."""
-    folder = star.parent
-    record = json.loads((folder / SIMULATION_RECORD).read_text())
-    maps = torch.stack([torch.from_numpy(read_map(folder / m)[0]).double() for m in record["maps"]])
-    k, d = maps.shape[0], maps.shape[-1]
-    pixel = float(record["pixel_size_angstrom"])
-    table = read_particles(star)
-    max_shell = int(d * pixel / resolution)
-    log_prior = torch.log(torch.as_tensor(record["proportions"], dtype=torch.float64))
-    volumes = prepare_volumes(maps, int(record["pad"]))
-    power = torch.full((1, d // 2 + 1), d * d * record["noise_sigma"] ** 2, dtype=torch.float64)
-    noise = NoiseModel(power)
-    estep = EStep()
-    best = np.empty(len(table), np.int64)
-    with ParticleImages(table) as images:
-        batcher = BatchMaker(images, d, torch.device("cpu"), dtype=torch.float64, pad=2)
-        for start in range(0, len(table), 256):
-            rows = np.arange(start, min(start + 256, len(table)))
-            scores = estep(volumes, batcher(rows), noise, max_shell=max_shell).loglik + log_prior
-            best[rows] = scores.argmax(1).numpy()
-    return classification_accuracy(best, read_true_classes(folder), k)
 
 
 def main() -> None:
@@ -84,7 +56,8 @@ def main() -> None:
     settings = read_run_config(cfg).settings()
     print(f"1. oracle: {100 * oracle_posteriors(star).accuracy:.2f} %")
     target = settings.model.target_resolution
-    print(f"2. oracle to {target:g} Å: {100 * limited_oracle(star, target):.2f} %")
+    limited = oracle_posteriors(star, max_resolution=target).accuracy
+    print(f"2. oracle to {target:g} Å: {100 * limited:.2f} %")
     table = read_particles(star)
     with ParticleImages(table) as images:
         d_work, _ = cropped_box_for_resolution(

@@ -83,3 +83,14 @@ def test_particles_without_a_simulation_record_are_refused(tmp_path: Path):
     (tmp_path / SIMULATION_RECORD).unlink()
     with pytest.raises(InputError, match=r"simulation\.json: not found: the oracle needs"):
         oracle_posteriors(star)
+
+
+def test_a_resolution_limit_costs_the_oracle_and_nyquist_is_none(hard: Path):
+    """Limited to the shells to Nyquist (2 pixels) the oracle is the oracle; limited to 10 Å it
+    has less to go on, so its posteriors are less sure."""
+    full = oracle_posteriors(hard)
+    record = json.loads((hard.parent / "simulation.json").read_text())
+    nyquist = oracle_posteriors(hard, max_resolution=2 * record["pixel_size_angstrom"])
+    np.testing.assert_allclose(nyquist.posteriors, full.posteriors)
+    coarse = oracle_posteriors(hard, max_resolution=10.0)
+    assert coarse.posteriors.max(1).mean() < full.posteriors.max(1).mean()
