@@ -11,7 +11,22 @@ from cryotorch.physics.masks import soft_sphere
 from cryotorch.simulate.atomic import atomic_model_to_map, builtin_structures
 from cryotorch.simulate.particles import SimulationSettings, simulate_particles
 
-__all__ = ["small_ligand_set"]
+__all__ = ["ligand_site", "small_ligand_set"]
+
+
+def ligand_site(protein: np.ndarray, pixel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where a "ligand" binds a map ``protein (d, d, d)`` (``[z, y, x]``, ``pixel_size`` Å):
+    2 Å past where its density (above 20 % of its maximum) ends along +x through the box
+    centre. Returns a Gaussian blob there (σ 2 Å, peak 1, ``(d, d, d)``) and its centre
+    ``(3,)`` (x, y, z in Å from the box centre)."""
+    box = protein.shape[-1]
+    c = (np.arange(box) - box // 2) * pixel_size
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    profile = protein[box // 2, box // 2, box // 2 :]
+    edge_px = int(np.nonzero(profile > 0.2 * profile.max())[0].max())
+    centre = np.array([edge_px * pixel_size + 2.0, 0.0, 0.0])
+    r2 = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2
+    return np.exp(-r2 / (2 * 2.0**2)), centre
 
 
 def small_ligand_set(
@@ -23,14 +38,7 @@ def small_ligand_set(
     consensus refinement of the mixture gives) and a focus mask (soft sphere of radius 8 Å,
     4 Å edge, about the ligand). Returns (particles.star, consensus.mrc, focus.mrc)."""
     protein = atomic_model_to_map(builtin_structures()[0], box, pixel_size, 50.0)
-    c = (np.arange(box) - box // 2) * pixel_size
-    z, y, x = np.meshgrid(c, c, c, indexing="ij")
-    # The ligand sits where the protein's density ends along +x through the centre plane.
-    profile = protein[box // 2, box // 2, box // 2 :]
-    edge_px = int(np.nonzero(profile > 0.2 * profile.max())[0].max())
-    centre = np.array([edge_px * pixel_size + 2.0, 0.0, 0.0])  # x, y, z in Å
-    r2 = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2
-    blob = np.exp(-r2 / (2 * 2.0**2))
+    blob, centre = ligand_site(protein, pixel_size)
     blob *= ligand * protein.sum() / blob.sum()
     maps = np.stack([protein, protein + blob]).astype(np.float32)
     star = simulate_particles(

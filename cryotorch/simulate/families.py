@@ -27,6 +27,7 @@ from cryotorch.simulate.atomic import (
     read_model_coordinates,
     write_interpolated_model,
 )
+from cryotorch.simulate.examples import ligand_site
 from cryotorch.simulate.particles import SimulationSettings, simulate_particles
 
 __all__ = ["FAMILIES", "Family", "ca_rmsd", "family_maps", "simulate_family"]
@@ -153,21 +154,10 @@ def family_maps(family: Family, work: Path) -> np.ndarray:
         model = write_interpolated_model(open_, closed, t, work / f"state_{i + 1}.pdb")
         maps.append(atomic_model_to_map(model, BOX, PIXEL_SIZE, BFACTOR, centre=centre))
     if family.ligand is not None:
-        blob = _ligand_blob(maps[0])
+        blob = ligand_site(maps[0], PIXEL_SIZE)[0]
+        blob = blob / blob.sum()  # unit mass: each class adds its share of the protein's
         maps = [m + share * m.sum() * blob for m, share in zip(maps, family.ligand, strict=True)]
     return np.stack(maps).astype(np.float32)
-
-
-def _ligand_blob(protein: np.ndarray) -> np.ndarray:
-    """A Gaussian blob (σ 2 Å) of unit sum, centred 2 Å past where the protein's density ends
-    along +x through the box centre."""
-    box = protein.shape[-1]
-    c = (np.arange(box) - box // 2) * PIXEL_SIZE
-    z, y, x = np.meshgrid(c, c, c, indexing="ij")
-    profile = protein[box // 2, box // 2, box // 2 :]
-    edge = int(np.nonzero(profile > 0.2 * profile.max())[0].max()) * PIXEL_SIZE
-    blob = np.exp(-((x - edge - 2.0) ** 2 + y**2 + z**2) / (2 * 2.0**2))
-    return blob / blob.sum()
 
 
 def simulate_family(family: Family, work: Path, seed: int) -> Path:
