@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,8 +133,7 @@ def main() -> None:
                     continue
                 overrides = [o.replace("{data}", str(star.parent)) for o in joined.split(",,") if o]
                 out = folder / f"cryotorch_{method}"
-                if out.exists():
-                    subprocess.run(["rm", "-rf", str(out)], check=True)
+                shutil.rmtree(out, ignore_errors=True)  # a run cut off before it recorded
                 r = run_cryotorch(star, family, overrides, out, args.threads)
                 record(
                     name, seed, method, accuracy=score(family, r["classes"], truth),

@@ -83,3 +83,19 @@ def test_the_mask_from_the_particles_classifies_a_small_ligand_better_than_the_b
     }
     assert accuracy["auto"] >= accuracy["sphere"] + 0.05, accuracy
     assert accuracy["auto"] >= 0.93, accuracy
+
+
+def test_a_continued_run_keeps_the_mask_it_made(tmp_path: Path):
+    """The mask made at the start lives in the checkpoint: 3 full passes continued to 6 are
+    the run of 6 (same posteriors, same mask), not a run that went on with the sphere."""
+    from tests.run_helpers import simulate_two_blob_classes
+    from tests.test_continue import QUICK, classify
+
+    star = simulate_two_blob_classes(tmp_path / "data", 600, 0.5, seed=3)
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    common = [f"data.particles={star}", "mask.solvent=auto", *QUICK]
+    assert classify(*common, f"output_dir={whole}", "optim.max_iterations=6")[0] == 0
+    assert classify(*common, f"output_dir={part}", "optim.max_iterations=3")[0] == 0
+    assert classify(f"continue_from={part}", "optim.max_iterations=6")[0] == 0
+    for name in ("posteriors.npy", "solvent_mask.mrc"):
+        assert (part / name).read_bytes() == (whole / name).read_bytes(), name

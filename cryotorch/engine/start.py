@@ -10,7 +10,7 @@ import torch
 from cryotorch.engine.consensus import consensus_from, fit_scale, solvent_mask_from_data
 from cryotorch.engine.context import RunContext
 from cryotorch.engine.initialisation import cluster_maps
-from cryotorch.engine.mstep import update_maps
+from cryotorch.engine.mstep import SufficientStatistics, update_maps
 from cryotorch.engine.noise import NoiseModel
 from cryotorch.engine.passes import assignment_statistics
 from cryotorch.engine.state import RunState
@@ -74,8 +74,7 @@ def initial_state(run: RunContext, initial_maps: torch.Tensor | None) -> RunStat
     if run.mask_from_data and (initial_maps is not None or pca):
         # Any start but the random one: a pass of its own for all particles' reconstruction.
         everyone = assignment_statistics(run, np.zeros(n, np.int64), noise, label="solvent mask")
-        state.solvent_mask = solvent_mask_from_data(run, everyone)
-        run.set_solvent_mask(state.solvent_mask)
+        _mask_from_data(run, state, everyone)
     if pca:
         # cryoSPARC's PCA start (see engine/initialisation.py).
         m = min(settings.model.pca_subsets, n)
@@ -93,8 +92,7 @@ def initial_state(run: RunContext, initial_maps: torch.Tensor | None) -> RunStat
         # RELION's start: reconstructions from a random assignment of the particles.
         stats = assignment_statistics(run, rng.integers(0, k, n), noise, label="initial maps")
         if run.mask_from_data:  # the K random classes together are all particles
-            state.solvent_mask = solvent_mask_from_data(run, stats)
-            run.set_solvent_mask(state.solvent_mask)
+            _mask_from_data(run, state, stats)
         maps, _, _ = run.m_step(stats, noise)
     else:
         if initial_maps.shape != (k, d, d, d):
@@ -114,3 +112,10 @@ def initial_state(run: RunContext, initial_maps: torch.Tensor | None) -> RunStat
     state.consensus = consensus
     state.order = rng.permutation(n)
     return state
+
+
+def _mask_from_data(run: RunContext, state: RunState, stats: SufficientStatistics) -> None:
+    """Make the solvent mask from all particles' ``stats``, keep it in ``state`` (the
+    checkpoint) and use it from here on."""
+    state.solvent_mask = solvent_mask_from_data(run, stats)
+    run.set_solvent_mask(state.solvent_mask)
