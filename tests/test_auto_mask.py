@@ -99,3 +99,19 @@ def test_a_continued_run_keeps_the_mask_it_made(tmp_path: Path):
     assert classify(f"continue_from={part}", "optim.max_iterations=6")[0] == 0
     for name in ("posteriors.npy", "solvent_mask.mrc"):
         assert (part / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("threshold", ["1", "2", "nan"])
+def test_a_threshold_that_makes_an_empty_mask_is_refused_with_nothing_written(
+    tmp_path: Path, threshold: str
+):
+    """A threshold at or past the reconstruction's maximum (or NaN) made a mask of zeros: every
+    class map zero, 50 % and exit 0. Now one line naming mask.threshold, exit 2, no folder."""
+    from tests.run_helpers import simulate_two_blob_classes
+    from tests.test_continue import classify
+
+    star = simulate_two_blob_classes(tmp_path / "data", 200, 0.5, seed=3)
+    out = tmp_path / "run"
+    args = [f"data.particles={star}", f"output_dir={out}", "mask.solvent=auto", "logger=none"]
+    assert classify(*args, f"mask.threshold={threshold}")[0] == 2
+    assert not out.exists()

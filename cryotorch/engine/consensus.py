@@ -10,6 +10,7 @@ from cryotorch.engine.context import RunContext
 from cryotorch.engine.mstep import SufficientStatistics, update_maps
 from cryotorch.engine.noise import NoiseModel
 from cryotorch.engine.state import RunState
+from cryotorch.errors import InputError
 from cryotorch.physics.masks import mask_from_map
 from cryotorch.physics.projector import prepare_volumes
 
@@ -80,4 +81,12 @@ def solvent_mask_from_data(run: RunContext, stats: SufficientStatistics) -> torc
         consensus, run.pixel_size, m.threshold, m.extend_angstrom, m.soft_edge_angstrom,
         m.lowpass_angstrom,
     )  # fmt: skip
-    return made * run.sphere
+    made = made * run.sphere
+    if not bool((made > 0).any()):  # it would zero every class map (a threshold >= 1, NaN)
+        raise InputError(
+            "configuration",
+            "mask.threshold",
+            f"the solvent mask made from the particles (mask.solvent=auto) is empty at "
+            f"{m.threshold:g}: expected a fraction of the reconstruction's maximum below 1",
+        )
+    return made
